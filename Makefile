@@ -1,0 +1,37 @@
+# Two entry points: `make study` and `make test`. Both create/update .venv/ with pinned versions first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+SNAKEMAKE_ARGS ?=
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: study test report venv models lint dryrun clean-results
+
+venv: $(STAMP)
+
+# torch==2.13.0 is pinned in requirements.lock: pip takes the local CPU wheel here and a CUDA build
+# from PyPI on a GPU machine.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+study: $(STAMP) models
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+report: $(STAMP)
+	$(BIN)/snakemake --cores 1 --report results/report.html
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+dryrun: $(STAMP)
+	$(BIN)/snakemake -n

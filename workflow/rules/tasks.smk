@@ -1,0 +1,21 @@
+# Step 1: PrOntoQA-style task creation (generator + verifier), one JSONL per dataset in config.yaml.
+
+
+rule make_tasks:
+    """Generate and verify the task examples of one dataset."""
+    output:
+        f"{RESULTS}/tasks/{{dataset}}.jsonl",
+    input:
+        code=src("prontoqa", "vocab"),
+        script="scripts/make_tasks.py",
+    params:
+        settings=lambda w: settings(f"datasets.{w.dataset}", "seed"),
+    log:
+        f"{RESULTS}/logs/tasks/{{dataset}}.log",
+    wildcard_constraints:
+        dataset="[A-Za-z0-9_\-]+",
+    shell:
+        "{PY} {input.script} --dataset {wildcards.dataset} --settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
+register_targets(expand(f"{RESULTS}/tasks/{{dataset}}.jsonl", dataset=DATASETS))
