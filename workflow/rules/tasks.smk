@@ -1,19 +1,27 @@
 # Step 1: PrOntoQA-style task creation (generator + verifier), one JSONL per dataset in config.yaml.
 
 
+def _task_import(w):
+    """The foreign file a dataset imports (config datasets.<name>.import), if any."""
+    path = config["datasets"][w.dataset].get("import")
+    return [path] if path else []
+
+
 rule make_tasks:
-    """Generate and verify the task examples of one dataset."""
+    """Generate (or import) and verify the task examples of one dataset; only verified records are written."""
     output:
         f"{RESULTS}/tasks/{{dataset}}.jsonl",
     input:
         code=src("prontoqa", "vocab"),
         script="scripts/make_tasks.py",
+        data=_task_import,
     params:
         settings=lambda w: settings(f"datasets.{w.dataset}", "seed"),
     log:
         f"{RESULTS}/logs/tasks/{{dataset}}.log",
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    threads: 1
     shell:
         "{PY} {input.script} --dataset {wildcards.dataset} --settings {params.settings:q} --out {output} > {log} 2>&1"
 
