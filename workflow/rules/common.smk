@@ -1,6 +1,8 @@
 # Shared helpers for every rule file: config validation, paths, code dependencies, params as JSON.
 import json
+import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -86,3 +88,46 @@ def settings(*keys, **extra):
 
 def logpath(rule, *parts):
     return f"{RESULTS}/logs/{MODEL}/{rule}" + ("/" + "/".join(parts) if parts else "") + ".log"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cluster resources (read by executors such as profiles/slurm; ignored by a local run without limits)
+# --------------------------------------------------------------------------------------------------
+_SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)([bm])(?![a-z])", re.IGNORECASE)
+
+
+def model_params_b():
+    """Model size in billions of parameters: `cluster.params_b`, else read from the spec name
+    (`...-7b...` -> 7, `...-135m...` -> 0.135, `random:tiny-*` -> 0.001), else 8 (a 7B-class guess)."""
+    given = config["cluster"].get("params_b")
+    if given is not None:
+        return float(given)
+    spec = config["model"]["spec"]
+    if re.match(r"^random:tiny-", spec):
+        return 0.001
+    hits = _SIZE_RE.findall(spec.split("?")[0])
+    if hits:
+        num, unit = hits[-1]
+        return float(num) * (1.0 if unit.lower() == "b" else 1e-3)
+    return 8.0
+
+
+def model_resources(weight=1.0):
+    """Resources of a job that loads the model: `resources: **model_resources()`.
+
+    gpu: `cluster.gpus`, default 1 unless `model.device` is cpu (then 0, so a CPU run asks for no GPU).
+    mem_mb: host memory to load the weights (params x bytes per dtype x 1.3 + 3 GB), or `cluster.mem_mb`.
+    runtime (minutes): (`cluster.runtime_base_min` + `cluster.runtime_per_b_min` x params_b) x weight,
+    so heavy rules pass weight > 1; or `cluster.runtime_min` if set.
+    """
+    cl = config["cluster"]
+    gpus = cl.get("gpus")
+    if gpus is None:
+        gpus = 0 if str(config["model"]["device"]).startswith("cpu") else 1
+    size_b = model_params_b()
+    bytes_per = 4 if config["model"]["dtype"] == "float32" else 2
+    mem_mb = cl.get("mem_mb") or int(math.ceil((size_b * bytes_per * 1.3 + 3.0) * 1024))
+    runtime = cl.get("runtime_min") or int(
+        math.ceil((cl["runtime_base_min"] + cl["runtime_per_b_min"] * size_b) * weight)
+    )
+    return {"gpu": int(gpus), "mem_mb": int(mem_mb), "runtime": int(runtime)}
