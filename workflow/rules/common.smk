@@ -65,13 +65,22 @@ def src(*modules):
     """Package sources a rule's script imports, as inputs, so editing one reruns the rule.
 
     (Snakemake's `code` trigger only sees the rule's own script, not the modules it imports.)
+    Paths are relative to the working directory when the sources lie below it (the usual case), so that
+    Snakemake's records stay valid when the checkout is moved or copied. A module that does not exist is
+    returned as `src/cotmech/<name>.py`, so the rule fails with a missing-input error naming it.
     """
     base = Path(workflow.basedir) / "src" / "cotmech"
     files = [base / "__init__.py", base / "io.py"]
     for m in modules:
         p = base / f"{m}.py"
-        files.extend([p] if p.exists() else sorted((base / m).glob("*.py")))
-    return [str(f) for f in files]
+        pkg = sorted((base / m).glob("*.py")) if (base / m).is_dir() else []
+        files.extend(pkg or [p])
+    here = Path.cwd().resolve()
+    out = []
+    for f in files:
+        f = f.resolve()
+        out.append(str(f.relative_to(here)) if f.is_relative_to(here) else str(f))
+    return out
 
 
 def settings(*keys, **extra):
