@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import vocab
 from .logic import (FALSE_CONCEPTS, ONTOLOGIES, TRUE_TAXONOMIES, Formula, closure, concept_vocabulary)
-from .sentences import render, render_query
+from .sentences import parse, render, render_query
 
 STYLES = ("paper", "original")
 DISTRACTORS = ("none", "relevant", "irrelevant")
@@ -154,6 +154,9 @@ def _one(rng: np.random.Generator, ontology: str, hops: int, style: str, distrac
         surface[r] = render(r, style, plural_form=sing(), quantifier=quant())
     for f in premises:
         surface[f] = render(f, style)
+    for f, text in surface.items():  # the generator's built-in self-test: every sentence parses back
+        if parse(text).formula != f:
+            raise RuntimeError(f"generated sentence {text!r} does not parse back to {f}")
     question = " ".join(surface[f] for f in context_rules + premises)
     # --- CoT
     cot_f: list[Formula] = [premises[premises.index(Formula("fact", entity, chain[0]))]]

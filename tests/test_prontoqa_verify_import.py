@@ -1,0 +1,143 @@
+"""Verifier (accepts valid proofs, rejects broken ones with a reason) and importers on every fixture file."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from cotmech.io import RecordError
+from cotmech.prontoqa import generate
+from cotmech.prontoqa.importers import import_file
+from cotmech.prontoqa.verify import verify
+
+# file -> (records imported incl. in-context examples, verified, rejected); computed once, asserted exactly
+FIXTURE_COUNTS = {
+    "authors/fewShotPrompts.json": (8, 8, 0),
+    "authors/2hop_fictional_sample.json": (200, 200, 0),
+    "authors/2hop_falseontology_sample.json": (100, 100, 0),
+    "authors/activation_patching_clean_sample.json": (20, 20, 0),
+    "prontoqa/main_1hop_fictional.json": (20, 20, 0),
+    "prontoqa/main_3hop_fictional.json": (20, 20, 0),
+    "prontoqa/main_2hop_fictional_preorder_nodistractor.json": (20, 20, 0),
+    "prontoqa/v1_2hop_falseontology.json": (20, 20, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_COUNTS))
+def test_fixture_counts(fixtures_dir, name):
+    recs = import_file(fixtures_dir / name)
+    verdicts = [verify(r) for r in recs]
+    n, ok, bad = FIXTURE_COUNTS[name]
+    assert (len(recs), sum(v.ok for v in verdicts), sum(not v.ok for v in verdicts)) == (n, ok, bad)
+    assert all(v.reason for v in verdicts if not v.ok)
+    for r in recs:
+        assert r["logic"] is not None and r["answer"].endswith(" True" if r["label"] else " False")
+    if name.startswith("prontoqa/"):
+        tests = import_file(fixtures_dir / name, in_context=False)
+        assert len(tests) == 5 and all(not r["source"]["in_context"] for r in tests)
+
+
+def test_fixture_fields(fixtures_dir):
+    """The §2.2 example record and the properties of each layout."""
+    r = import_file(fixtures_dir / "authors/2hop_fictional_sample.json")[0]
+    assert r["question"] == "Jompus is fast. Tumpuses are jompuses. Sam is tumpus."
+    assert r["query"] == "True or false: Sam is loud."
+    assert r["cot"] == ["Sam is tumpus.", "Tumpuses are jompuses.", "Sam is jompus.", "Jompus is fast.",
+                        "Sam is fast."]
+    assert r["label"] is False and (r["hops"], r["ontology"], r["style"]) == (2, "fictional", "paper")
+    assert r["logic"]["chain"] == ["tumpus", "jompus"] and r["logic"]["query_property"] == "loud"
+    labels = [x["label"] for x in import_file(fixtures_dir / "authors/2hop_fictional_sample.json")]
+    assert (labels.count(False), labels.count(True)) == (104, 96)  # README: False 104 / True 96
+    for name, hops, ont in [("main_1hop_fictional.json", 1, "fictional"), ("main_3hop_fictional.json", 3, "fictional"),
+                            ("v1_2hop_falseontology.json", 2, "false")]:
+        recs = import_file(fixtures_dir / "prontoqa" / name)
+        assert {(x["hops"], x["ontology"], x["style"]) for x in recs} == {(hops, ont, "original")}
+    fs = import_file(fixtures_dir / "authors/fewShotPrompts.json")
+    assert [x["label"] for x in fs].count(True) == 4
+
+
+def _broken(r: dict) -> dict[str, dict]:
+    out = {}
+    x = copy.deepcopy(r)
+    x["label"] = not x["label"]
+    x["answer"] = " ".join(x["cot"]) + (" True" if x["label"] else " False")
+    out["flipped label"] = x
+    x = copy.deepcopy(r)
+    x["cot"][1], x["cot"][2] = x["cot"][2], x["cot"][1]
+    out["derived fact before its rule"] = x
+    x = copy.deepcopy(r)
+    x["cot"] = x["cot"][:-1]
+    out["no conclusion"] = x
+    x = copy.deepcopy(r)
+    x["cot"][1] = x["cot"][1].replace(r["logic"]["chain"][1], "wumpus" if "wumpus" not in x["question"] else "yumpus")
+    out["rule not in context"] = x
+    x = copy.deepcopy(r)
+    x["answer"] = x["answer"].replace(". ", ", ", 1)
+    out["answer mismatch"] = x
+    x = copy.deepcopy(r)
+    x["cot"][0] = "Sentence without a verb."
+    out["unparsable"] = x
+    return out
+
+
+@pytest.mark.parametrize("style", ["paper", "original"])
+def test_verifier_rejects_broken_proofs(style):
+    for r in generate("fictional", 2, 20, style=style, seed=5):
+        assert verify(r).ok
+        for what, x in _broken(r).items():
+            v = verify(x)
+            assert not v.ok and v.reason, what
+
+
+def test_verifier_rejects_broken_fixture_records(fixtures_dir):
+    recs = import_file(fixtures_dir / "authors/activation_patching_clean_sample.json")
+    for r in recs:
+        for what, x in _broken(r).items():
+            assert not verify(x).ok, what
+
+
+def _write(tmp_path, obj, raw: str | None = None):
+    p = tmp_path / "bad.json"
+    p.write_text(raw if raw is not None else json.dumps(obj))
+    return p
+
+
+GOOD_AUTHORS = {"question": "Jompus is fast. Tumpuses are jompuses. Sam is tumpus.", "query": "True or false: Sam is fast.",
+                "answer": "Sam is tumpus. Tumpuses are jompuses. Sam is jompus. Jompus is fast. Sam is fast. True",
+                "label": "True"}
+GOOD_GEN = {"question": "Dumpuses are wooden. Wumpuses are dumpuses. Max is a wumpus.",
+            "query": "True or false: Max is wooden.",
+            "chain_of_thought": ["Max is a wumpus.", "Wumpuses are dumpuses.", "Max is a dumpus.",
+                                 "Dumpuses are wooden.", "Max is wooden."], "answer": "True"}
+
+
+def test_importer_good_minimal(tmp_path):
+    assert verify(import_file(_write(tmp_path, [GOOD_AUTHORS]))[0]).ok
+    assert verify(import_file(_write(tmp_path, {"example1": {"test_example": GOOD_GEN}}))[0]).ok
+
+
+@pytest.mark.parametrize("obj, raw, match", [
+    (None, '[{"question": ', r"bad\.json: not valid JSON"),
+    ("text", None, "unrecognised layout"),
+    ([GOOD_AUTHORS, {k: v for k, v in GOOD_AUTHORS.items() if k != "query"}], None, r"record 1: missing key 'query'"),
+    ([GOOD_AUTHORS, dict(GOOD_AUTHORS, label=True)], None, r"record 1: key 'label' must be str, got bool"),
+    ([dict(GOOD_AUTHORS, label="Maybe")], None, r"record 0: label must be 'True' or 'False'"),
+    ([dict(GOOD_AUTHORS, answer="Sam is fast.")], None, r"record 0: answer must end with"),
+    ([dict(GOOD_AUTHORS, answer_token_pos_3=[1])], None, r"record 0: key 'answer_token_pos_3' must be an int or 'NONE'"),
+    ([dict(GOOD_AUTHORS, response_2=5)], None, r"record 0: key 'response_2' must be str"),
+    ([3], None, r"record 0: expected an object, got int"),
+    ({"example1": {"test_example": GOOD_GEN}, "example2": {}}, None, r"record 'example2': missing key 'test_example'"),
+    ({"example1": {"test_example": dict(GOOD_GEN, chain_of_thought="Max is a wumpus.")}}, None,
+     r"example1'/test_example: key 'chain_of_thought' must be list"),
+    ({"example1": {"test_example": dict(GOOD_GEN, answer="Yes")}}, None, r"answer must be 'True' or 'False'"),
+    ({"sample1": {"test_example": GOOD_GEN}}, None, r"record 'sample1': unexpected top-level key"),
+])
+def test_importer_bad_input(tmp_path, obj, raw, match):
+    with pytest.raises(RecordError, match=match):
+        import_file(_write(tmp_path, obj, raw))
+
+
+def test_importer_missing_file(tmp_path):
+    with pytest.raises(RecordError, match="no such file"):
+        import_file(tmp_path / "absent.json")
