@@ -14,18 +14,24 @@ venv: $(STAMP)
 
 # torch==2.13.0 is pinned in requirements.lock: pip takes the local CPU wheel here and a CUDA build
 # from PyPI on a GPU machine.
+# A fresh machine needs only Python >= 3.11 with pip/venv; a lock change re-syncs the venv on the next make.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=64" wheel
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import cotmech, torch, nnsight, snakemake, snakemake_executor_plugin_slurm"
 	touch $@
 
 study: $(STAMP) models
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 
+# The whole suite, unit tests spread over 2 workers; the end-to-end smoke study, its rerun guarantees and the
+# real-SLURM integration test (markers slow/slurm) share one worker (xdist group "smoke") and one local run.
+# Quick loop: make test PYTEST_ARGS='-m "not slow"'. The SLURM test installs slurm-wlm + munge if missing (root).
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 report: $(STAMP)
 	$(BIN)/snakemake --cores 1 --report results/report.html
