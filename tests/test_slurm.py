@@ -48,6 +48,7 @@ def test_smoke_study_runs_as_slurm_jobs_and_matches_local_run(slurm_conf, tmp_pa
     local = sr.base_run()  # the same config run locally (shared with tests/test_workflow.py)
     wd = sr.copy_repo(tmp_path / "slurm-run")
     env = sr.env_for(wd, SLURM_CONF=str(slurm_conf / "slurm.conf"))
+    env["PATH"] = f"{slurm_conf / 'bin'}:{env['PATH']}"  # srun shim that keeps the private config (start.sh)
     plan = sr.planned(wd)
     # this SLURM has no slurmdbd (no sacct, no accounts): poll squeue (MinJobAge is 3600 s there), no account
     run = sr.snakemake(wd, "--profile", "profiles/slurm", "--jobs", "4", "--slurm-no-account",

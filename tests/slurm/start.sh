@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start a private single-node SLURM cluster in DIR: munged (own key + socket), slurmctld, slurmd.
-# Usage: start.sh DIR   -> prints SLURM_CONF=DIR/slurm.conf on success. Stop it with stop.sh DIR.
+# Usage: start.sh DIR   -> prints SLURM_CONF=DIR/slurm.conf on success; use it with PATH=DIR/bin:$PATH.
+# Stop it with stop.sh DIR.
 # Everything (config, state, spool, logs, pid files) lives in DIR; no system file is touched.
 # No slurmdbd: `sacct` is unavailable, so MinJobAge is large and Snakemake's SLURM executor polls `squeue`.
 set -euo pipefail
@@ -53,7 +54,12 @@ MpiDefault=none
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
-: > "$D/cgroup.conf"
+# The SLURM jobstep executor strips SLURM_* (SLURM_CONF included) from the environment of the srun it runs inside
+# each job (snakemake-executor-plugin-slurm-jobstep 0.6.1); a real node has its config at the system path. This
+# private cluster's config is elsewhere, so jobs get an srun shim (prepend DIR/bin to PATH) that sets it again.
+mkdir -p "$D/bin"
+printf '#!/bin/sh\nSLURM_CONF=%s exec %s "$@"\n' "$D/slurm.conf" "$(command -v srun)" > "$D/bin/srun"
+chmod +x "$D/bin/srun"
 export SLURM_CONF="$D/slurm.conf"
 slurmctld -f "$SLURM_CONF"
 slurmd -f "$SLURM_CONF"
