@@ -1,4 +1,4 @@
-# Shared helpers for every rule file: config validation, paths, code dependencies, params as JSON.
+# Shared helpers for all step files (config validation, paths, code dependencies, params as JSON).
 import json
 import math
 import os
@@ -84,7 +84,7 @@ def src(*modules):
 
 
 def settings(*keys, **extra):
-    """The config values a rule depends on, as one JSON string (a param: a change reruns the rule)."""
+    """The config values a rule depends on, as one JSON string (a param, so a change reruns the rule)."""
     out = {}
     for k in keys:
         cur = config
@@ -96,7 +96,7 @@ def settings(*keys, **extra):
 
 
 def logpath(rule, *parts):
-    return f"{RESULTS}/logs/{MODEL}/{rule}" + ("/" + "/".join(parts) if parts else "") + ".log"
+    return os.path.join(RESULTS, "logs", MODEL, rule, *parts) + ".log"
 
 
 # --------------------------------------------------------------------------------------------------
