@@ -11,8 +11,10 @@
   "### Input"; never in the exemplars, never inside "Let us think step by step." or "True or false:"). For the label
   step the item is the CoT's final property (it is in the prefix).
 - That occurrence is replaced by another word of the same type from the record's ontology vocabulary (same
-  capitalisation and number), not occurring anywhere in the test block or prefix, drawn with ``rng`` among the
-  candidates that keep the *whole* corrupt text at exactly the clean token count; none → ``Rejected``.
+  capitalisation and number), not occurring anywhere in the test block or prefix, drawn uniformly with ``rng`` among
+  the candidates that keep the *whole* corrupt text at exactly the clean token count (candidates are tried in a
+  random permutation and the first that fits is taken — a uniform draw among those that fit, with few
+  tokenisations); none → ``Rejected``.
 - Every tokenisation goes through :func:`encode` (the single BOS decision for the project).
 """
 from __future__ import annotations
@@ -151,20 +153,25 @@ def make_pair(record: dict, step: Step, prompt: str, tokenizer: Any, rng: np.ran
     s, e = spans[-1]
     old = clean[s:e]
     _, is_plural = LEXICON.lemma(old)
+    # number-ambiguous words ("sheep"): plural when they are the subject of "are" or follow "are"
+    is_plural = is_plural or clean[e:].startswith(" are ") or re.search(r"\bare (not )?$", clean[:s]) is not None
     capital = old[:1].isupper()
     region = clean[block:]
-    valid: list[tuple[str, str, list[int]]] = []
-    for cand in _candidates(record, word_type, lemma, region):
+    # a uniform draw among the equal-length candidates: visit them in a random order, take the first that fits
+    cands = _candidates(record, word_type, lemma, region)
+    chosen = None
+    for i in rng.permutation(len(cands)):
+        cand = cands[int(i)]
         new = surface(cand, is_plural, capital) if word_type == "concept" else (
             cand.capitalize() if (capital and word_type == "property") else cand)
         corrupt = clean[:s] + new + clean[e:]
-        ids = encode(tokenizer, corrupt)
-        if len(ids) == len(clean_ids) and ids != clean_ids:
-            valid.append((cand, new, ids))
-    if not valid:
+        corrupt_ids = encode(tokenizer, corrupt)
+        if len(corrupt_ids) == len(clean_ids) and corrupt_ids != clean_ids:
+            chosen = cand
+            break
+    if chosen is None:
         return Rejected("no equal-length replacement")
-    cand, new, corrupt_ids = valid[int(rng.integers(len(valid)))]
-    corrupt = clean[:s] + new + clean[e:]
+    cand = chosen
     assert corrupt != clean and corrupt_ids != clean_ids
     first_diff = next(i for i, (a, b) in enumerate(zip(clean_ids, corrupt_ids)) if a != b)
     corrupt_answer_id = None

@@ -40,7 +40,15 @@ def build_dataset(name: str, spec: dict[str, Any], master_seed: int, where: str 
         raise RecordError(f"{where}: datasets.{name}: unknown keys {sorted(unknown)}")
     n = spec.get("n", 100)
     if spec.get("import"):
-        records = import_file(spec["import"], ontology=spec.get("ontology"))
+        records = import_file(spec["import"])
+        want = spec.get("ontology")
+        if want:
+            found = sorted({r["ontology"] for r in records})
+            if found not in ([want], ["false"] if want == "true" else [want]):
+                raise RecordError(f"{where}: datasets.{name}: ontology {want!r} but {spec['import']} holds "
+                                  f"{', '.join(found)} records")
+            for r in records:  # real-word concepts read as 'false' unless the config says 'true'
+                r["ontology"] = want
         kept, rejected = verify_all(records)
         print(f"[make_tasks] {name}: imported {len(records)} records from {spec['import']}: "
               f"{len(kept)} verified, {sum(rejected.values())} rejected {dict(rejected)}; keeping the first "

@@ -56,7 +56,7 @@ def paper_exemplars() -> list[dict]:
     return out
 
 
-def test_prompt(record: dict) -> str:
+def input_text(record: dict) -> str:
     """The text put into the template: question + " " + query + " Let us think step by step."."""
     return f"{record['question']} {record['query']}{INSTRUCTION}"
 
@@ -108,11 +108,11 @@ def build_prompt(record: dict, shots: int = 6, exemplars: list[dict] | None = No
     for e in exemplars:
         if header == "paper":
             sp = " " if e.get("trailing_space") else ""
-            blocks.append(f"### Input:\n{test_prompt(e)}{sp}\n### Response:\n{_answer(e)}")
+            blocks.append(f"### Input:\n{input_text(e)}{sp}\n### Response:\n{_answer(e)}")
         else:
-            blocks.append(f"### Input: \n{test_prompt(e)}\n### Response: \n{_answer(e)}")
+            blocks.append(f"### Input: \n{input_text(e)}\n### Response: \n{_answer(e)}")
     if header == "paper":
-        blocks.append(f"### Input:\n{test_prompt(record)}\n### Response:\n")
+        blocks.append(f"### Input:\n{input_text(record)}\n### Response:\n")
     else:
-        blocks.append(f"### Input : \n{test_prompt(record)}\n### Response :\n")
+        blocks.append(f"### Input : \n{input_text(record)}\n### Response :\n")
     return "\n\n".join(blocks)
