@@ -22,7 +22,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
 import smokerun as sr  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke")]
+
+
+def e2e(f):
+    """End-to-end test on the smoke run: slow, and on the xdist worker that holds the shared local run."""
+    return pytest.mark.slow(pytest.mark.xdist_group("smoke")(f))
+
 # modules every rule reads (a change there reruns everything by design)
 SHARED_MODULES = {"src/cotmech/__init__.py", "src/cotmech/io.py"}
 
@@ -57,6 +62,7 @@ def _with_config_change(wd: Path, dotted: str, value) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+@e2e
 def test_smoke_study_completes_and_unchanged_rerun_does_nothing():
     wd = sr.base_run()
     jobs = sr.recorded_jobs(wd)
@@ -75,6 +81,7 @@ def test_smoke_study_completes_and_unchanged_rerun_does_nothing():
         assert any("src/cotmech/" in i for i in j.inputs), f"rule {j.rule} does not depend on package sources (src())"
 
 
+@e2e
 def test_touching_a_module_reruns_exactly_its_dependents():
     wd = sr.clone_run("touch")
     jobs = sr.recorded_jobs(wd)
@@ -95,6 +102,7 @@ def test_touching_a_module_reruns_exactly_its_dependents():
     assert sr.planned(wd) == Counter()
 
 
+@e2e
 def test_changing_the_number_of_examples_reruns_from_the_tasks_on():
     wd = sr.clone_run("n")
     jobs = sr.recorded_jobs(wd)
@@ -130,6 +138,7 @@ def _plotting_key(jobs, steps) -> tuple[str, float] | None:
     return None
 
 
+@e2e
 def test_changing_a_plotting_option_reruns_only_figures_and_report():
     wd = sr.clone_run("plot")
     jobs = sr.recorded_jobs(wd)
@@ -164,6 +173,7 @@ def _shard_jobs(jobs):
     return rule, by_rule[rule]
 
 
+@e2e
 def test_a_failed_shard_reruns_alone():
     wd = sr.clone_run("shard")
     jobs = sr.recorded_jobs(wd)
@@ -192,6 +202,7 @@ def _incomplete_outputs(wd: Path) -> set[str]:
     return out
 
 
+@e2e
 def test_sigkill_mid_run_is_recovered_by_rerun_incomplete():
     """Kill Snakemake and its running job with SIGKILL while the sharded rule runs: the interrupted job's output
     is not trusted (a plain run refuses, --rerun-incomplete redoes it), finished shards are kept, and the recovered
@@ -244,3 +255,45 @@ def test_sigkill_mid_run_is_recovered_by_rerun_incomplete():
     assert sr.planned(wd) == Counter()
     diffs = sr.compare_results(sr.base_run(), wd)
     assert not diffs, "results after recovery differ from the uninterrupted run:\n" + "\n".join(diffs[:20])
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs and cluster resources (forced dry runs; no job runs)
+CONFIGS = ["config.yaml", "config/smoke.yaml", "config/paper.yaml", "config/scale.yaml"]
+
+
+@pytest.fixture(scope="module")
+def dags():
+    return {c: sr.dry_run_jobs(c) for c in CONFIGS}
+
+
+def test_every_config_validates_and_smoke_covers_the_whole_dag(dags):
+    for c, jobs in dags.items():
+        assert any(j["rule"] == "make_tasks" for j in jobs), f"{c}: no task jobs in the DAG"
+    full = {j["rule"] for j in dags["config.yaml"]}
+    for c in CONFIGS[1:]:
+        assert {j["rule"] for j in dags[c]} == full, f"{c} does not run the same rules as the default study"
+
+
+def _model_jobs(jobs):
+    return [j for j in jobs if not j["local"] and any(k == "model" or k.startswith("model.") for k in j["settings"])]
+
+
+@pytest.mark.parametrize("config,params_b,bytes_per,gpu", [
+    ("config/paper.yaml", 6.7, 4, 1),      # Llama-2-7B (6.74e9 parameters), fp32, GPU
+    ("config/scale.yaml", 6.7, 4, 1),      # the same shape, random weights
+    ("config.yaml", 1.5, 2, 1),            # Qwen2.5-Coder-1.5B, bf16 (auto)
+    ("config/smoke.yaml", 0.0, 4, 0),      # tiny random model on the CPU: no GPU
+])
+def test_model_jobs_ask_for_gpu_memory_and_time_from_the_model_size(dags, config, params_b, bytes_per, gpu):
+    jobs = _model_jobs(dags[config])
+    if not jobs:
+        pytest.skip(f"LOUD: no model-running rule in the DAG yet ({config}) - cluster resources not checked")
+    for j in jobs:
+        res = j["resources"]
+        where = f"{config}: rule {j['rule']} resources {res}"
+        assert res.get("gpu", 0) == gpu, where
+        assert "mem_mb" in res and res["mem_mb"] * 2**20 >= params_b * 1e9 * bytes_per, where
+        assert "runtime" in res and res["runtime"] >= 1, where
+        if gpu:  # and within one 80 GB node's share for a 7B model
+            assert res["mem_mb"] < 80_000, where

@@ -232,3 +232,32 @@ def compare_results(a: Path, b: Path, results: str | None = None) -> list[str]:
         except AssertionError as e:
             diffs.append(f"{k}: {str(e)[:500]}")
     return diffs
+
+
+def dry_run_jobs(config: str, workdir: Path = REPO) -> list[dict]:
+    """Every job of the DAG for ``config`` (a forced dry run): rule, resources and the settings it passes."""
+    p = subprocess.run([*SNAKEMAKE, "--configfile", config, "--dry-run", "--forceall", "--nolock",
+                        "--printshellcmds"], cwd=workdir, env=env_for(workdir), capture_output=True, text=True,
+                       timeout=600)
+    text = p.stdout + p.stderr
+    if p.returncode != 0:
+        raise AssertionError(f"dry run with {config} failed:\n{text[-5000:]}")
+    jobs = []
+    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?(?:rule|checkpoint) \w+:\n)", text)[1:]:
+        m = re.search(r"^(local)?(?:rule|checkpoint) (\w+):", block, re.M)
+        if not m:
+            continue
+        res = {}
+        r = re.search(r"^\s+resources: (.*)$", block, re.M)
+        for item in (r.group(1).split(", ") if r else []):
+            k, _, v = item.partition("=")
+            try:
+                res[k] = int(v)
+            except ValueError:
+                res[k] = v
+        t = re.search(r"^\s+threads: (\d+)$", block, re.M)
+        cmd = re.search(r"^Shell command: (.*)$", block, re.M)
+        jobs.append({"rule": m.group(2), "local": bool(m.group(1)), "resources": res,
+                     "threads": int(t.group(1)) if t else 1,
+                     "settings": _settings_of(cmd.group(1)) if cmd else {}})
+    return jobs
