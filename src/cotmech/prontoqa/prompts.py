@@ -14,7 +14,8 @@ exemplars (k ≤ 6; for k = 7, 8 generated exemplars are appended). Every other 
 counts, original style, step skipping) draws exemplars from our own generator with the record's ontology, hops, style
 and ``cot_skip``, no distractors, from a seed stream separate from any dataset's (seed derived from
 "exemplars/<ontology>/<hops>/<style>/<skip>/<seed>"), skipping any exemplar whose question and query equal the test
-record's. Exemplars are therefore the same for every record of a setting except in that (rare) collision case.
+record's; generated exemplars alternate True/False labels. Exemplars are therefore the same for every record of a
+setting except in that (rare) collision case.
 """
 from __future__ import annotations
 
@@ -83,7 +84,12 @@ def default_exemplars(ontology: str, hops: int, shots: int, seed: int = 0, style
         pool = generate(ontology, hops, shots + 8, style=style, seed=_seed("exemplars", ontology, hops, style,
                                                                             cot_skip, seed),
                         cot_skip=cot_skip, id_prefix="exemplar-")
-        out += [e for e in pool if (e["question"], e["query"]) not in exclude][:shots - len(out)]
+        pool = [e for e in pool if (e["question"], e["query"]) not in exclude]
+        trues, falses = [e for e in pool if e["label"]], [e for e in pool if not e["label"]]
+        # labels alternate, starting with the label the chosen exemplars so far have fewer of
+        first, second = (falses, trues) if sum(e["label"] for e in out) * 2 > len(out) else (trues, falses)
+        mixed = [e for pair in zip(first, second) for e in pair]
+        out += mixed[:shots - len(out)]
     return out
 
 
