@@ -1,0 +1,507 @@
+"""Information-flow tracing of answer-writer pathways (study.md E9), the data behind E9a–c and the rift (E10).
+
+For a start token ``t`` at position ``pos`` (the answer token at the predicting position of a clean pair input):
+
+- **Stage I (writers)**: every *important* head in layers below the current one is scored by
+  ``softmax(W_U · norm_final(z_h[pos] W_O,h))[t]``, the probability its own output alone gives ``t`` — computed only
+  at the traced position (the per-head log-normaliser over the vocabulary is cached per position); keep the top ``l``.
+- **Stage II**: in that head's attention row at ``pos``, keep the top ``k`` key positions above the row median.
+- **Stage III**: logit lens of the block input (resid_pre) at that head's layer and key position; keep the top ``p``
+  tokens above the median; each becomes the new ``t`` for Stage I at the key position, in lower layers only.
+
+``l, k, p`` shrink by ``decay`` per depth (minimum 1); a branch ends at a head in layer 0. One nnsight forward per
+example captures what the recursion needs (z, resid_pre, attention patterns of every layer); all subtasks of an example
+whose clean inputs are prefixes of the longest one share that forward (causal model: same activations).
+
+Deviation (documented): ``skip_first`` ignores key position 0 in Stage II — it is an attention sink in models without
+BOS (Qwen2.5) and would otherwise absorb most traces.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+PARTS = ("fewshot", "question", "generated")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Search hyper-parameters (study.md E9: l=4, k=1, p=1, each reduced by 1 per depth, min 1)."""
+
+    l: int = 4  # noqa: E741 - the paper's name
+    k: int = 1
+    p: int = 1
+    decay: int = 1
+    max_depth: int = 32
+    skip_first: bool = True
+    min_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("l", "k", "p"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"flow: {name} must be >= 1, got {getattr(self, name)}")
+        if self.decay < 0 or self.max_depth < 0:
+            raise ValueError("flow: decay and max_depth must be >= 0")
+
+    def at_depth(self, depth: int) -> tuple[int, int, int]:
+        r = depth * self.decay
+        return max(1, self.l - r), max(1, self.k - r), max(1, self.p - r)
+
+
+@dataclass
+class Acts:
+    """Activations of one clean input (batch 1)."""
+
+    ids: list[int]  # [S]
+    z: torch.Tensor  # [L, S, H, d_head] per-head o_proj input
+    resid: torch.Tensor  # [L, S, d_model] block input (resid_pre)
+    attn: torch.Tensor  # [L, H, S, S] attention probabilities
+
+
+@contextlib.contextmanager
+def eager_attention(model: Any) -> Iterator[None]:
+    """Temporarily switch the HF model to eager attention (the only one that returns attention weights)."""
+    hf = model.hf
+    old = getattr(hf.config, "_attn_implementation", None)
+    if old != "eager":
+        hf.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if old not in (None, "eager"):
+            hf.set_attn_implementation(old)
+
+
+@torch.no_grad()
+def capture(model: Any, ids: Sequence[int]) -> Acts:
+    """One nnsight forward over ``ids`` saving z, resid_pre and attention patterns of every layer."""
+    L, H, dh = model.n_layers, model.n_heads, model.d_head
+    x = torch.tensor([list(ids)], device=model.device)
+    saved: list[tuple[Any, Any, Any]] = []
+    with eager_attention(model), model.lm.trace(x):
+        for i in range(L):  # nnsight 0.8 needs accesses in execution order
+            r = model.layer(i).input.save()
+            z = model.o_proj(i).input.save()
+            a = model.attn(i).output[1].save()
+            saved.append((r, z, a))
+    S = len(ids)
+    resid = torch.stack([r[0] for r, _, _ in saved]).cpu()  # [L, S, D]
+    z = torch.stack([z[0].reshape(S, H, dh) for _, z, _ in saved]).cpu()  # [L, S, H, dh]
+    attn = torch.stack([a[0] for _, _, a in saved]).cpu()  # [L, H, S, S]
+    return Acts(list(ids), z, resid, attn)
+
+
+class WriterScorer:
+    """Stage I scores ``softmax(W_U norm(z_h W_O))[t]`` at one position for all heads, with cached normalisers."""
+
+    def __init__(self, model: Any, acts: Acts, important: torch.Tensor | None = None, chunk: int = 48) -> None:
+        L, H = model.n_layers, model.n_heads
+        self.model, self.acts, self.chunk = model, acts, chunk
+        self.important = torch.ones(L, H, dtype=torch.bool) if important is None else important.bool().cpu()
+        if tuple(self.important.shape) != (L, H):
+            raise ValueError(f"important-head mask has shape {tuple(self.important.shape)}, expected {(L, H)}")
+        self.w_o = torch.stack([model.w_o(i).detach().cpu() for i in range(L)])  # [L, H, dh, D]
+        unembed = model.hf_unembed()
+        self.w_u = unembed.weight.detach().cpu()  # [V, D]
+        self.b_u = None if getattr(unembed, "bias", None) is None else unembed.bias.detach().cpu().float()  # [V]
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def _at(self, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normed head outputs [L, H, D], log-normalisers [L, H]) at ``pos`` (lse = -inf for unimportant heads)."""
+        if pos not in self._cache:
+            out = torch.einsum("lhd,lhdm->lhm", self.acts.z[:, pos].to(self.w_o.dtype), self.w_o)  # [L, H, D]
+            norm = self.model.hf_final_norm()
+            dev = self.model.device
+            normed = norm(out.to(dev, self.model.dtype)).cpu()  # [L, H, D]
+            L, H, D = normed.shape
+            lse = torch.full((L * H,), -math.inf)
+            idx = torch.nonzero(self.important.reshape(-1)).flatten()
+            flat = normed.reshape(L * H, D)
+            for c in range(0, len(idx), self.chunk):
+                sel = idx[c:c + self.chunk]
+                logits = (flat[sel] @ self.w_u.T).float()  # [chunk, V]
+                if self.b_u is not None:
+                    logits = logits + self.b_u
+                lse[sel] = torch.logsumexp(logits, dim=-1)
+            self._cache[pos] = (normed, lse.reshape(L, H))
+        return self._cache[pos]
+
+    @torch.no_grad()
+    def probs(self, pos: int, token: int, below: int) -> torch.Tensor:
+        """P(token) from each head's own output at ``pos``: [L, H]; NaN for unimportant heads and layers >= below."""
+        normed, lse = self._at(pos)
+        logit = (normed.float() @ self.w_u[token].float())  # [L, H]
+        if self.b_u is not None:
+            logit = logit + self.b_u[token]
+        p = torch.exp(logit - lse)
+        p[~self.important] = math.nan
+        p[below:] = math.nan
+        return p
+
+    @torch.no_grad()
+    def lens(self, layer: int, pos: int) -> torch.Tensor:
+        """Logit-lens distribution of resid_pre of ``layer`` at ``pos``: [V] float32."""
+        return torch.softmax(self.model.logits_from_resid(self.acts.resid[layer, pos].to(self.model.device))
+                             .float().cpu(), dim=-1)
+
+
+def _above_median_top(values: torch.Tensor, n: int, exclude: Sequence[int] = ()) -> list[tuple[int, float]]:
+    """Indices of the top ``n`` entries strictly above the median of ``values`` (minus ``exclude``)."""
+    v = values.float().clone()
+    med = float(v.median())
+    for e in exclude:
+        if 0 <= e < len(v):
+            v[e] = -math.inf
+    vals, idx = torch.topk(v, min(n, len(v)))
+    return [(int(i), float(x)) for x, i in zip(vals, idx) if x > med]
+
+
+def trace(scorer: WriterScorer, pos: int, token: int, cfg: FlowConfig, decode: Any = None) -> list[dict]:
+    """Recursive Stage I–III search from ``token`` at ``pos``; returns the nodes (traced heads), parents first.
+
+    Node: ``{id, parent, depth, layer, head, pos, token, text, prob, reads: [{pos, attn, tokens: [{id, text, prob}]}]}``
+    where ``token`` is the token the head is found to write at ``pos`` (the carried token).
+    """
+    acts = scorer.acts
+    L = acts.z.shape[0]
+    decode = decode or (lambda t: str(t))
+    nodes: list[dict] = []
+    frontier = [(pos, token, L, -1, 0)]
+    while frontier:
+        nxt = []
+        for q_pos, t, below, parent, depth in frontier:
+            if below <= 0 or depth > cfg.max_depth:
+                continue
+            l_d, k_d, p_d = cfg.at_depth(depth)
+            pr = scorer.probs(q_pos, t, below)  # [L, H]
+            flat = torch.nan_to_num(pr, nan=-1.0).reshape(-1)
+            vals, idx = torch.topk(flat, min(l_d, flat.numel()))
+            for val, i in zip(vals.tolist(), idx.tolist()):
+                if val < 0 or val < cfg.min_prob:
+                    continue
+                layer, head = divmod(i, pr.shape[1])
+                node = {"id": len(nodes), "parent": parent, "depth": depth, "layer": layer, "head": head,
+                        "pos": q_pos, "token": int(t), "text": decode(t), "prob": float(val), "reads": []}
+                nodes.append(node)
+                row = acts.attn[layer, head, q_pos, :q_pos + 1]  # [q_pos+1]
+                for k_pos, a in _above_median_top(row, k_d, exclude=(0,) if cfg.skip_first and q_pos > 0 else ()):
+                    read = {"pos": k_pos, "attn": a, "tokens": []}
+                    if layer > 0:
+                        lens = scorer.lens(layer, k_pos)
+                        for tok, pv in _above_median_top(lens, p_d):
+                            read["tokens"].append({"id": tok, "text": decode(tok), "prob": pv})
+                            nxt.append((k_pos, tok, layer, node["id"], depth + 1))
+                    node["reads"].append(read)
+        frontier = nxt
+    return nodes
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt parts (answer sources)
+# --------------------------------------------------------------------------------------------------
+def part_bounds(tokenizer: Any, ids: Sequence[int], text: str, prompt: str, question: str) -> tuple[int, int]:
+    """Token indices (test_start, response_start) splitting ``ids`` into few-shot / question / generated parts.
+
+    Character boundaries come from the prompt parts: the test block starts after the last blank line before the
+    final occurrence of the test ``question`` in ``prompt`` (0 with no exemplars); the response starts at
+    ``len(prompt)``. They are mapped to tokens with the tokenizer's offsets (a token belongs to the part where it
+    starts). ``text`` must start with ``prompt``; ``ids`` must be the encoding of ``text`` (with an optional BOS).
+    """
+    if not text.startswith(prompt):
+        raise ValueError("part_bounds: the clean text does not start with the prompt")
+    q = prompt.rfind(question)
+    if q < 0:
+        raise ValueError(f"part_bounds: question {question[:40]!r}… not found in the prompt")
+    blank = prompt.rfind("\n\n", 0, q)
+    c_test, c_resp = (blank + 2 if blank >= 0 else 0), len(prompt)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    shift = len(ids) - len(enc.input_ids)
+    if shift not in (0, 1) or list(ids[shift:]) != list(enc.input_ids):
+        raise ValueError("part_bounds: clean ids are not the encoding of the clean text")
+    starts = [s for s, _ in enc.offset_mapping]
+
+    def tok_at(c: int) -> int:
+        return shift + next((i for i, s in enumerate(starts) if s >= c), len(starts))
+
+    return tok_at(c_test), tok_at(c_resp)
+
+
+def part_of(pos: int, bounds: tuple[int, int]) -> str:
+    return PARTS[0] if pos < bounds[0] else PARTS[1] if pos < bounds[1] else PARTS[2]
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver over pairs
+# --------------------------------------------------------------------------------------------------
+def important_mask(table: Any, n_layers: int, n_heads: int, top_k: int, subtask: int | None = None) -> torch.Tensor:
+    """Top-``top_k`` heads of a head-score table (``layer, head, score`` [, ``subtask``]) as a [L, H] bool mask.
+
+    With a ``subtask`` column the scores of ``subtask`` are used if present, else the mean over subtasks.
+    """
+    for c in ("layer", "head", "score"):
+        if c not in table.columns:
+            raise ValueError(f"head ranking table lacks column {c!r} (has {list(table.columns)})")
+    df = table
+    if "subtask" in df.columns:
+        sub = df[df["subtask"] == subtask] if subtask is not None else df.iloc[0:0]
+        df = sub if len(sub) else df.groupby(["layer", "head"], as_index=False)["score"].mean()
+    df = df.dropna(subset=["score"]).sort_values("score", ascending=False).head(top_k)
+    m = torch.zeros(n_layers, n_heads, dtype=torch.bool)
+    for layer, head in zip(df["layer"].astype(int), df["head"].astype(int)):
+        if 0 <= layer < n_layers and 0 <= head < n_heads:
+            m[layer, head] = True
+    return m
+
+
+def select_examples(pairs: Sequence[dict], n_examples: int, subtasks: Sequence[int] | None = None) -> dict[str, list]:
+    """First ``n_examples`` example ids (file order) -> their pairs (optionally only ``subtasks``)."""
+    out: dict[str, list] = {}
+    for i, p in enumerate(pairs):
+        for key in ("pair_id", "example_id", "subtask", "clean_ids", "answer_id"):
+            if key not in p:
+                raise ValueError(f"pairs record {i} ({p.get('pair_id', '?')}): missing field {key!r}")
+        if subtasks is not None and int(p["subtask"]) not in set(subtasks):
+            continue
+        if p["example_id"] not in out:
+            if len(out) >= n_examples:
+                continue
+            out[p["example_id"]] = []
+        out[p["example_id"]].append(p)
+    return out
+
+
+def _forward_groups(pairs: Sequence[dict]) -> list[tuple[list[int], list[dict]]]:
+    """Group pairs whose clean ids are prefixes of a longer one (one forward each group)."""
+    groups: list[tuple[list[int], list[dict]]] = []
+    for p in sorted(pairs, key=lambda q: -len(q["clean_ids"])):
+        ids = list(p["clean_ids"])
+        for full, members in groups:
+            if full[:len(ids)] == ids:
+                members.append(p)
+                break
+        else:
+            groups.append((ids, [p]))
+    return groups
+
+
+def trace_example(model: Any, pairs: Sequence[dict], cfg: FlowConfig, generation: dict | None = None,
+                  important: Any = None) -> list[dict]:
+    """Trace every pair of one example; returns one trace record per pair (see :func:`trace`).
+
+    ``important``: None (all heads), a [L, H] mask, or a callable subtask -> mask. ``generation``: the example's
+    generation record (``prompt``, ``question``) for the answer-source parts; without it parts are omitted.
+    """
+    tok = model.tokenizer
+    out = []
+    for ids, members in _forward_groups(pairs):
+        acts = capture(model, ids)
+        scorers: dict[Any, WriterScorer] = {}
+        for p in sorted(members, key=lambda q: int(q["subtask"])):
+            n = len(p["clean_ids"])
+            mask = important(int(p["subtask"])) if callable(important) else important
+            key = None if mask is None else tuple(mask.flatten().tolist())
+            if key not in scorers:
+                scorers[key] = WriterScorer(model, acts, mask)
+            nodes = trace(scorers[key], n - 1, int(p["answer_id"]), cfg, decode=lambda t: tok.decode([t]))
+            bounds = None
+            if generation is not None:
+                bounds = part_bounds(tok, p["clean_ids"], p["clean"], generation["prompt"], generation["question"])
+            context = set(int(t) for t in p["clean_ids"])
+            for nd in nodes:
+                nd["in_context"] = nd["token"] in context
+                for r in nd["reads"]:
+                    r["part"] = part_of(r["pos"], bounds) if bounds else None
+            attn_mean = acts.attn[:, :, n - 1, :n].float()  # [L, H, n]
+            m = torch.ones(attn_mean.shape[:2], dtype=torch.bool) if mask is None else mask
+            out.append({
+                "pair_id": p["pair_id"], "example_id": p["example_id"], "dataset": p.get("dataset"),
+                "subtask": int(p["subtask"]), "kind": p.get("kind"), "source": p.get("source"),
+                "answer": p.get("answer"), "answer_id": int(p["answer_id"]), "length": n,
+                "n_layers": model.n_layers, "n_heads": model.n_heads,
+                "bounds": list(bounds) if bounds else None,
+                "attention": attn_mean[m].mean(0).tolist(),  # [n] mean attention row of the important heads
+                "nodes": nodes,
+            })
+    return out
+
+
+def config_dict(cfg: FlowConfig) -> dict:
+    return asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Summaries (pure functions of trace records)
+# --------------------------------------------------------------------------------------------------
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def _dims(traces: Sequence[dict]) -> tuple[int, int]:
+    if not traces:
+        raise ValueError("no traces")
+    return int(traces[0]["n_layers"]), int(traces[0]["n_heads"])
+
+
+def depth_maps(traces: Sequence[dict]) -> Any:
+    """Long table ``depth, layer, head, count``: unique (layer, head, depth) per example, summed over examples."""
+    import pandas as pd
+
+    seen = {(t["example_id"], nd["depth"], nd["layer"], nd["head"]) for t in traces for nd in t["nodes"]}
+    cnt: dict[tuple[int, int, int], int] = defaultdict(int)
+    for _, d, layer, head in seen:
+        cnt[(d, layer, head)] += 1
+    rows = [{"depth": d, "layer": layer, "head": h, "count": c} for (d, layer, h), c in sorted(cnt.items())]
+    return pd.DataFrame(rows, columns=["depth", "layer", "head", "count"])
+
+
+def depth_summary(traces: Sequence[dict]) -> Any:
+    """Per depth: entries, mean layer, mean relative layer (layer / n_layers), share in the second half."""
+    import pandas as pd
+
+    L, _ = _dims(traces)
+    dm = depth_maps(traces)
+    rows = []
+    for d, g in dm.groupby("depth"):
+        n = int(g["count"].sum())
+        second = int(g.loc[g["layer"] >= L // 2, "count"].sum())
+        lo, hi = _wilson(second, n)
+        mean_layer = float((g["layer"] * g["count"]).sum() / n)
+        rows.append({"depth": int(d), "n": n, "mean_layer": mean_layer, "mean_rel_layer": mean_layer / L,
+                     "share_second_half": second / n, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["depth", "n", "mean_layer", "mean_rel_layer", "share_second_half",
+                                       "ci_low", "ci_high"])
+
+
+def _reads(traces: Sequence[dict], depth: int = 0) -> Iterator[tuple[dict, dict, dict]]:
+    for t in traces:
+        for nd in t["nodes"]:
+            if nd["depth"] == depth:
+                for r in nd["reads"]:
+                    if r.get("part"):
+                        yield t, nd, r
+
+
+def answer_sources(traces: Sequence[dict]) -> Any:
+    """Per subtask: shares of positions read by depth-0 writers in few-shot / question / generated parts."""
+    import pandas as pd
+
+    cnt: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(PARTS, 0))
+    meta: dict[int, tuple] = {}
+    for t, _, r in _reads(traces):
+        cnt[t["subtask"]][r["part"]] += 1
+        meta[t["subtask"]] = (t.get("kind"), t.get("source"))
+    rows = []
+    for k in sorted(cnt):
+        n = sum(cnt[k].values())
+        rows.append({"subtask": k, "kind": meta[k][0], "source": meta[k][1], "n": n,
+                     **{part: cnt[k][part] / n for part in PARTS}})
+    return pd.DataFrame(rows, columns=["subtask", "kind", "source", "n", *PARTS])
+
+
+def head_sources(traces: Sequence[dict]) -> Any:
+    """Per subtask and depth-0 head: read counts per part and the majority part (ties: earliest in PARTS)."""
+    import pandas as pd
+
+    cnt: dict[tuple[int, int, int], dict[str, int]] = defaultdict(lambda: dict.fromkeys(PARTS, 0))
+    for t, nd, r in _reads(traces):
+        cnt[(t["subtask"], nd["layer"], nd["head"])][r["part"]] += 1
+    rows = []
+    for (k, layer, h), c in sorted(cnt.items()):
+        rows.append({"subtask": k, "layer": layer, "head": h, **c, "majority": max(PARTS, key=lambda p: c[p])})
+    return pd.DataFrame(rows, columns=["subtask", "layer", "head", *PARTS, "majority"])
+
+
+def context_by_layer(traces: Sequence[dict]) -> Any:
+    """Per layer: share of carried tokens found in the input ids (E9c); depth-0 writers counted as context
+    (as in the original) and, separately, left out."""
+    import pandas as pd
+
+    L, _ = _dims(traces)
+    a = np.zeros((L, 4), dtype=int)  # n, ctx (writers = context), n_wo, ctx_wo
+    for t in traces:
+        for nd in t["nodes"]:
+            ctx = bool(nd["in_context"])
+            a[nd["layer"], 0] += 1
+            a[nd["layer"], 1] += 1 if nd["depth"] == 0 else int(ctx)
+            if nd["depth"] > 0:
+                a[nd["layer"], 2] += 1
+                a[nd["layer"], 3] += int(ctx)
+    rows = []
+    for layer in range(L):
+        n, c, n2, c2 = (int(x) for x in a[layer])
+        rows.append({"layer": layer, "n": n, "context": c, "share": c / n if n else math.nan,
+                     "n_without_writers": n2, "context_without_writers": c2,
+                     "share_without_writers": c2 / n2 if n2 else math.nan})
+    return pd.DataFrame(rows)
+
+
+def head_context(traces: Sequence[dict]) -> Any:
+    """Per head: n traced entries and P(context) (depth-0 writers count as context) — the F-rift map."""
+    import pandas as pd
+
+    cnt: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
+    for t in traces:
+        for nd in t["nodes"]:
+            c = cnt[(nd["layer"], nd["head"])]
+            c[0] += 1
+            c[1] += 1 if nd["depth"] == 0 or nd["in_context"] else 0
+    rows = [{"layer": layer, "head": h, "n": n, "p_context": k / n} for (layer, h), (n, k) in sorted(cnt.items())]
+    return pd.DataFrame(rows, columns=["layer", "head", "n", "p_context"])
+
+
+def rift_summary(traces: Sequence[dict], split: int | None = None) -> dict:
+    """Pooled context share below / at-or-above ``split`` (default n_layers // 2), with and without writers,
+    Wilson 95% CIs; and the depth-0 writers' share in the second half (study.md §1.4, E10)."""
+    L, _ = _dims(traces)
+    split = L // 2 if split is None else split
+    tab = context_by_layer(traces)
+    lo, hi = tab[tab.layer < split], tab[tab.layer >= split]
+
+    def share(df: Any, n: str, c: str) -> dict:
+        k, m = int(df[c].sum()), int(df[n].sum())
+        ci = _wilson(k, m)
+        return {"n": m, "k": k, "share": k / m if m else math.nan, "ci_low": ci[0], "ci_high": ci[1]}
+
+    writers = [nd for t in traces for nd in t["nodes"] if nd["depth"] == 0]
+    w2 = sum(nd["layer"] >= split for nd in writers)
+    wci = _wilson(w2, len(writers))
+    return {
+        "n_layers": L, "split_layer": split, "n_traces": len(traces),
+        "n_examples": len({t["example_id"] for t in traces}),
+        "context_below": share(lo, "n", "context"), "context_above": share(hi, "n", "context"),
+        "context_below_without_writers": share(lo, "n_without_writers", "context_without_writers"),
+        "context_above_without_writers": share(hi, "n_without_writers", "context_without_writers"),
+        "writers": {"n": len(writers), "k": int(w2), "share_second_half": w2 / len(writers) if writers else math.nan,
+                    "ci_low": wci[0], "ci_high": wci[1]},
+    }
+
+
+def attention_profile(traces: Sequence[dict], tokenizer: Any = None, pairs: dict[str, dict] | None = None) -> Any:
+    """Long table of the mean attention row of the important heads at each pair's predicting position:
+    ``pair_id, example_id, subtask, pos, rel_pos (pos - length), part, token, attn``."""
+    import pandas as pd
+
+    rows = []
+    for t in traces:
+        ids = (pairs or {}).get(t["pair_id"], {}).get("clean_ids")
+        b = t.get("bounds")
+        for pos, a in enumerate(t["attention"]):
+            tok = tokenizer.decode([ids[pos]]) if (tokenizer is not None and ids) else None
+            rows.append({"pair_id": t["pair_id"], "example_id": t["example_id"], "subtask": t["subtask"],
+                         "pos": pos, "rel_pos": pos - t["length"], "part": part_of(pos, b) if b else None,
+                         "token": tok, "attn": float(a)})
+    return pd.DataFrame(rows, columns=["pair_id", "example_id", "subtask", "pos", "rel_pos", "part", "token", "attn"])
