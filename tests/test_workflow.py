@@ -194,10 +194,11 @@ def _incomplete_outputs(wd: Path) -> set[str]:
     d = wd / ".snakemake" / "incomplete"
     out = set()
     for f in d.rglob("*") if d.exists() else []:
-        if f.is_file():
+        if f.is_file():  # Snakemake's record path: urlsafe base64 of the output, long ids split as @part/.../last
+            b64 = "".join(part.lstrip("@") for part in f.relative_to(d).parts)
             try:
-                out.add(base64.b64decode(f.name.encode()).decode())
-            except Exception:  # noqa: BLE001 - foreign file
+                out.add(base64.urlsafe_b64decode(b64.encode()).decode())
+            except Exception:  # noqa: BLE001 - a foreign file (e.g. migration_underway)
                 continue
     return out
 
