@@ -1,0 +1,138 @@
+"""Mean ablation, knockout curves, operating points, splits and overlap (cotmech.circuits)."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from cotmech import circuits as C
+from cotmech.batching import last_logits, left_pad
+
+TEXTS = ["Max is a wumpus. Wumpuses are dumpuses. Max is",
+         "Rex is a yumpus. Each yumpus is sweet. Rex is",
+         "Each jompus is fast. Sam is a jompus. Sam is",
+         "Fae is a rompus. Rompuses are not blue. Fae"]
+
+
+def _seqs(model, texts=TEXTS):
+    return [model.tokenizer(t).input_ids for t in texts]
+
+
+def _all_heads(model):
+    return [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
+
+
+def test_no_ablation_is_the_plain_run(tiny_model):
+    seqs = _seqs(tiny_model)
+    means = C.head_means(tiny_model, seqs[:2])
+    plain = last_logits(tiny_model, left_pad(seqs, tiny_model.tokenizer.pad_token_id)).argmax(-1)
+    assert torch.equal(C.ablated_argmax(tiny_model, seqs, means, [], batch_size=3), plain)
+    curve = C.knockout_curve(tiny_model, seqs, means, _all_heads(tiny_model), [0, 4], plain, batch_size=2)
+    assert curve.acc.iloc[0] == 1.0 and curve.n_removed.tolist() == [0, 4]
+    assert (curve.ci_low <= curve.acc).all() and (curve.acc <= curve.ci_high).all()
+
+
+def test_full_ablation_with_own_mean_reproduces_reference(tiny_model):
+    """Reference set = one example: every head replaced by its own mean is the plain run of that example."""
+    seq = _seqs(tiny_model)[1]
+    means = C.head_means(tiny_model, [seq])
+    batch = left_pad([seq], tiny_model.tokenizer.pad_token_id)
+    ablated = C.ablated_last_logits(tiny_model, batch, means, _all_heads(tiny_model))
+    torch.testing.assert_close(ablated, last_logits(tiny_model, batch), atol=1e-4, rtol=1e-4)
+    # ... and the same ablation on a different input is not a no-op (it forces the reference's head outputs)
+    other = left_pad([_seqs(tiny_model)[0]], tiny_model.tokenizer.pad_token_id)
+    assert not torch.allclose(C.ablated_last_logits(tiny_model, other, means, _all_heads(tiny_model)),
+                              last_logits(tiny_model, other), atol=1e-3)
+
+
+def test_nnsight_ablation_matches_plain_torch_hook(tiny_model):
+    """Independent implementation: a forward pre-hook on o_proj that overwrites the head's slice."""
+    seqs = _seqs(tiny_model)
+    means = C.head_means(tiny_model, seqs[2:])
+    removed = [(0, 1), (2, 3), (2, 0)]
+    batch = left_pad(seqs, tiny_model.tokenizer.pad_token_id)
+    got = C.ablated_last_logits(tiny_model, batch, means, removed)
+    width, dh = batch.input_ids.shape[1], tiny_model.d_head
+    handles = []
+    for layer, head in removed:
+        rep = means.replacement(layer, width)
+
+        def pre(mod, args, layer=layer, head=head, rep=rep):
+            z = args[0].clone()
+            z[..., head * dh:(head + 1) * dh] = rep[:, head * dh:(head + 1) * dh]
+            return (z,)
+        handles.append(tiny_model.hf_o_proj(layer).register_forward_pre_hook(pre))
+    try:
+        want = last_logits(tiny_model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, last_logits(tiny_model, batch), atol=1e-4)
+
+
+def test_head_means_are_end_aligned(tiny_llama):
+    seqs = _seqs(tiny_llama, TEXTS[:2])
+    assert len(seqs[0]) != len(seqs[1])
+    means = C.head_means(tiny_llama, seqs, batch_size=2)
+    singles = [C._z_all_layers(tiny_llama, left_pad([s], 0)) for s in seqs]  # n_layers × [1, len, D]
+    short = min(map(len, seqs))
+    for layer in (0, 3):
+        torch.testing.assert_close(means.by_end[layer, 0], (singles[0][layer][0, -1] + singles[1][layer][0, -1]) / 2,
+                                   atol=1e-5, rtol=1e-5)
+        longer = 0 if len(seqs[0]) > len(seqs[1]) else 1
+        torch.testing.assert_close(means.by_end[layer, short], singles[longer][layer][0, -1 - short],
+                                   atol=1e-5, rtol=1e-5)
+    assert means.count[0] == 2 and means.count[short] == 1
+    # positions beyond every reference fall back to the overall mean
+    width = max(map(len, seqs)) + 3
+    rep = means.replacement(1, width)
+    torch.testing.assert_close(rep[0], means.overall[1])
+    torch.testing.assert_close(rep[-1], means.by_end[1, 0])
+
+
+def test_operating_point_rule():
+    n = [0, 50, 100, 150, 200]
+    assert C.operating_point(n, [1.0, 0.95, 0.92, 0.6, 0.1], 0.9) == 2  # nearest 0.9
+    assert C.operating_point(n, [1.0, 0.95, 0.85, 0.6, 0.1], 0.9) == 2  # tie 0.95/0.85 -> more removal
+    assert C.operating_point(n, [1.0, 1.0, 1.0, 1.0, 1.0], 0.9) == 4  # all equal -> most removal
+    assert C.operating_point(n, [0.2, 0.1, 0.1, 0.0, 0.0], 0.9) == 0
+    with pytest.raises(ValueError):
+        C.operating_point([0, 1], [1.0], 0.9)
+
+
+def test_split_never_shares_examples_and_is_seeded():
+    ids = [f"ex-{i}" for i in range(25)] * 3  # several pairs per example
+    a, b = C.split_examples(ids, 0.4, seed=7)
+    assert not set(a) & set(b) and set(a) | set(b) == set(ids) and len(a) == 10
+    assert (a, b) == C.split_examples(list(reversed(ids)), 0.4, seed=7)
+    assert a != C.split_examples(ids, 0.4, seed=8)[0]
+
+
+def test_removal_order_and_grid():
+    df = pd.DataFrame({"layer": [0, 0, 1], "head": [0, 1, 0], "score": [0.5, -1.0, 2.0]})
+    order = C.removal_order(df, 2, 2)
+    assert order == [(1, 1), (0, 1), (0, 0), (1, 0)]  # missing head first, then ascending score
+    with pytest.raises(ValueError, match="outside"):
+        C.removal_order(pd.DataFrame({"layer": [5], "head": [0], "score": [1.0]}), 2, 2)
+    assert C.step_grid(336, 9) == [0, 42, 84, 126, 168, 210, 252, 294, 336]
+    assert C.step_grid(10, [5, 0, 5]) == [0, 5]
+
+
+def test_direct_scores_vanish_when_the_reference_is_the_example(tiny_model):
+    seqs = _seqs(tiny_model)
+    means = C.head_means(tiny_model, [seqs[0]])
+    s = C.direct_scores(tiny_model, seqs[:2], means, batch_size=2)
+    assert s.shape == (2, tiny_model.n_layers, tiny_model.n_heads)
+    assert s[0].abs().max() < 1e-4 * max(1.0, s[1].abs().max())
+    assert s[1].abs().max() > 0
+
+
+def test_overlap_and_reuse():
+    sets = {(1, "r"): {(0, 0), (0, 1)}, (3, "r"): {(0, 1), (1, 1)}, (5, "r"): {(2, 2)}}
+    ov = C.overlap_table(sets, n_total=16)
+    row = ov[(ov.subtask_a == 1) & (ov.subtask_b == 3)].iloc[0]
+    assert (row.intersection, row.union, row.jaccard) == (1, 3, pytest.approx(1 / 3))
+    assert row.jaccard_random == pytest.approx((4 / 16) / (4 - 4 / 16))
+    reuse = C.reuse_summary(ov, [[1, 3], [5, 9]])
+    assert reuse.group.tolist() == ["1&3"] and bool(reuse.reuse.iloc[0])
