@@ -1,0 +1,126 @@
+import math
+
+import pytest
+import torch
+
+from cotmech.generation import (
+    Generated,
+    accuracy_row,
+    common_prefix_len,
+    greedy_generate,
+    greedy_reference,
+    is_correct,
+    response_text,
+    wilson,
+)
+
+SHARED = "### Input:\nWumpus is fast. Max is wumpus. True or false: Max is fast.\n### Response:\n"
+TESTS = ["Rex is yumpus.", "Jompus is shy. Tumpuses are jompuses. Sam is tumpus. True or false:",
+         "Fae is zumpus. Zumpus is dull.", "Polly is", "Wren is impus. Impuses are sterpuses. Wren is sterpus."]
+
+
+def _prompts(tok):
+    return [tok(SHARED + "\n### Input:\n" + t).input_ids for t in TESTS]
+
+
+def test_common_prefix_len():
+    assert common_prefix_len([[1, 2, 3], [1, 2, 4, 5], [1, 2]]) == 2
+    assert common_prefix_len([[1], [2]]) == 0
+    assert common_prefix_len([[7, 8]]) == 2
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_batched_cached_equals_naive(tiny_model, batch_size):
+    """The key correctness test: batched, prefix-cached, left-padded decoding == one-at-a-time no-cache greedy."""
+    prompts = _prompts(tiny_model.tokenizer)
+    assert common_prefix_len(prompts) > 10  # the shared prefix really is cached
+    ref = [greedy_reference(tiny_model, p, max_new_tokens=12) for p in prompts]
+    got = greedy_generate(tiny_model, prompts, max_new_tokens=12, batch_size=batch_size)
+    assert [g.ids for g in got] == [r.ids for r in ref]
+    assert [g.stop for g in got] == [r.stop for r in ref]
+    assert all(len(r.ids) > 0 for r in ref)
+
+
+def test_rows_stopping_at_different_steps(tiny_llama, monkeypatch):
+    """Rows that hit EOS early are dropped from the batch and its cache; the others must be unaffected."""
+    prompts = _prompts(tiny_llama.tokenizer)
+    free = [greedy_reference(tiny_llama, p, max_new_tokens=10).ids for p in prompts]
+    # Make a token that row 0 emits (but some other row never does) the EOS: rows emitting it stop early,
+    # the others run on to the length limit.
+    stop_tok = next(t for t in free[0] if any(t not in f for f in free[1:]))
+    monkeypatch.setattr(tiny_llama.hf.generation_config, "eos_token_id", stop_tok)
+    ref = [greedy_reference(tiny_llama, p, max_new_tokens=10) for p in prompts]
+    got = greedy_generate(tiny_llama, prompts, max_new_tokens=10, batch_size=5)
+    assert ref[0].stop == "eos" and len(ref[0].ids) < 10
+    assert any(r.stop == "length" for r in ref), "test needs rows that do not stop"
+    assert [(g.ids, g.stop) for g in got] == [(r.ids, r.stop) for r in ref]
+
+
+def test_newline_stop(tiny_llama, monkeypatch):
+    """A token whose text contains a newline ends the row and is kept; the response text is cut before it."""
+    tok = tiny_llama.tokenizer
+    prompts = _prompts(tok)
+    free = greedy_reference(tiny_llama, prompts[1], max_new_tokens=8).ids
+    target = free[2]
+    real_decode = tok.decode
+
+    def decode(ids, **kw):
+        if list(ids) == [target]:
+            return "x\n"
+        return real_decode(ids, **kw)
+
+    monkeypatch.setattr(tok, "decode", decode)
+    got = greedy_generate(tiny_llama, [prompts[1]], max_new_tokens=8)[0]
+    assert got.stop == "newline" and got.ids == free[:free.index(target) + 1]
+    ref = greedy_reference(tiny_llama, prompts[1], max_new_tokens=8)
+    assert (ref.ids, ref.stop) == (got.ids, got.stop)
+
+
+def test_deterministic(tiny_qwen2):
+    prompts = _prompts(tiny_qwen2.tokenizer)
+    a = greedy_generate(tiny_qwen2, prompts, max_new_tokens=6, batch_size=3)
+    b = greedy_generate(tiny_qwen2, prompts, max_new_tokens=6, batch_size=2)
+    assert [g.ids for g in a] == [g.ids for g in b]
+
+
+def test_bad_arguments(tiny_llama):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        greedy_generate(tiny_llama, [[1, 2]], max_new_tokens=0)
+    with pytest.raises(ValueError, match="empty prompt"):
+        greedy_generate(tiny_llama, [[1, 2], []], max_new_tokens=2)
+
+
+def test_response_text_and_correct(tiny_llama):
+    tok = tiny_llama.tokenizer
+    ids = tok("Sam is tumpus. Sam is fast. True\n### Input:").input_ids
+    assert response_text(tok, ids) == "Sam is tumpus. Sam is fast. True"
+    rec = {"answer": "Sam is tumpus. Sam is fast. True"}
+    assert is_correct(rec, " Sam is tumpus. Sam is fast. True ")
+    assert not is_correct(rec, "Sam is tumpus. Sam is fast. False")
+
+
+def test_wilson_against_closed_form():
+    # Wilson interval for 0/n has lower bound 0 and upper z^2/(n+z^2).
+    z = 1.959963984540054
+    lo, hi = wilson(0, 10)
+    assert lo == 0 and math.isclose(hi, z * z / (10 + z * z))
+    lo, hi = wilson(10, 10)
+    assert hi == 1 and math.isclose(lo, 10 / (10 + z * z))
+    # symmetric around 1/2 for k = n/2, and contains the point estimate
+    lo, hi = wilson(20, 40)
+    assert math.isclose(lo + hi, 1.0) and lo < 0.5 < hi
+    # agrees with scipy's binomtest Wilson interval
+    from scipy.stats import binomtest
+
+    ci = binomtest(13, 37).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = wilson(13, 37)
+    assert math.isclose(lo, ci.low, rel_tol=1e-6) and math.isclose(hi, ci.high, rel_tol=1e-6)
+    assert all(math.isnan(x) for x in wilson(0, 0))
+
+
+def test_accuracy_row():
+    recs = [{"correct": c, "ontology": "fictional", "hops": 2} for c in (True, False, True, True)]
+    row = accuracy_row("fictional", recs)
+    assert (row["n"], row["correct"], row["accuracy"]) == (4, 3, 0.75)
+    assert row["ci_low"] < 0.75 < row["ci_high"]
+    assert row["ontology"] == "fictional" and row["hops"] == "2"
