@@ -24,7 +24,7 @@ def test_round_trip_every_combination():
         for skip in sorted({0, hops - 1}):
             recs = generate(ont, hops, 9, style=style, distractors=dis, ordering=order, seed=i, cot_skip=skip)
             for r in recs:
-                v = verify(r)
+                v = verify(r, strict=True)
                 assert v.ok, (r, v)
                 assert len(r["cot"]) == 2 * hops + 1 - skip
                 assert r["answer"] == " ".join(r["cot"]) + (" True" if r["label"] else " False")

@@ -27,8 +27,9 @@ FIXTURE_COUNTS = {
 @pytest.mark.parametrize("name", sorted(FIXTURE_COUNTS))
 def test_fixture_counts(fixtures_dir, name):
     recs = import_file(fixtures_dir / name)
-    verdicts = [verify(r) for r in recs]
+    verdicts = [verify(r, strict=True) for r in recs]
     n, ok, bad = FIXTURE_COUNTS[name]
+    assert [v.ok for v in verdicts] == [verify(r).ok for r in recs]
     assert (len(recs), sum(v.ok for v in verdicts), sum(not v.ok for v in verdicts)) == (n, ok, bad)
     assert all(v.reason for v in verdicts if not v.ok)
     for r in recs:
@@ -88,6 +89,21 @@ def test_verifier_rejects_broken_proofs(style):
         for what, x in _broken(r).items():
             v = verify(x)
             assert not v.ok and v.reason, what
+
+
+def test_strict_surface():
+    r = generate("fictional", 2, 1, seed=5)[0]
+    x = copy.deepcopy(r)
+    c1 = r["logic"]["chain"][1]
+    x["cot"][2] = x["cot"][2].replace(c1 + ".", c1 + "es.")  # "Sam is vumpuses." keeps the logic
+    x["answer"] = " ".join(x["cot"]) + (" True" if x["label"] else " False")
+    assert x["cot"] != r["cot"] and verify(x).ok
+    v = verify(x, strict=True)
+    assert not v.ok and "canonical sentence" in v.reason
+    y = copy.deepcopy(r)
+    y["cot"][1] = y["cot"][1].replace(" are ", " is ") if " are " in y["cot"][1] else y["cot"][1].replace(" is ", " are ")
+    y["answer"] = " ".join(y["cot"]) + (" True" if y["label"] else " False")
+    assert verify(y).ok and "verbatim" in verify(y, strict=True).reason
 
 
 def test_verifier_rejects_broken_fixture_records(fixtures_dir):

@@ -19,11 +19,11 @@ def dataset_seed(master_seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{int(master_seed)}/tasks/{name}".encode()).digest()[:8], "little")
 
 
-def verify_all(records: list[dict]) -> tuple[list[dict], collections.Counter]:
-    """(verified records, tally of rejection reasons)."""
+def verify_all(records: list[dict], strict: bool = True) -> tuple[list[dict], collections.Counter]:
+    """(verified records, tally of rejection reasons); ``strict`` also checks the sentence surface."""
     kept, rejected = [], collections.Counter()
     for r in records:
-        v = verify(r)
+        v = verify(r, strict=strict)
         if v.ok:
             kept.append(r)
         else:

@@ -11,13 +11,17 @@ Checks, in order (the first failure is the verdict's reason):
 4. the label follows from the context alone (query derivable → True; negation derivable → False; neither → False
    only for a positive query under the closed-world reading of the paper style) and agrees with (3);
 5. ``answer`` equals the CoT joined by spaces plus " True"/" False".
+
+``strict=True`` also checks the surface: every CoT rule repeats a context sentence verbatim and every other CoT
+sentence is the canonical rendering of its fact in the record's style ("Max is a wumpus." / "Max is wumpus."), so
+number or article slips ("Sam is vumpuses.") that keep the logic intact are rejected too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .logic import Formula, closure
-from .sentences import ParseError, parse, parse_query, split_sentences
+from .sentences import ParseError, parse, parse_query, render, split_sentences
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ def parse_record(record: dict) -> tuple[list[Formula], Formula, list[Formula]]:
     return context, query, cot
 
 
-def verify(record: dict) -> Verdict:
+def verify(record: dict, strict: bool = False) -> Verdict:
     """Check ``record`` (task-record contract) as described in the module docstring."""
     try:
         context, query, cot = parse_record(record)
@@ -46,6 +50,14 @@ def verify(record: dict) -> Verdict:
         return _fail(f"unparsable: {e}")
     if not cot:
         return _fail("empty CoT")
+    if strict:
+        ctx_text = set(split_sentences(record["question"]))
+        style = record.get("style", "paper")
+        for i, (f, text) in enumerate(zip(cot, record["cot"])):
+            if f.kind == "rule" and text not in ctx_text:
+                return _fail(f"CoT step {i} does not repeat a context sentence verbatim: {text!r}")
+            if f.kind == "fact" and text not in ctx_text and text != render(f, style):
+                return _fail(f"CoT step {i} is not the canonical sentence {render(f, style)!r}: {text!r}")
     ctx_facts = {f for f in context if f.kind == "fact"}
     ctx_rules = {f for f in context if f.kind == "rule"}
     known: set[Formula] = set()
