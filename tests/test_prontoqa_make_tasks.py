@@ -66,6 +66,7 @@ def test_import_via_config(tmp_path, fixtures_dir):
     spec = dict(SPEC, n=7, ontology="false", **{"import": str(fixtures_dir / "authors/2hop_falseontology_sample.json")})
     recs = build_dataset("imp", spec, 0)
     assert len(recs) == 7 and {r["ontology"] for r in recs} == {"false"}
+    assert [r["id"] for r in recs[:2]] == ["imp-0000", "imp-0001"] and recs[1]["source"]["key"] == "1"
     with pytest.raises(RecordError, match="ontology 'fictional' but .* holds false records"):
         build_dataset("imp", dict(spec, ontology="fictional"), 0)
 

@@ -53,7 +53,10 @@ def build_dataset(name: str, spec: dict[str, Any], master_seed: int, where: str 
         print(f"[make_tasks] {name}: imported {len(records)} records from {spec['import']}: "
               f"{len(kept)} verified, {sum(rejected.values())} rejected {dict(rejected)}; keeping the first "
               f"{min(n, len(kept))}", file=sys.stderr)
-        return kept[:n]
+        kept = kept[:n]
+        for i, r in enumerate(kept):  # dataset-style ids; the file's own key stays in record["source"]
+            r["id"] = f"{name}-{i:04d}"
+        return kept
     missing = [k for k in ("ontology", "hops") if k not in spec]
     if missing:
         raise RecordError(f"{where}: datasets.{name}: missing keys {missing}")
