@@ -277,7 +277,10 @@ def test_every_config_validates_and_smoke_covers_the_whole_dag(dags):
 
 
 def _model_jobs(jobs):
-    return [j for j in jobs if not j["local"] and any(k == "model" or k.startswith("model.") for k in j["settings"])]
+    """Jobs that run the model: they read the model settings and declare a GPU or take 2 threads (DESIGN.md);
+    jobs that only need its tokenizer (e.g. pairs) declare neither."""
+    return [j for j in jobs if not j["local"] and any(k == "model" or k.startswith("model.") for k in j["settings"])
+            and ("gpu" in j["resources"] or j["threads"] >= 2)]
 
 
 @pytest.mark.parametrize("config,params_b,bytes_per,gpu", [
