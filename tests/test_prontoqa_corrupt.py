@@ -12,7 +12,7 @@ from cotmech import vocab
 from cotmech.models import task_tokenizer
 from cotmech.prontoqa import generate
 from cotmech.prontoqa.corrupt import Pair, Rejected, adds_bos, encode, make_pair
-from cotmech.prontoqa.logic import LEXICON, Formula, surface
+from cotmech.prontoqa.logic import LEXICON, plural
 from cotmech.prontoqa.prompts import build_prompt
 from cotmech.prontoqa.sentences import parse
 from cotmech.prontoqa.subtasks import steps
@@ -29,9 +29,7 @@ def word_level_tokenizer():
     texts = [build_prompt(generate(o, 2, 1, seed=0, style=s)[0]) for o in ("fictional", "false", "true")
              for s in ("paper", "original")]
     lex = list(LEXICON.concepts) + list(LEXICON.properties) + list(LEXICON.entities)
-    texts += [" ".join(w.capitalize() + " " + w for w in lex), " ".join(Formula("rule", c, c).subject
-                                                                        for c in lex)]
-    from cotmech.prontoqa.logic import plural
+    texts += [" ".join(w.capitalize() + " " + w for w in lex)]
     texts += [" ".join(plural(c).capitalize() + " " + plural(c) for c in LEXICON.concepts)]
     pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     for t in texts:
