@@ -1,0 +1,327 @@
+"""Layer-wise prior shift: does a layer's lens distribution follow the pretraining prior or the context?
+(study.md E10, claim C4: the "functional rift" at decoder block 16 of 32 in Llama-2-7B).
+
+Definitions (all per pair = one clean input, read at its predicting position):
+
+- **Context-free prior** (:func:`context_free_ids`): the model's own next-token distribution for the
+  *current sentence fragment alone*: the suffix of the clean ids after the last sentence boundary (a token
+  whose text contains "." or a newline) that lies before the final token.  "Wren is impus. Impuses are"
+  -> " Impuses are"; "… Wren is impus." -> " Wren is impus."; an empty response -> the response header
+  (e.g. "### Response:\\n").  So the prior sees the same last words and *no token position of the
+  question, the exemplars or the earlier CoT sentences* (a BOS token is kept if the clean ids start with one).
+- **Divergence**: Jensen–Shannon divergence in bits (symmetric, bounded in [0, 1], defined when one
+  distribution has zeros) between the lens distribution at layer ℓ and (a) the final distribution
+  (lens at layer L = the model's output; D = 0 there) and (b) the context-free prior.
+- **Rift** (:func:`crossover_layer`): on the mean curves, the first residual layer ℓ (0 = embeddings,
+  L = last block output) such that JS(lens_ℓ ‖ final) < JS(lens_ℓ ‖ prior) for every ℓ' ≥ ℓ; None if the
+  inequality does not hold at layer L.  Relative depth = ℓ / L (the paper: 16/32 = 0.5).
+- **Context abidance**: the lens's top-1 token is one of the clean input ids (the paper's statistic, E10).
+- **Real-world answer** (false ontology only, :func:`real_world_answer`): when the fragment is "<X> is" /
+  "<X>s are" with X a false-ontology concept and the in-context answer a concept, the true taxonomic
+  parent of X (:data:`REAL_PARENT`) in the answer's surface form (plural/capitalised like it); rows where
+  the in-context parent is also the real one are excluded.
+- **Uncertainty**: cluster bootstrap over examples (all pairs of an example resampled together), seeded.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .vocab import FALSE_ONTOLOGY_CONCEPTS, plural
+
+RIFT_DEFINITION = ("first residual layer l (0 = embeddings, L = output of the last block) such that the mean "
+                   "JS(lens_l || final) < mean JS(lens_l || context-free prior) for every layer >= l (Jensen-Shannon, "
+                   "bits; mean over pairs); None if no such layer; relative depth = l / L")
+
+#: True taxonomic parent of each false-ontology concept (cotmech.vocab.FALSE_ONTOLOGY_CONCEPTS).
+REAL_PARENT: dict[str, str] = {
+    "vertebrate": "animal", "mammal": "vertebrate", "carnivore": "mammal", "feline": "carnivore", "cat": "feline",
+    "dog": "carnivore", "sheep": "mammal", "cow": "mammal", "snake": "vertebrate",
+    "invertebrate": "animal", "arthropod": "invertebrate", "insect": "arthropod", "lepidopteran": "insect",
+    "butterfly": "lepidopteran", "moth": "lepidopteran", "ant": "insect", "spider": "arthropod",
+    "crustacean": "arthropod",
+    "real number": "number", "integer": "real number", "natural number": "integer", "prime number": "natural number",
+    "Mersenne prime": "prime number", "even number": "integer", "composite number": "natural number",
+    "negative number": "real number", "fraction": "real number",
+}
+_CONCEPTS = [c for lst in FALSE_ONTOLOGY_CONCEPTS for c in lst]
+#: lower-cased surface form -> (concept, is_plural)
+_FORMS: dict[str, tuple[str, bool]] = {}
+for _c in _CONCEPTS:
+    _FORMS.setdefault(_c.lower(), (_c, False))
+    _FORMS.setdefault(plural(_c).lower(), (_c, True))
+
+
+# --------------------------------------------------------------------------------------------------
+# Context-free prior
+# --------------------------------------------------------------------------------------------------
+class _Boundary:
+    """Cache of "is this token a sentence boundary" (its text contains '.' or a newline) per tokenizer."""
+
+    def __init__(self, tokenizer: Any):
+        self.tok, self.cache = tokenizer, {}
+
+    def __call__(self, tid: int) -> bool:
+        if tid not in self.cache:
+            text = self.tok.decode([tid])
+            self.cache[tid] = ("." in text) or ("\n" in text)
+        return self.cache[tid]
+
+
+def context_free_ids(clean_ids: Sequence[int], tokenizer: Any, boundary: _Boundary | None = None) -> list[int]:
+    """The suffix of ``clean_ids`` after the last sentence boundary before the final token (see module doc)."""
+    ids = [int(t) for t in clean_ids]
+    if not ids:
+        raise ValueError("context_free_ids: empty input")
+    is_b = boundary or _Boundary(tokenizer)
+    j = len(ids) - 2
+    while j >= 0 and not is_b(ids[j]):
+        j -= 1
+    out = ids[j + 1:]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and ids[0] == bos and out[0] != bos:
+        out = [bos] + out
+    return out
+
+
+@torch.no_grad()
+def prior_logprobs(model: Any, prior_ids: Sequence[Sequence[int]], batch_size: int = 16) -> torch.Tensor:
+    """Next-token log-probabilities [N, vocab] (float32, CPU) of the context-free inputs (plain forwards)."""
+    from .batching import chunks, last_logits, left_pad
+
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    out = []
+    order = sorted(range(len(prior_ids)), key=lambda i: len(prior_ids[i]))  # similar lengths together
+    for idx in chunks(order, batch_size):
+        logits = last_logits(model, left_pad([prior_ids[i] for i in idx], pad))
+        out.append((idx, torch.log_softmax(logits.float(), -1).cpu()))
+    res = torch.empty(len(prior_ids), out[0][1].shape[-1]) if out else torch.empty(0, model.vocab_size)
+    for idx, lp in out:
+        res[list(idx)] = lp
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# Real-world answers on false-ontology prompts
+# --------------------------------------------------------------------------------------------------
+def _render(concept: str, is_plural: bool, like: str) -> str:
+    word = plural(concept) if is_plural else concept
+    return word[0].upper() + word[1:] if like[:1].isupper() else word
+
+
+def real_world_word(fragment: str, answer: str) -> str | None:
+    """The true parent of the fragment's subject, in the answer's form; None if the rule does not apply.
+
+    ``fragment`` ends with "<X> is" / "<X> are" (X a false-ontology concept, singular or plural) and
+    ``answer`` (the in-context next word) is a concept form; None also when the in-context parent is
+    the real one.
+    """
+    m = re.search(r"([A-Za-z]+(?: [A-Za-z]+)?)\s+(?:is|are)\s*$", fragment.strip())
+    ans = _FORMS.get(answer.strip().rstrip(".").lower())
+    if m is None or ans is None:
+        return None
+    words = m.group(1).split()
+    subj = None
+    for cand in ([" ".join(words[-2:])] if len(words) > 1 else []) + [words[-1]]:
+        if cand.lower() in _FORMS:
+            subj = _FORMS[cand.lower()][0]
+            break
+    if subj is None or subj not in REAL_PARENT or REAL_PARENT[subj] == ans[0]:
+        return None
+    return _render(REAL_PARENT[subj], ans[1], answer.strip())
+
+
+def real_world_answer(fragment: str, answer: str, answer_id: int, tokenizer: Any) -> int:
+    """First token id of :func:`real_world_word`, tokenised like the answer (with or without a leading
+    space, whichever reproduces ``answer_id``); -1 if not applicable or not alignable."""
+    word = real_world_word(fragment, answer)
+    if word is None:
+        return -1
+    for pre in (" ", ""):
+        ids = tokenizer.encode(pre + answer.strip(), add_special_tokens=False)
+        if ids and ids[0] == answer_id:
+            rid = tokenizer.encode(pre + word, add_special_tokens=False)
+            return int(rid[0]) if rid and rid[0] != answer_id else -1
+    return -1
+
+
+# --------------------------------------------------------------------------------------------------
+# Crossover and bootstrap
+# --------------------------------------------------------------------------------------------------
+def crossover_layer(in_context: np.ndarray, prior: np.ndarray) -> int | None:
+    """First index ℓ with in_context[ℓ'] < prior[ℓ'] for all ℓ' ≥ ℓ; None if not at the last index (NaN = False)."""
+    a, b = np.asarray(in_context, float), np.asarray(prior, float)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"crossover_layer: need two equal 1-D curves, got {a.shape} and {b.shape}")
+    below = a < b
+    if not below[-1]:
+        return None
+    i = below.size - 1
+    while i > 0 and below[i - 1]:
+        i -= 1
+    return int(i)
+
+
+def bootstrap_weights(groups: Sequence[Any], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster-bootstrap weights: (inverse [n_rows] group index per row, W [n_boot, n_groups] resample counts)."""
+    uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    W = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=n_boot).astype(float)
+    return inv, W
+
+
+def group_sums(values: np.ndarray, inv: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group nan-sums and non-NaN counts of ``values`` [n_rows, ...] -> ([G, ...], [G, ...])."""
+    ok = np.isfinite(values)
+    S = np.zeros((n_groups,) + values.shape[1:])
+    C = np.zeros_like(S)
+    np.add.at(S, inv, np.where(ok, values, 0.0))
+    np.add.at(C, inv, ok.astype(float))
+    return S, C
+
+
+def boot_mean(values: np.ndarray, inv: np.ndarray, W: np.ndarray, ci: float = 0.95) -> dict[str, np.ndarray]:
+    """Mean over rows and its cluster-bootstrap percentile CI; values [n_rows, ...] -> each [...]."""
+    S, C = group_sums(values, inv, W.shape[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = S.sum(0) / C.sum(0)
+        bm = np.tensordot(W, S, 1) / np.tensordot(W, C, 1)  # [B, ...]
+    lo, hi = np.nanquantile(bm, [(1 - ci) / 2, (1 + ci) / 2], axis=0) if len(W) else (mean * np.nan,) * 2
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": C.sum(0)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables and the rift summary
+# --------------------------------------------------------------------------------------------------
+METRICS = ("p_answer", "rank_answer", "top1_in_context", "topk_context_mass", "js_final", "js_prior", "p_real",
+           "p_real_minus_answer")
+
+
+def rows_frame(stats: dict[str, np.ndarray], index: pd.DataFrame, lens_name: str) -> pd.DataFrame:
+    """Long per-(row, layer) frame from :func:`cotmech.lens.lens_stats` output and the row index."""
+    N, Lp1 = stats["p_answer"].shape
+    base = index.reset_index(drop=True).loc[np.repeat(np.arange(N), Lp1)].reset_index(drop=True)
+    base.insert(0, "lens", lens_name)
+    base["layer"] = np.tile(np.arange(Lp1), N)
+    for k in METRICS:
+        base[k] = stats[k].reshape(-1)
+    return base
+
+
+def _curves(rows: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """rows (one lens) -> (values [n_pairs, L+1], example ids [n_pairs])."""
+    wide = rows.pivot_table(index=["pair_id", "example_id"], columns="layer", values=metric, dropna=False,
+                            aggfunc="first")
+    return wide.to_numpy(float), wide.index.get_level_values("example_id").to_numpy()
+
+
+def layer_table(rows: pd.DataFrame, n_layers: int, n_boot: int, seed: int, ci: float = 0.95) -> pd.DataFrame:
+    """Per lens, subtask (-1 = all) and metric: mean per layer with a cluster-bootstrap CI."""
+    out = []
+    for lens_name, rl in rows.groupby("lens", sort=False):
+        for st in [-1] + sorted(rl["subtask"].unique().tolist()):
+            sub = rl if st == -1 else rl[rl["subtask"] == st]
+            for metric in METRICS:
+                vals, ex = _curves(sub, metric)
+                inv, W = bootstrap_weights(ex, n_boot, seed)
+                r = boot_mean(vals, inv, W, ci)
+                L1 = vals.shape[1]
+                out.append(pd.DataFrame({
+                    "lens": lens_name, "subtask": int(st), "metric": metric, "layer": np.arange(L1),
+                    "rel_depth": np.arange(L1) / n_layers, "mean": r["mean"], "ci_low": r["ci_low"],
+                    "ci_high": r["ci_high"], "n": r["n"].astype(int), "n_examples": int(W.shape[1])}))
+    return pd.concat(out, ignore_index=True)
+
+
+def _split(values: np.ndarray, layer: int | None, inv: np.ndarray, W: np.ndarray, ci: float) -> dict[str, Any]:
+    """Mean of ``values`` [n_pairs, L+1] over layers < layer and >= layer, with bootstrap CIs."""
+    res = {}
+    for name, sl in (("below", slice(0, layer)), ("above", slice(layer, None))):
+        if layer is None or values[:, sl].shape[1] == 0:
+            res[name] = {"mean": None, "ci_low": None, "ci_high": None}
+            continue
+        part = values[:, sl]
+        r = boot_mean(np.where(np.isfinite(part), part, np.nan), inv, W, ci)
+        # pooled over (pair, layer) cells: ratio of summed values to summed counts
+        S, C = group_sums(part, inv, W.shape[1])
+        S, C = S.sum(1), C.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bm = (W @ S) / (W @ C)
+        lo, hi = np.nanquantile(bm, [(1 - ci) / 2, (1 + ci) / 2])
+        res[name] = {"mean": float(S.sum() / C.sum()), "ci_low": float(lo), "ci_high": float(hi),
+                     "per_layer_mean": [float(x) for x in r["mean"]]}
+    return res
+
+
+def rift_summary(rows: pd.DataFrame, n_layers: int, n_boot: int, seed: int, ci: float = 0.95) -> dict[str, Any]:
+    """Rift layer, relative depth, bootstrap CI and context-abidance splits for the rows of one lens."""
+    js_f, ex = _curves(rows, "js_final")
+    js_p, _ = _curves(rows, "js_prior")
+    top1, _ = _curves(rows, "top1_in_context")
+    inv, W = bootstrap_weights(ex, n_boot, seed)
+    Sf, Cf = group_sums(js_f, inv, W.shape[1])
+    Sp, Cp = group_sums(js_p, inv, W.shape[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        layer = crossover_layer(Sf.sum(0) / Cf.sum(0), Sp.sum(0) / Cp.sum(0))
+        bf, bp = (W @ Sf) / (W @ Cf), (W @ Sp) / (W @ Cp)
+    boots = np.array([np.nan if (c := crossover_layer(f, p)) is None else c for f, p in zip(bf, bp)], float)
+    ok = np.isfinite(boots)
+    lo, hi = (np.quantile(boots[ok], [(1 - ci) / 2, (1 + ci) / 2]) if ok.any() else (np.nan, np.nan))
+    mid = n_layers // 2 if n_layers % 2 == 0 else (n_layers + 1) // 2
+    return {
+        "rift_layer": layer, "rel_depth": None if layer is None else layer / n_layers,
+        "ci_low": None if not ok.any() else float(lo), "ci_high": None if not ok.any() else float(hi),
+        "rel_ci_low": None if not ok.any() else float(lo) / n_layers,
+        "rel_ci_high": None if not ok.any() else float(hi) / n_layers,
+        "n_boot": int(len(W)), "n_boot_no_crossover": int((~ok).sum()), "ci": ci,
+        "n_pairs": int(js_f.shape[0]), "n_examples": int(W.shape[1]), "n_layers": n_layers, "midpoint_layer": mid,
+        "mean_js_final": [float(x) for x in Sf.sum(0) / np.maximum(Cf.sum(0), 1)],
+        "mean_js_prior": [float(x) for x in Sp.sum(0) / np.maximum(Cp.sum(0), 1)],
+        "context_abidance_rift": _split(top1, layer, inv, W, ci),
+        "context_abidance_midpoint": _split(top1, mid, inv, W, ci),
+    }
+
+
+PAPER_RIFT = {"rift_layer": 16, "n_layers": 32, "rel_depth": 0.5, "context_share_below": 0.074,
+              "context_share_above": 0.842, "context_share_above_without_writers": 0.779,
+              "source": "study.md E10: layer 16 [P]; shares from the shipped traces (E9c statistic) [R]"}
+
+
+def plot_curves(table: pd.DataFrame, title: str, stem: Any, rifts: dict[str, int | None] | None = None) -> list:
+    """Lens curves with CI bands (x = relative depth), one column per lens: divergences, context abidance,
+    answer probability (and the real-world answer where present). Saves PNG + PDF."""
+    from .plotting import figure, save_figure
+
+    lenses = list(dict.fromkeys(table["lens"]))
+    panels = [("divergence (JS, bits)", [("js_final", "to final (in-context)"), ("js_prior", "to context-free prior")]),
+              ("context abidance", [("top1_in_context", "top-1 is a prompt token"),
+                                    ("topk_context_mass", "top-k mass on prompt tokens")]),
+              ("answer probability", [("p_answer", "in-context answer"), ("p_real", "real-world answer")])]
+    fig, axes = figure(len(panels), len(lenses), width=3.6, height=2.5, sharex=True)
+    t = table[table["subtask"] == -1]
+    for c, lens_name in enumerate(lenses):
+        for r, (ylabel, series) in enumerate(panels):
+            ax = axes[r][c]
+            for metric, label in series:
+                d = t[(t["lens"] == lens_name) & (t["metric"] == metric)].sort_values("layer")
+                if d.empty or not np.isfinite(d["mean"]).any():
+                    continue
+                ax.plot(d["rel_depth"], d["mean"], label=label)
+                ax.fill_between(d["rel_depth"], d["ci_low"], d["ci_high"], alpha=0.25)
+            ax.axvline(0.5, color="0.6", lw=0.8, ls=":")
+            rift = (rifts or {}).get(lens_name)
+            if rift is not None:
+                L = t["layer"].max()
+                ax.axvline(rift / L, color="k", lw=0.9, ls="--", label="rift")
+            if r == 0:
+                ax.set_title(f"{lens_name} lens — {title}")
+            if r == len(panels) - 1:
+                ax.set_xlabel("relative depth (layer / n_layers)")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=6)
+    return save_figure(fig, stem)

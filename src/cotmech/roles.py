@@ -1,0 +1,241 @@
+"""Head roles from cached activations: answer writers (study.md E4) and copy heads (E5); claim C5.
+
+A head's output is ``x_h = z_h W_O,h`` [d_model] (its slice of the o_proj input times its block of W_O;
+o_proj's bias b_O, if any, is not part of any head).  ``Σ_h x_h + b_O`` = the attention output (tested).
+
+**Answer writers** (per row = pair at its predicting position, answer token a, layer ℓ of the head):
+- ``p_pre`` / ``p_mid``: logit-lens probability of a at resid_pre_ℓ / resid_mid_ℓ = resid_pre_ℓ + attn_out_ℓ;
+- ``p_head``: the E4 probability — lens of the rebuilt ``resid_pre_ℓ + x_h + b_O``;
+- ``p_alone``: the head's output alone through the final norm and unembedding (the E9 Stage-I statistic);
+- ``dla``: direct logit attribution, ``(G_a − mean_v G_v) · c(x_h) / s(resid_L)`` — the head's additive share
+  of the final (vocab-centred) answer logit with the final norm's scale frozen at the last residual.
+- ``score = (mean p_head − mean p_pre) / mean p_mid`` (means over rows of a subtask).  The original E4 score is
+  ``(p_mid − p_head)/p_mid``; ours is E4(head that writes nothing) − E4(h): 0 for a head that adds nothing,
+  ≈ (p_mid − p_pre)/p_mid for the layer's only writer, higher = more important.
+- ``p_head`` and ``p_alone`` share one unembedding per head: G·c(·) is linear (see :mod:`cotmech.lens`).
+
+**Copy heads**: ``attn`` = attention of the predicting position to ``answer_pos`` (the most recent earlier
+occurrence of the answer token in the clean ids; rows with ``answer_pos`` null are excluded and counted);
+``proj`` = ``G_a · c(x_h) / ‖G_a‖`` (the head's output projected on the answer's unembedding direction through
+the final-norm gain); ``score = mean(attn · proj)`` — reads from the answer's position *and* writes the answer.
+
+**Merged** (``subtask = -1``): writers — plain mean over subtasks of the score (already normalised by p_mid);
+copy — mean over subtasks of score / max_h |score| in that subtask, so each subtask weighs the same.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .lens import Unembed
+
+WRITER_COMPONENTS = ("p_head", "p_pre", "p_mid", "p_alone", "dla")
+COPY_COMPONENTS = ("attn", "proj")
+
+
+def head_outputs(z: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
+    """Per-head outputs x_h = z_h W_O,h: z [..., H, d_head], w_o [H, d_head, d_model] -> [..., H, d_model]."""
+    return torch.einsum("...hk,hkd->...hd", z.float(), w_o.float())
+
+
+def o_bias(model: Any, layer: int) -> torch.Tensor | None:
+    """The attention output projection's bias [d_model] (float32, CPU), or None."""
+    b = getattr(model.hf_o_proj(layer), "bias", None)
+    return None if b is None else b.detach().float().cpu()
+
+
+@torch.no_grad()
+def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: torch.Tensor, z: torch.Tensor,
+                      answer_id: torch.Tensor, progress: bool = False) -> dict[str, np.ndarray]:
+    """Answer-writer components per row, layer and head (module doc).
+
+    resid [N, L+1, d], attn_out [N, L, d], z [N, L, H, d_head], answer_id [N] ->
+    ``p_head, p_alone, dla``: [N, L, H]; ``p_pre, p_mid``: [N, L].
+    """
+    if not lens.fast:
+        raise ValueError("writer scores need the linear (RMSNorm/LayerNorm) lens; this model's norm is not supported")
+    N, L, H, _ = z.shape
+    a = answer_id.long()
+    g_a = lens.direction(a).float()  # [N, d]
+    g_centred = g_a - lens.G.float().mean(0)
+    s_final = lens.scale(resid[:, L].float())  # [N]
+    out = {k: np.zeros((N, L, H)) for k in ("p_head", "p_alone", "dla")}
+    out.update(p_pre=np.zeros((N, L)), p_mid=np.zeros((N, L)))
+    rows = torch.arange(N)
+    for layer in tqdm(range(L), desc="writers", disable=not progress, leave=False):
+        pre = resid[:, layer].float()
+        mid = pre + attn_out[:, layer].float()
+        x = head_outputs(z[:, layer], model.w_o(layer).detach().cpu())  # [N, H, d]
+        b = o_bias(model, layer)
+        for name, v in (("p_pre", pre), ("p_mid", mid)):
+            out[name][:, layer] = torch.softmax(lens.logits(v), -1)[rows, a].double().numpy()
+        lin_pre = lens.linear(pre)  # [N, V]
+        if b is not None:
+            lin_pre = lin_pre + lens.linear(b)
+        rebuilt_scale = lens.scale(pre[:, None] + x + (b if b is not None else 0.0))  # [N, H]
+        for h in range(H):
+            lin_x = lens.linear(x[:, h])  # [N, V]
+            p_head = torch.softmax(lens.from_linear(lin_pre + lin_x, rebuilt_scale[:, h]), -1)[rows, a]
+            p_alone = torch.softmax(lens.from_linear(lin_x, lens.scale(x[:, h])), -1)[rows, a]
+            out["p_head"][:, layer, h] = p_head.double().numpy()
+            out["p_alone"][:, layer, h] = p_alone.double().numpy()
+        out["dla"][:, layer] = (torch.einsum("nhd,nd->nh", lens.prep(x), g_centred) / s_final[:, None]).double().numpy()
+    return out
+
+
+def copy_components(lens: Unembed, model: Any, z: torch.Tensor, attn: torch.Tensor, length: np.ndarray,
+                    answer_pos: np.ndarray, answer_id: torch.Tensor) -> dict[str, np.ndarray]:
+    """Copy-head components per row, layer and head: ``attn``, ``proj`` [N, L, H]; ``attn`` is NaN for rows
+    without an answer position.  attn [N, L, H, S] is left-padded: token j of row i is column S − length_i + j."""
+    N, L, H, S = attn.shape
+    a_col = np.full((N, L, H), np.nan)
+    for i in range(N):
+        pos = answer_pos[i]
+        if pos is None or (isinstance(pos, float) and math.isnan(pos)) or int(pos) < 0:
+            continue
+        col = S - int(length[i]) + int(pos)
+        if not 0 <= col < S or int(pos) >= int(length[i]) - 1:
+            raise ValueError(f"row {i}: answer_pos {pos} is outside the clean input (length {length[i]})")
+        a_col[i] = attn[i, :, :, col].double().numpy()
+    g_a = lens.direction(answer_id.long()).float()
+    unit = g_a / g_a.norm(dim=-1, keepdim=True)
+    proj = np.zeros((N, L, H))
+    for layer in range(L):
+        x = head_outputs(z[:, layer], model.w_o(layer).detach().cpu())
+        proj[:, layer] = torch.einsum("nhd,nd->nh", lens.prep(x), unit).double().numpy()
+    return {"attn": a_col, "proj": proj}
+
+
+# --------------------------------------------------------------------------------------------------
+# Scores per subtask, merges, bootstrap of the top-k share
+# --------------------------------------------------------------------------------------------------
+def _writer_score(comp: dict[str, np.ndarray], idx: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """(mean p_head − mean p_pre)/mean p_mid over rows ``idx`` (optionally weighted) -> [L, H]."""
+    w = np.ones(len(idx)) if w is None else w
+    ws = w.sum()
+    m = {k: np.tensordot(w, comp[k][idx], 1) / ws for k in ("p_head", "p_pre", "p_mid")}
+    return (m["p_head"] - m["p_pre"][:, None]) / m["p_mid"][:, None]
+
+
+def _copy_score(comp: dict[str, np.ndarray], idx: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """mean(attn · proj) over rows ``idx`` with an answer position -> [L, H] (NaN if none)."""
+    prod = comp["attn"][idx] * comp["proj"][idx]  # [n, L, H]
+    ok = np.isfinite(prod[:, 0, 0])
+    w = np.ones(len(idx)) if w is None else w
+    w = w * ok
+    if w.sum() == 0:
+        return np.full(prod.shape[1:], np.nan)
+    return np.tensordot(w, np.where(np.isfinite(prod), prod, 0.0), 1) / w.sum()
+
+
+SCORERS = {"writers": (_writer_score, False), "copy": (_copy_score, True)}
+
+
+def merge(per_subtask: list[np.ndarray], maxabs: bool) -> np.ndarray:
+    """Mean over subtasks of [L, H] maps, each divided by its max |score| first if ``maxabs``."""
+    maps = []
+    for m in per_subtask:
+        if not np.isfinite(m).any():
+            continue
+        if maxabs:
+            den = np.nanmax(np.abs(m))
+            m = m / den if den > 0 else m
+        maps.append(m)
+    return np.nanmean(np.stack(maps), 0) if maps else np.full_like(per_subtask[0], np.nan)
+
+
+def score_table(kind: str, comp: dict[str, np.ndarray], subtasks: np.ndarray) -> pd.DataFrame:
+    """Head-score table (DESIGN.md contract): subtask (-1 = merged), layer, head, score, components, n."""
+    scorer, maxabs = SCORERS[kind]
+    comps = WRITER_COMPONENTS if kind == "writers" else COPY_COMPONENTS
+    frames, maps = [], []
+    L, H = comp[comps[0]].shape[1:3]
+    lay, head = np.repeat(np.arange(L), H), np.tile(np.arange(H), L)
+    for st in sorted(np.unique(subtasks).tolist()):
+        idx = np.flatnonzero(subtasks == st)
+        score = scorer(comp, idx)
+        maps.append(score)
+        df = pd.DataFrame({"subtask": int(st), "layer": lay, "head": head, "score": score.reshape(-1)})
+        for k in comps:
+            v = comp[k][idx]
+            m = np.nanmean(v, 0) if np.isfinite(v).any() else np.full(v.shape[1:], np.nan)
+            df[k] = (m[:, None] * np.ones((1, H)) if m.ndim == 1 else m).reshape(-1)
+        if kind == "copy":
+            n_ok = int(np.isfinite(comp["attn"][idx][:, 0, 0]).sum())
+            df["n"], df["n_excluded"] = n_ok, len(idx) - n_ok
+        else:
+            df["n"] = len(idx)
+        frames.append(df)
+    merged = pd.DataFrame({"subtask": -1, "layer": lay, "head": head, "score": merge(maps, maxabs).reshape(-1)})
+    merged["n"] = len(subtasks)
+    return pd.concat(frames + [merged], ignore_index=True)
+
+
+def top_k_share(merged: np.ndarray, k: int, n_layers: int) -> tuple[float, list[tuple[int, int]]]:
+    """Share of the top-k heads of a merged [L, H] map in the second half (layer ≥ n_layers/2), and the heads."""
+    flat = np.where(np.isfinite(merged), merged, -np.inf).reshape(-1)
+    order = np.lexsort((np.arange(flat.size), -flat))[:k]  # score desc, ties by index
+    H = merged.shape[1]
+    heads = [(int(i // H), int(i % H)) for i in order]
+    return float(np.mean([lay >= n_layers / 2 for lay, _ in heads])), heads
+
+
+def bootstrap_share(kind: str, comp: dict[str, np.ndarray], subtasks: np.ndarray, groups: np.ndarray, k: int,
+                    n_layers: int, n_boot: int, seed: int, ci: float = 0.95) -> dict[str, Any]:
+    """Top-k second-half share with a cluster bootstrap over examples (``groups``), seeded."""
+    from .prior_shift import bootstrap_weights
+
+    scorer, maxabs = SCORERS[kind]
+    inv, W = bootstrap_weights(groups, n_boot, seed)
+    sts = sorted(np.unique(subtasks).tolist())
+    full = merge([scorer(comp, np.flatnonzero(subtasks == s)) for s in sts], maxabs)
+    share, heads = top_k_share(full, k, n_layers)
+    boots = []
+    for wb in W:
+        wrow = wb[inv]
+        maps = []
+        for s in sts:
+            idx = np.flatnonzero(subtasks == s)
+            if wrow[idx].sum() > 0:
+                maps.append(scorer(comp, idx, wrow[idx]))
+        if maps:
+            boots.append(top_k_share(merge(maps, maxabs), k, n_layers)[0])
+    boots = np.asarray(boots)
+    lo, hi = np.quantile(boots, [(1 - ci) / 2, (1 + ci) / 2]) if boots.size else (np.nan, np.nan)
+    return {"k": k, "share_second_half": share, "ci_low": float(lo), "ci_high": float(hi), "n_boot": int(boots.size),
+            "top_heads": [list(h) for h in heads], "n_rows": int(len(subtasks)), "n_examples": int(W.shape[1])}
+
+
+def select_rows(index: pd.DataFrame, max_per_subtask: int | None, seed: int) -> np.ndarray:
+    """Row positions, at most ``max_per_subtask`` per subtask, drawn with a seeded RNG (sorted)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, g in index.groupby("subtask", sort=True):
+        pos = np.flatnonzero(index.index.isin(g.index))
+        if max_per_subtask is not None and len(pos) > max_per_subtask:
+            pos = rng.choice(pos, max_per_subtask, replace=False)
+        keep.extend(pos.tolist())
+    return np.array(sorted(keep), dtype=int)
+
+
+def plot_maps(table: pd.DataFrame, title: str, stem: Any) -> list:
+    """Layer × head maps: merged score first, then one panel per subtask."""
+    from .plotting import figure, heatmap, save_figure
+
+    sts = [-1] + sorted(s for s in table["subtask"].unique() if s != -1)
+    ncols = min(4, len(sts))
+    nrows = math.ceil(len(sts) / ncols)
+    fig, axes = figure(nrows, ncols, width=3.0, height=2.6)
+    for i, st in enumerate(sts):
+        ax = axes[i // ncols][i % ncols]
+        d = table[table["subtask"] == st]
+        m = d.pivot(index="layer", columns="head", values="score").to_numpy(float)
+        heatmap(ax, m, title=f"{title}: " + ("merged" if st == -1 else f"subtask {st}"), center=0.0)
+    for j in range(len(sts), nrows * ncols):
+        axes[j // ncols][j % ncols].axis("off")
+    return save_figure(fig, stem)

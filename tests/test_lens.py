@@ -1,0 +1,111 @@
+"""Logit lens / tuned lens: exactness against the model, identity init, divergences, training, I/O."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cotmech.lens import (LensError, TunedLens, Unembed, answer_rank, capture_resid, js_divergence, kl_divergence,
+                          lens_stats, load_tuned_lens, make_unembed, save_tuned_lens, train_tuned_lens)
+
+SEQS = [[5, 17, 33, 8, 91, 12, 40], [7, 7, 120, 3], [200, 4, 19, 66, 2, 9]]
+
+
+def _hf_logits(model, seq):
+    with torch.no_grad():
+        return model.hf(input_ids=torch.tensor([seq])).logits[0].float()
+
+
+def test_lens_at_last_layer_equals_model_logits(tiny_model):
+    lens = make_unembed(tiny_model)
+    assert lens.fast
+    for seq, res in zip(SEQS, capture_resid(tiny_model, SEQS, last_n=None, batch_size=2)):
+        assert res.shape == (len(seq), tiny_model.n_layers + 1, tiny_model.d_model)
+        torch.testing.assert_close(lens.logits(res[:, -1]), _hf_logits(tiny_model, seq), atol=2e-4, rtol=1e-4)
+        # lens at every layer agrees with the model's own norm + unembedding modules
+        torch.testing.assert_close(lens.logits(res), tiny_model.logits_from_resid(res).float(), atol=2e-4, rtol=1e-4)
+
+
+def test_fast_and_module_paths_agree(tiny_llama):
+    fast = make_unembed(tiny_llama)
+    slow = Unembed(None, None, 0.0, False, torch.float32, model_fn=lambda v: tiny_llama.logits_from_resid(v))
+    res = torch.stack([r[-1] for r in capture_resid(tiny_llama, SEQS)])
+    ans = torch.tensor([3, 50, 7])
+    ctx = [torch.tensor(s) for s in SEQS]
+    a = lens_stats(fast, res, ans, ctx, top_k=5)
+    b = lens_stats(slow, res, ans, ctx, top_k=5)
+    for k in ("p_answer", "rank_answer", "top1_in_context", "js_final"):
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5)
+
+
+def test_gpt2_layernorm_lens_is_exact():
+    from cotmech.models import load_model
+
+    m = load_model("random:tiny-gpt2", dtype="float32", device="cpu")
+    lens = make_unembed(m)
+    assert lens.fast and lens.center
+    v = torch.randn(3, m.d_model)
+    torch.testing.assert_close(lens.logits(v), m.logits_from_resid(v).float(), atol=1e-4, rtol=1e-4)
+
+
+def test_tuned_lens_at_identity_equals_logit_lens(tiny_qwen2):
+    lens = make_unembed(tiny_qwen2)
+    res = torch.stack([r[-1] for r in capture_resid(tiny_qwen2, SEQS)])
+    ans, ctx = torch.tensor([1, 2, 3]), [torch.tensor(s) for s in SEQS]
+    for rank in (None, 0, 4):
+        tl = TunedLens(tiny_qwen2.n_layers, tiny_qwen2.d_model, rank=rank)
+        torch.testing.assert_close(tl.translate_all(res), res)
+        a = lens_stats(lens, res, ans, ctx)
+        b = lens_stats(lens, res, ans, ctx, translator=tl)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_divergences_and_rank():
+    g = torch.Generator().manual_seed(0)
+    p = torch.log_softmax(torch.randn(5, 50, generator=g), -1)
+    q = torch.log_softmax(torch.randn(5, 50, generator=g), -1)
+    torch.testing.assert_close(js_divergence(p, q), js_divergence(q, p))
+    assert torch.all(js_divergence(p, p).abs() < 1e-6)
+    assert torch.all((js_divergence(p, q) > 0) & (js_divergence(p, q) <= 1))
+    disjoint_p = torch.log(torch.tensor([[0.5, 0.5, 0.0, 0.0]]))
+    disjoint_q = torch.log(torch.tensor([[0.0, 0.0, 0.3, 0.7]]))
+    assert js_divergence(disjoint_p, disjoint_q).item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.all(kl_divergence(p, q) >= 0)
+    logits = torch.randn(4, 30, generator=g)
+    ids = torch.tensor([0, 5, 29, 13])
+    ref = [int((torch.argsort(logits[i], descending=True) == ids[i]).nonzero()) for i in range(4)]
+    assert answer_rank(logits, ids).tolist() == ref
+
+
+def test_lens_stats_context_measures_by_hand(tiny_llama):
+    lens = make_unembed(tiny_llama)
+    res = torch.stack([r[-1] for r in capture_resid(tiny_llama, SEQS)])
+    logp = torch.log_softmax(lens.logits(res), -1)
+    top5 = logp.topk(5, -1)
+    ctx = [top5.indices[0, 2, :1], torch.tensor([511]), top5.indices[2, 1, 1:3]]  # planted memberships
+    st = lens_stats(lens, res, torch.tensor([0, 0, 0]), ctx, top_k=5, chunk=2)
+    assert st["top1_in_context"][0, 2] == 1.0
+    assert st["topk_context_mass"][0, 2] == pytest.approx(float(top5.values[0, 2, 0].exp()), rel=1e-5)
+    assert st["topk_context_mass"][2, 1] == pytest.approx(float(top5.values[2, 1, 1:3].exp().sum()), rel=1e-5)
+    assert np.all(st["js_final"][:, -1] < 1e-6)
+    assert np.all(np.isnan(st["js_prior"])) and np.all(np.isnan(st["p_real"]))
+
+
+def test_tuned_lens_training_and_roundtrip(tiny_llama, tmp_path):
+    lens = make_unembed(tiny_llama)
+    seqs = [[(7 * i + 3 * j) % 500 + 3 for j in range(12)] for i in range(6)]
+    res = torch.cat(capture_resid(tiny_llama, seqs, last_n=None))
+    train, val = res[:50], res[50:]
+    tl, hist = train_tuned_lens(lens, train, val, rank=4, steps=40, batch=16, lr=1e-2, seed=3)
+    assert hist["steps"] == 40 and not hist["time_limit_hit"]
+    assert np.mean(hist["kl_tuned_train"][:-1]) < np.mean(hist["kl_logit_train"][:-1])
+    tl2, hist2 = train_tuned_lens(lens, train, val, rank=4, steps=40, batch=16, lr=1e-2, seed=3)
+    assert hist2["loss"] == hist["loss"]  # seeded
+    path = tmp_path / "tl.safetensors"
+    save_tuned_lens(path, tl)
+    back = load_tuned_lens(path)
+    torch.testing.assert_close(back.translate_all(val), tl.translate_all(val))
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(LensError, match="bad.safetensors"):
+        load_tuned_lens(tmp_path / "bad.safetensors")
