@@ -194,9 +194,14 @@ def valid_proof(record: dict, generated: str) -> bool:
     """Whether the generated text is a valid proof for the record (gold text counts as valid)."""
     if is_correct(record, generated):
         return True
-    from .prontoqa import verify
+    from .prontoqa import sentences, verify
 
-    return bool(verify.is_valid_proof(record, generated))
+    words = generated.strip().rsplit(" ", 1)
+    if len(words) != 2 or words[1] not in ("True", "False"):
+        return False
+    cot = sentences.split_sentences(words[0])
+    proof = {**record, "cot": cot, "label": words[1] == "True", "answer": generated.strip()}
+    return verify.verify(proof).ok
 
 
 def generate_records(model: Any, records: Sequence[dict], shots: int = 6, max_new_tokens: int = 64,
@@ -223,7 +228,9 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
 
 
 ACCURACY_COLUMNS = ["dataset", "ontology", "hops", "n", "correct", "accuracy", "ci_low", "ci_high"]

@@ -100,6 +100,10 @@ class LoadedModel:
     def final_norm(self) -> Any:
         return _getattr_path(self.lm, self.arch.final_norm)
 
+    def embed(self) -> Any:
+        """Envoy of the token embedding; ``.output`` is the residual stream before block 0 (llama-style models)."""
+        return _getattr_path(self.lm, self.arch.embed)
+
     def unembed(self) -> Any:
         return _getattr_path(self.lm, self.arch.unembed)
 
@@ -347,3 +351,71 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "auto
     hf_model, tok = load_hf(spec, dtype=dtype, device=device, cache_dir=cache_dir,
                             trust_remote_code=trust_remote_code)
     return wrap(spec, hf_model, tok)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points for scripts (the rule passes config ``model`` inside ``--settings``)
+# --------------------------------------------------------------------------------------------------
+def model_settings(settings: dict[str, Any], where: str = "--settings") -> dict[str, Any]:
+    """The ``model`` section of a rule's settings JSON, checked; raises :class:`ModelSpecError` naming the key."""
+    m = settings.get("model")
+    if not isinstance(m, dict) or not isinstance(m.get("spec"), str):
+        raise ModelSpecError(f"{where}: missing 'model.spec' (pass settings('model') from the rule)")
+    unknown = set(m) - {"name", "spec", "dtype", "device", "cache_dir", "trust_remote_code"}
+    if unknown:
+        raise ModelSpecError(f"{where}: unknown key(s) in 'model': {', '.join(sorted(unknown))}")
+    return m
+
+
+def load_from_settings(settings: dict[str, Any], where: str = "--settings") -> LoadedModel:
+    """:func:`load_model` with config ``model.{spec, dtype, device, cache_dir, trust_remote_code}``."""
+    m = model_settings(settings, where)
+    return load_model(m["spec"], dtype=m.get("dtype", "auto"), device=m.get("device", "auto"),
+                      cache_dir=m.get("cache_dir"), trust_remote_code=bool(m.get("trust_remote_code", False)))
+
+
+def load_tokenizer(spec: str, cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False) -> Any:
+    """Only the tokenizer of a spec (no weights are loaded; an embedded model is materialised if needed)."""
+    from transformers import AutoTokenizer
+
+    kind, value, overrides = parse_spec(spec)
+    if kind == "random":
+        if value not in RANDOM_PRESETS:
+            raise ModelSpecError(f"model spec {spec!r}: unknown random preset {value!r}; "
+                                 f"known: {', '.join(RANDOM_PRESETS)}")
+        return task_tokenizer(min(512, int(overrides.get("vocab_size", RANDOM_PRESETS[value].get("vocab_size", 512)))))
+    extra: dict[str, Any] = {}
+    if kind == "embedded":
+        from . import embedded
+
+        source = str(embedded.materialise(value, cache_dir=cache_dir, spec=spec))
+    elif kind == "gguf":
+        if not Path(value).is_file():
+            raise ModelSpecError(f"model spec {spec!r}: GGUF file {value!r} does not exist")
+        source, extra = str(Path(value).parent), {"gguf_file": Path(value).name}
+    elif kind == "local":
+        if not Path(value).is_dir():
+            raise ModelSpecError(f"model spec {spec!r}: directory {value!r} does not exist")
+        source = value
+    else:
+        source = value
+    local_only = kind != "hf" or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code,
+                                            **extra)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelSpecError(f"model spec {spec!r}: could not load the tokenizer from {source!r}: {e}") from e
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tokenizer_from_settings(settings: dict[str, Any], where: str = "--settings") -> Any:
+    m = model_settings(settings, where)
+    return load_tokenizer(m["spec"], cache_dir=m.get("cache_dir"), trust_remote_code=bool(m.get("trust_remote_code")))
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` torch CPU threads (the rule's ``threads``); 0 keeps torch's default."""
+    if n and n > 0:
+        torch.set_num_threads(n)

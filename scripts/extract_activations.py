@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Activations of every pair's clean input at its predicting position (activations contract of docs/DESIGN.md).
+
+Writes <out>.safetensors (resid [N, L+1, d_model], attn_out [N, L, d_model], z [N, L, H, d_head],
+attn [N, L, H, S]; float32) and the index table (row, pair_id, example_id, subtask, kind, length, answer_id,
+answer_pos) as parquet; row i of every tensor is row i of the index.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", required=True, help="pairs (results/<model>/pairs/<dataset>.jsonl)")
+    ap.add_argument("--settings", required=True, help="JSON with 'model' and 'activations' (what the rule passes)")
+    ap.add_argument("--out", required=True, help="tensors (.safetensors)")
+    ap.add_argument("--index", required=True, help="index table (.parquet)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    args = ap.parse_args(argv)
+
+    from cotmech.activations import extract_pairs
+    from cotmech.io import RecordError, read_jsonl, save_tensors, write_table
+    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+
+    try:
+        settings = json.loads(args.settings)
+        batch = int(settings.get("activations", {}).get("batch_size", 8))
+        pairs = read_jsonl(args.pairs)
+        if not pairs:
+            raise RecordError(f"{args.pairs}: no pairs (no example was solved exactly? see the make_pairs log)")
+        set_threads(args.threads)
+        t0 = time.time()
+        model = load_from_settings(settings)
+        print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
+        t1 = time.time()
+        acts, index = extract_pairs(model, pairs, batch_size=batch)
+    except (json.JSONDecodeError, RecordError, ModelSpecError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    meta = {"spec": model.spec, "dtype": str(model.dtype), "pairs": str(args.pairs)}
+    save_tensors(args.out, acts, metadata=meta)
+    write_table(args.index, index)
+    print(f"{len(pairs)} pairs: " + ", ".join(f"{k} {list(v.shape)}" for k, v in acts.items())
+          + f"; {time.time() - t1:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

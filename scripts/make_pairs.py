@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Clean/corrupt pairs for every subtask of the (correctly solved) examples of one dataset (study.md §4, E1).
+
+Writes the pairs (pairs contract of docs/DESIGN.md) as JSONL and the rejected-step counts (subtask, reason,
+count) as CSV. Only the model's tokenizer is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--generations", required=True, help="generation records (results/<model>/generations/<d>.jsonl)")
+    ap.add_argument("--dataset", required=True, help="dataset name (part of every pair's seed)")
+    ap.add_argument("--settings", required=True, help="JSON with 'model', 'pairs' and 'seed' (what the rule passes)")
+    ap.add_argument("--out", required=True, help="pairs (JSONL)")
+    ap.add_argument("--rejected", required=True, help="rejected-step counts (CSV)")
+    args = ap.parse_args(argv)
+    import pandas as pd
+
+    from cotmech.io import RecordError, read_jsonl, write_jsonl, write_table
+    from cotmech.models import ModelSpecError, tokenizer_from_settings
+    from cotmech.pairs import build_pairs, check_pair, select_examples
+
+    t0 = time.time()
+    try:
+        settings = json.loads(args.settings)
+        cfg = settings.get("pairs", {})
+        records = read_jsonl(args.generations)
+        chosen = select_examples(records, bool(cfg.get("require_correct", True)), cfg.get("max_examples"),
+                                 where=args.generations)
+        tok = tokenizer_from_settings(settings)
+        pairs, rejected = build_pairs(chosen, tok, args.dataset, int(settings.get("seed", 0)),
+                                      include_label=bool(cfg.get("include_label", False)))
+        for p in pairs:
+            check_pair(p)
+    except (json.JSONDecodeError, RecordError, ModelSpecError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_jsonl(args.out, pairs)
+    write_table(args.rejected, pd.DataFrame(rejected, columns=["subtask", "reason", "count"]))
+    print(f"{args.dataset}: {len(records)} generations, {len(chosen)} used "
+          f"({'exactly correct' if cfg.get('require_correct', True) else 'gold CoT'}), {len(pairs)} pairs, "
+          f"{sum(r['count'] for r in rejected)} steps rejected; {time.time() - t0:.1f} s")
+    for r in rejected:
+        print(f"  subtask {r['subtask']}: {r['count']} x {r['reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+# Step 3: activations of every pair's clean input at the predicting position (activations contract).
+
+
+rule extract_activations:
+    """Residual stream, attention output, per-head z and attention rows at each pair's last position."""
+    output:
+        tensors=f"{MRES}/activations/{{dataset}}.safetensors",
+        index=f"{MRES}/activations/{{dataset}}.parquet",
+    input:
+        pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
+        script="scripts/extract_activations.py",
+        code=src("activations", "generation", "models", "embedded", "batching"),
+    params:
+        settings=lambda w: settings("model", "activations"),
+    log:
+        logpath("extract_activations", "{dataset}"),
+    threads: 2
+    resources:
+        **model_resources(),
+    wildcard_constraints:
+        dataset="[A-Za-z0-9_\-]+",
+    shell:
+        "{PY} {input.script} --pairs {input.pairs} --settings {params.settings:q} --threads {threads}"
+        " --out {output.tensors} --index {output.index} > {log} 2>&1"
+
+
+register_targets(expand(f"{MRES}/activations/{{dataset}}.safetensors", dataset=DATASETS))
