@@ -30,6 +30,8 @@ from tqdm import tqdm
 from .batching import Batch, chunks, left_pad
 
 Head = tuple[int, int]
+#: Subtask families with one knockout figure each (a ``label`` subtask, if present, is only in the tables).
+FAMILIES = ("decision", "copy", "induction")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,7 +158,7 @@ def direct_scores(model, seqs: Sequence[Sequence[int]], means: HeadMeans, batch_
     the head's direct path when the head is mean-ablated. Higher = more important.
     """
     L, H, dh = model.n_layers, model.n_heads, model.d_head
-    w_o = torch.stack([model.w_o(l).float().cpu() for l in range(L)])  # [L, H, d_head, d_model]
+    w_o = torch.stack([model.w_o(l).detach().float().cpu() for l in range(L)])  # [L, H, d_head, d_model]
     mean_last = torch.stack([means.replacement(l, 1)[0] for l in range(L)]).reshape(L, H, dh)
     out = torch.empty(len(seqs), L, H)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -174,7 +176,7 @@ def direct_scores(model, seqs: Sequence[Sequence[int]], means: HeadMeans, batch_
             logits = unembed(norm(x)).float()
             t = logits.argmax(-1)
             logits.gather(1, t[:, None]).sum().backward()
-        g = x.grad.float().cpu()  # [b, d_model]
+        g = x.grad.detach().float().cpu()  # [b, d_model]
         delta = torch.einsum("blhd,lhdm->blhm", z - mean_last[None], w_o)  # [b, L, H, d_model]
         out[list(idx)] = torch.einsum("blhm,bm->blh", delta, g)
     return out
@@ -301,3 +303,202 @@ def reuse_summary(overlap: pd.DataFrame, groups: Sequence[Sequence[int]]) -> pd.
                              if (~inside).any() else None))
     return pd.DataFrame(rows, columns=["ranking", "group", "n_pairs", "jaccard_within", "jaccard_other",
                                        "jaccard_random", "reuse"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The knockout study: every subtask × ranking
+# --------------------------------------------------------------------------------------------------
+BUILTIN = "builtin"  # config value of a ranking computed here (the direct mean-ablation effect)
+
+
+def load_ranking(path: str, subtask: int) -> tuple[pd.DataFrame, str]:
+    """Head scores for one subtask from a head-score table (DESIGN.md contract) and a note on what was used.
+
+    A ``subtask`` column is filtered to the subtask (falling back to the merged rows, subtask −1); a table without
+    it (induction scores) ranks every subtask the same way.
+    """
+    from .io import read_table
+
+    df = read_table(path)
+    for col in ("layer", "head", "score"):
+        if col not in df.columns:
+            raise ValueError(f"{path}: head-score table lacks column {col!r} (has {list(df.columns)})")
+    if "subtask" not in df.columns:
+        return df, "table without subtask column: same ranking for every subtask"
+    if (df["subtask"] == subtask).any():
+        return df[df["subtask"] == subtask], f"subtask {subtask} rows"
+    if (df["subtask"] == -1).any():
+        return df[df["subtask"] == -1], f"no rows for subtask {subtask}: merged rows (subtask -1)"
+    raise ValueError(f"{path}: no rows for subtask {subtask} and no merged rows (subtask -1)")
+
+
+def _take(pairs: list[dict], n: int | None, rng: np.random.Generator) -> list[dict]:
+    pairs = sorted(pairs, key=lambda p: p["pair_id"])
+    if n is not None and len(pairs) > n:
+        keep = sorted(rng.choice(len(pairs), size=n, replace=False))
+        pairs = [pairs[i] for i in keep]
+    return pairs
+
+
+def _check_pairs(pairs: list[dict], where: str) -> None:
+    for i, p in enumerate(pairs):
+        for key in ("pair_id", "example_id", "subtask", "kind", "clean_ids"):
+            if key not in p:
+                raise ValueError(f"{where}: record {i} ({p.get('pair_id', '?')}) lacks {key!r}")
+        if not p["clean_ids"]:
+            raise ValueError(f"{where}: record {i} ({p['pair_id']}) has empty clean_ids")
+
+
+def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict[str, str], *,
+                 subtasks: Sequence[int] | None = None, steps: int | Sequence[int] = 9, threshold: float = 0.9,
+                 rank_fraction: float = 0.5, seed: int = 0, n_examples: int | None = None,
+                 n_reference: int | None = None, batch_size: int = 8, progress: bool = True,
+                 log=print) -> dict[str, pd.DataFrame]:
+    """Knockout curves for every subtask and ranking (E6).
+
+    ``rankings``: name -> :data:`BUILTIN` or a table path with an optional ``{subtask}`` placeholder.
+    Curves are measured on the evaluation split; ``scope`` says what the ranking was computed on:
+    ``rank_split`` (held out), ``eval_split`` (in sample) or ``all_pairs`` (an upstream table computed on every
+    pair, so the evaluation examples were part of it: not held out). Returns tables ``curves``,
+    ``operating_points`` and ``heads`` (removal order and kept flag of every head at each operating point).
+    """
+    _check_pairs(clean, "clean pairs")
+    _check_pairs(reference, "reference pairs")
+    rng = np.random.default_rng(seed)
+    have = sorted({int(p["subtask"]) for p in clean})
+    subtasks = have if subtasks is None else [int(k) for k in subtasks]
+    n_total = model.n_total_heads
+    grid = step_grid(n_total, steps)
+    curves, ops, heads = [], [], []
+    for k in subtasks:
+        ck = _take([p for p in clean if int(p["subtask"]) == k], n_examples, rng)
+        rk = _take([p for p in reference if int(p["subtask"]) == k], n_reference, rng)
+        if len(ck) < 2 or not rk:
+            log(f"subtask {k}: skipped ({len(ck)} clean pairs, {len(rk)} reference pairs)")
+            continue
+        kind = ck[0]["kind"]
+        rank_ids, eval_ids = split_examples([p["example_id"] for p in ck], rank_fraction, seed + k)
+        rank_rows = [i for i, p in enumerate(ck) if p["example_id"] in set(rank_ids)]
+        eval_rows = [i for i, p in enumerate(ck) if p["example_id"] in set(eval_ids)]
+        seqs = [p["clean_ids"] for p in ck]
+        eval_seqs = [seqs[i] for i in eval_rows]
+        log(f"subtask {k} ({kind}): {len(ck)} clean pairs ({len(rank_rows)} ranking / {len(eval_rows)} evaluation), "
+            f"{len(rk)} reference pairs")
+        means = head_means(model, [p["clean_ids"] for p in rk], batch_size, progress)
+        baseline = ablated_argmax(model, eval_seqs, means, [], batch_size)
+        orders: list[tuple[str, str, bool, list[Head], str]] = []
+        for name, source in rankings.items():
+            if source == BUILTIN:
+                per = direct_scores(model, seqs, means, batch_size)
+                for scope, rows, held in (("rank_split", rank_rows, True), ("eval_split", eval_rows, False)):
+                    orders.append((name, scope, held, removal_order(scores_frame(per, rows), model.n_layers,
+                                                                     model.n_heads), "direct mean-ablation effect"))
+                continue
+            table, note = load_ranking(source.format(subtask=k), k)
+            if "example_id" in table.columns:  # per-example scores: re-rank on each split
+                for scope, ids, held in (("rank_split", rank_ids, True), ("eval_split", eval_ids, False)):
+                    sub = table[table["example_id"].isin(ids)]
+                    if sub.empty:
+                        raise ValueError(f"{source}: no per-example scores for the {scope} of subtask {k}")
+                    orders.append((name, scope, held, removal_order(sub, model.n_layers, model.n_heads), note))
+            else:
+                orders.append((name, "all_pairs", False, removal_order(table, model.n_layers, model.n_heads),
+                               note + "; scores over all pairs, not held out"))
+        for name, scope, held, order, note in orders:
+            c = knockout_curve(model, eval_seqs, means, order, grid, baseline, batch_size, progress)
+            c.insert(0, "heldout", held)
+            c.insert(0, "scope", scope)
+            c.insert(0, "ranking", name)
+            c.insert(0, "kind", kind)
+            c.insert(0, "subtask", k)
+            curves.append(c)
+            i = operating_point(c.n_removed.tolist(), c.acc.tolist(), threshold)
+            op = c.iloc[i]
+            ops.append(dict(subtask=k, kind=kind, ranking=name, scope=scope, heldout=held,
+                            n_removed=int(op.n_removed), n_kept=int(op.n_kept), acc=float(op.acc),
+                            ci_low=float(op.ci_low), ci_high=float(op.ci_high), n=int(op.n), threshold=threshold,
+                            n_rank_examples=len(rank_ids), n_eval_examples=len(eval_ids), n_reference=len(rk),
+                            note=note))
+            kept = set(order[int(op.n_removed):])
+            heads += [dict(subtask=k, ranking=name, scope=scope, layer=l, head=h, removal_rank=r,
+                           kept=(l, h) in kept) for r, (l, h) in enumerate(order)]
+            log(f"  {name}/{scope}: operating point {int(op.n_removed)} removed, acc {op.acc:.2f}")
+    return {"curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+            "operating_points": pd.DataFrame(ops), "heads": pd.DataFrame(heads)}
+
+
+def circuit_sets(heads: pd.DataFrame, prefer: Sequence[str] = ("rank_split", "all_pairs")) -> dict[tuple, set[Head]]:
+    """Kept-head set per (subtask, ranking) at the operating point, using the first available scope in ``prefer``."""
+    out: dict[tuple, set[Head]] = {}
+    for (k, name), df in heads.groupby(["subtask", "ranking"]):
+        for scope in prefer:
+            d = df[df["scope"] == scope]
+            if len(d):
+                out[(int(k), str(name))] = {(int(l), int(h)) for l, h in zip(d["layer"][d["kept"]], d["head"][d["kept"]])}
+                break
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+_STYLES = ["-", "--", ":", "-."]
+_MARKERS = ["o", "s", "^", "D", "v", "x"]
+
+
+def plot_curves(curves: pd.DataFrame, ops: pd.DataFrame, kind: str, n_total: int, stem) -> list:
+    """F-knock for one subtask family: a panel per subtask, a line per ranking/scope with its CI band and
+    operating point (star), colour = the family's colour."""
+    from .plotting import KIND_COLOURS, figure, save_figure
+
+    df = curves[curves["kind"] == kind]
+    ks = sorted(df["subtask"].unique())
+    fig, axes = figure(1, max(1, len(ks)), width=3.0, height=2.6, sharey=True)
+    if not ks:
+        axes[0][0].text(0.5, 0.5, f"no {kind} subtasks in the pairs", ha="center", va="center")
+        axes[0][0].set_axis_off()
+        return save_figure(fig, stem)
+    colour = KIND_COLOURS.get(kind, "#333333")
+    combos = list(dict.fromkeys(zip(df["ranking"], df["scope"])))
+    for ax, k in zip(axes[0], ks):
+        for i, (name, scope) in enumerate(combos):
+            c = df[(df["subtask"] == k) & (df["ranking"] == name) & (df["scope"] == scope)]
+            if c.empty:
+                continue
+            ls = "--" if scope == "eval_split" else _STYLES[(i // len(_MARKERS)) % len(_STYLES)]
+            ax.plot(c["n_removed"], c["acc"], ls, marker=_MARKERS[i % len(_MARKERS)], ms=3, color=colour,
+                    alpha=0.55 if scope == "eval_split" else 1.0, label=f"{name} ({scope})")
+            ax.fill_between(c["n_removed"], c["ci_low"], c["ci_high"], color=colour, alpha=0.08)
+            o = ops[(ops["subtask"] == k) & (ops["ranking"] == name) & (ops["scope"] == scope)]
+            ax.plot(o["n_removed"], o["acc"], "*", color="black", ms=7)
+        thr = ops["threshold"].iloc[0] if len(ops) else 0.9
+        ax.axhline(thr, color="grey", lw=0.6, ls=":")
+        ax.set_xlim(0, n_total)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"subtask {k} ({kind})")
+        ax.set_xlabel("heads removed")
+    axes[0][0].set_ylabel("next-token agreement")
+    axes[0][-1].legend(fontsize=6, loc="lower left")
+    return save_figure(fig, stem)
+
+
+def plot_overlap(overlap: pd.DataFrame, subtasks: Sequence[int], stem) -> list:
+    """F-overlap: Jaccard of the kept-head sets across subtasks, one panel per ranking."""
+    from .plotting import figure, heatmap, save_figure
+
+    same = overlap[overlap["ranking_a"] == overlap["ranking_b"]]
+    names = sorted(same["ranking_a"].unique()) or ["(none)"]
+    ks = list(subtasks)
+    fig, axes = figure(1, len(names), width=3.6, height=3.2)
+    for ax, name in zip(axes[0], names):
+        m = np.full((len(ks), len(ks)), np.nan)
+        np.fill_diagonal(m, 1.0)
+        for r in same[same["ranking_a"] == name].itertuples():
+            if r.subtask_a in ks and r.subtask_b in ks:
+                i, j = ks.index(r.subtask_a), ks.index(r.subtask_b)
+                m[i, j] = m[j, i] = r.jaccard
+        heatmap(ax, m, title=f"kept-head Jaccard: {name}", xlabel="subtask", ylabel="subtask",
+                colorbar_label="Jaccard")
+        ax.set_xticks(range(len(ks)), ks)
+        ax.set_yticks(range(len(ks)), ks)
+    return save_figure(fig, stem)

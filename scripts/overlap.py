@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Overlap of the kept-head sets (E7) and the knockout figures (F-knock, F-overlap).
+
+Reads --dir/{curves.parquet, operating_points.csv, heads.parquet} (written by knockout.py) and writes
+overlap.parquet (pairwise intersection/union/Jaccard across subtasks and rankings, with the random-set
+expectation), reuse.csv (the paper's reported reuse groups vs other subtask pairs), knockout_<kind>.png/.pdf
+per subtask family (decision, copy, induction) and overlap.png/.pdf.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cotmech import circuits
+from cotmech.io import read_table, write_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", required=True, help="folder with knockout.py's outputs; outputs go here too")
+    ap.add_argument("--n-heads-total", type=int, required=True, help="number of heads of the model (layers × heads)")
+    ap.add_argument("--settings", default="{}", help="JSON with 'circuits.reuse_groups' (what the rule passes)")
+    args = ap.parse_args(argv)
+    s = json.loads(args.settings)
+    groups = s.get("circuits.reuse_groups", [[1, 3], [2, 4, 8], [5, 9]])
+    curves = read_table(f"{args.dir}/curves.parquet")
+    ops = read_table(f"{args.dir}/operating_points.csv")
+    heads = read_table(f"{args.dir}/heads.parquet")
+    if curves.empty:
+        print(f"error: {args.dir}/curves.parquet is empty (no subtask had pairs)", file=sys.stderr)
+        return 2
+    sets = circuits.circuit_sets(heads)
+    ov = circuits.overlap_table(sets, args.n_heads_total)
+    reuse = circuits.reuse_summary(ov, groups)
+    write_table(f"{args.dir}/overlap.parquet", ov)
+    write_table(f"{args.dir}/reuse.csv", reuse)
+    for kind in circuits.FAMILIES:
+        circuits.plot_curves(curves, ops, kind, args.n_heads_total, f"{args.dir}/knockout_{kind}")
+    circuits.plot_overlap(ov, sorted(curves["subtask"].unique()), f"{args.dir}/overlap")
+    print(reuse.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
