@@ -1,0 +1,255 @@
+"""The one generic head patcher: a single nnsight trace that overwrites per-head activations row by row.
+
+Every method in this package (naive, exact, AtP, path patching, induction heads) is a loop around
+:func:`run_trace`. A *site* is a per-head activation of one layer:
+
+- ``z``: a head's output, its slice of the attention output projection's input (``hook_z``);
+- ``q``, ``k``, ``v``: a head's query / key / value projection output (llama-family only; ``k``/``v`` are
+  indexed by key-value head, so with grouped-query attention one k/v unit feeds n_heads/n_kv_heads query heads).
+
+An :class:`Edit` replaces, in batch row r, the units u with ``mask[r, u]`` by ``value[r, :, u]`` at every
+position of the traced sequence. :func:`run_trace` can start from a cached residual stream at
+``start_layer`` (the layers below are skipped) and extend a shared prefix KV cache (:class:`PrefixCache`),
+so only the part of the input after the first clean/corrupt difference is recomputed.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SITE_ORDER = ("q", "k", "v", "z")  # order in which a layer computes them (nnsight needs access in order)
+_PROJ = {"q": "q_proj", "k": "k_proj", "v": "v_proj"}
+
+
+@dataclass
+class Edit:
+    """Overwrite units of one site in one layer: rows r, units u where ``mask[r, u]`` -> ``value[r, :, u]``."""
+
+    site: str  # "z" | "q" | "k" | "v"
+    layer: int
+    mask: torch.Tensor  # [rows, units] bool
+    value: torch.Tensor  # [rows | 1, pos, units, d_head]
+
+
+@dataclass
+class TraceOut:
+    logits: torch.Tensor  # [rows, vocab] at the last position (float32; differentiable when grad=True)
+    saved: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # (site|"resid", layer) -> tensor
+    deltas: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> zero z-offset [rows, pos, H*d_head]
+
+
+@dataclass
+class PrefixCache:
+    """Keys and values of a shared prefix, batch 1: per layer [1, n_kv_heads, length, d_head]."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int
+
+    def dynamic(self, rows: int, hf_config: Any) -> Any:
+        """A fresh transformers ``DynamicCache`` holding the prefix expanded to ``rows`` batch rows."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=hf_config)
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
+        return cache
+
+
+# --------------------------------------------------------------------------------------------------
+# model facts
+# --------------------------------------------------------------------------------------------------
+def n_units(model, site: str) -> int:
+    return model.n_kv_heads if site in ("k", "v") else model.n_heads
+
+
+def _site_envoy(model, site: str, layer: int):
+    if site == "z":
+        return model.o_proj(layer)
+    if model.arch.layers != "model.layers":
+        raise ValueError(f"site {site!r} (q/k/v projections) is only supported for llama-family models, "
+                         f"not {model.spec!r}")
+    return getattr(model.attn(layer), _PROJ[site])
+
+
+def _site_get(model, site: str, layer: int):
+    env = _site_envoy(model, site, layer)
+    return env.input if site == "z" else env.output
+
+
+def _site_set(model, site: str, layer: int, value) -> None:
+    env = _site_envoy(model, site, layer)
+    if site == "z":
+        env.input = value
+    else:
+        env.output = value
+
+
+def _cache_kwarg(model) -> str:
+    params = inspect.signature(model.hf.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+
+
+def layer_returns_tuple(model) -> bool:
+    """Whether a decoder block returns a tuple (older transformers / GPT-2) rather than a tensor."""
+    key = "_layer_returns_tuple"
+    if key not in model.info:
+        seen: list[Any] = []
+        h = model.hf_layers()[0].register_forward_hook(lambda mod, args, out: seen.append(out))
+        try:
+            with torch.no_grad():
+                model.hf(torch.zeros(1, 1, dtype=torch.long, device=model.device), use_cache=False)
+        finally:
+            h.remove()
+        model.info[key] = isinstance(seen[0], tuple)
+    return model.info[key]
+
+
+def prefix_cache(model, ids: torch.Tensor) -> PrefixCache | None:
+    """KV cache of ``ids`` [pos] (one sequence); ``None`` for an empty prefix."""
+    if ids.numel() == 0:
+        return None
+    with torch.no_grad():
+        out = model.hf(input_ids=ids[None].to(model.device), use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values")
+    if hasattr(cache, "layers"):
+        keys = [lay.keys for lay in cache.layers]
+        vals = [lay.values for lay in cache.layers]
+    else:  # pragma: no cover - older transformers
+        keys, vals = list(cache.key_cache), list(cache.value_cache)
+    return PrefixCache(keys, vals, int(ids.numel()))
+
+
+# --------------------------------------------------------------------------------------------------
+# the trace
+# --------------------------------------------------------------------------------------------------
+def run_trace(model, ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+              position_ids: torch.Tensor | None = None, cache: PrefixCache | None = None, start_layer: int = 0,
+              start_resid: torch.Tensor | None = None, edits: Sequence[Edit] = (),
+              save: Iterable[tuple[str, int]] = (), grad: bool = False) -> TraceOut:
+    """One nnsight forward of ``ids`` [rows, pos] with per-head edits; logits at the last position.
+
+    - ``cache``: a shared prefix; ``ids`` then continue it (positions start at ``cache.length``).
+    - ``start_layer`` > 0: layers below are skipped and ``start_resid`` [rows | 1, pos, d_model] (the residual
+      stream entering ``start_layer``) is used instead; ``start_layer == n_layers`` reads logits off it directly.
+    - ``save``: ``(site, layer)`` pairs to return, site in q/k/v/z (as [rows, pos, units, d_head]) or
+      ``"resid"`` (block output [rows, pos, d_model]).
+    - ``grad``: add a zero offset to every layer's z that requires grad (returned in ``deltas``), for AtP.
+    """
+    R, S = ids.shape
+    dev = model.device
+    save = set(save)
+    kwargs: dict[str, Any] = {"input_ids": ids.to(dev), "logits_to_keep": 1, "use_cache": cache is not None}
+    if cache is not None:
+        kwargs[_cache_kwarg(model)] = cache.dynamic(R, model.hf.config)
+        if position_ids is None:
+            position_ids = torch.arange(cache.length, cache.length + S, device=dev)[None].expand(R, -1)
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids.to(dev)
+    if cache is not None:
+        if attention_mask is not None:
+            raise ValueError("run_trace: attention_mask together with a prefix cache is not supported")
+        # explicit mask over prefix + suffix (nnsight would otherwise add a suffix-only mask)
+        attention_mask = torch.ones(R, cache.length + S, dtype=torch.long)
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask.to(dev)
+    if start_layer > 0:
+        if start_resid is None:
+            raise ValueError("run_trace: start_layer > 0 needs start_resid")
+        skip_value = start_resid.to(dev, model.dtype).expand(R, -1, -1)
+        if layer_returns_tuple(model):
+            skip_value = (skip_value,)
+    by_key: dict[tuple[str, int], list[Edit]] = {}
+    for e in edits:
+        if e.layer < start_layer:
+            raise ValueError(f"edit at layer {e.layer} lies below start_layer {start_layer}")
+        by_key.setdefault((e.site, e.layer), []).append(e)
+    deltas = {}
+    if grad:
+        for layer in range(start_layer, model.n_layers):
+            deltas[layer] = torch.zeros(R, S, model.n_heads * model.d_head, device=dev, dtype=model.dtype,
+                                        requires_grad=True)
+    saved: dict[tuple[str, int], Any] = {}
+    ctx = torch.enable_grad() if grad else torch.no_grad()
+    with ctx, model.lm.trace(**kwargs):
+        for layer in range(model.n_layers):
+            if layer < start_layer:
+                model.layer(layer).skip(skip_value)
+                continue
+            for site in SITE_ORDER:
+                key = (site, layer)
+                if key not in by_key and key not in save and not (grad and site == "z"):
+                    continue
+                U = n_units(model, site)
+                cur = _site_get(model, site, layer)
+                shape = cur.shape
+                new = cur
+                if key in by_key:
+                    new = cur.reshape(R, S, U, model.d_head)
+                    for e in by_key[key]:
+                        m = e.mask.to(dev)[:, None, :, None]
+                        new = torch.where(m, e.value.to(dev, new.dtype), new)
+                    new = new.reshape(shape)
+                if grad and site == "z":
+                    new = new + deltas[layer]
+                if new is not cur:
+                    _site_set(model, site, layer, new)
+                if key in save:
+                    saved[key] = new.reshape(R, S, U, model.d_head).save()
+            if ("resid", layer) in save:
+                out = model.layer(layer).output
+                saved[("resid", layer)] = (out[0] if isinstance(out, tuple) else out).save()
+        logits = model.unembed().output.save()
+    return TraceOut(logits=logits[:, -1].float(), saved=dict(saved), deltas=deltas)
+
+
+# --------------------------------------------------------------------------------------------------
+# batching with out-of-memory back-off
+# --------------------------------------------------------------------------------------------------
+def is_oom(err: BaseException) -> bool:
+    """CUDA or CPU allocator out-of-memory (also when nnsight re-raises it wrapped)."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    msg = str(err).lower()
+    return any(s in msg for s in ("out of memory", "can't allocate memory", "not enough memory"))
+
+
+def run_in_batches(fn: Callable[[Sequence[Any]], None], items: Sequence[Any], batch: int) -> int:
+    """Call ``fn`` on consecutive chunks of ``items``; on out-of-memory halve the chunk and retry.
+
+    Returns the chunk size that worked last (callers may reuse it for the next pair).
+    """
+    i = 0
+    batch = max(1, int(batch))
+    while i < len(items):
+        chunk = items[i:i + batch]
+        try:
+            fn(chunk)
+        except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_oom(e) or batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            log.warning("out of memory with %d rows; retrying with %d", len(chunk), batch)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        i += len(chunk)
+    return batch
+
+
+def one_hot_rows(heads: Sequence[tuple[int, int]], layer: int, n_heads: int) -> torch.Tensor:
+    """mask [len(heads), n_heads]: row r is True at its head if heads[r] lies in ``layer``."""
+    mask = torch.zeros(len(heads), n_heads, dtype=torch.bool)
+    for r, (lay, h) in enumerate(heads):
+        if lay == layer:
+            mask[r, h] = True
+    return mask
