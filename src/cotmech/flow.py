@@ -340,14 +340,10 @@ def config_dict(cfg: FlowConfig) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Summaries (pure functions of trace records)
 # --------------------------------------------------------------------------------------------------
-def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    from .generation import wilson
+
+    return wilson(k, n)
 
 
 def _dims(traces: Sequence[dict]) -> tuple[int, int]:
