@@ -25,6 +25,7 @@ Definitions (all per pair = one clean input, read at its predicting position):
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -191,7 +192,9 @@ def boot_mean(values: np.ndarray, inv: np.ndarray, W: np.ndarray, ci: float = 0.
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = S.sum(0) / C.sum(0)
         bm = np.tensordot(W, S, 1) / np.tensordot(W, C, 1)  # [B, ...]
-    lo, hi = np.nanquantile(bm, [(1 - ci) / 2, (1 + ci) / 2], axis=0) if len(W) else (mean * np.nan,) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (e.g. p_real off false ontology)
+        lo, hi = np.nanquantile(bm, [(1 - ci) / 2, (1 + ci) / 2], axis=0) if len(W) else (mean * np.nan,) * 2
     return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": C.sum(0)}
 
 
@@ -215,9 +218,9 @@ def rows_frame(stats: dict[str, np.ndarray], index: pd.DataFrame, lens_name: str
 
 def _curves(rows: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """rows (one lens) -> (values [n_pairs, L+1], example ids [n_pairs])."""
-    wide = rows.pivot_table(index=["pair_id", "example_id"], columns="layer", values=metric, dropna=False,
-                            aggfunc="first")
-    return wide.to_numpy(float), wide.index.get_level_values("example_id").to_numpy()
+    wide = rows.pivot(index="pair_id", columns="layer", values=metric)
+    ex = rows.drop_duplicates("pair_id").set_index("pair_id")["example_id"]
+    return wide.to_numpy(float), ex.loc[wide.index].to_numpy()
 
 
 def layer_table(rows: pd.DataFrame, n_layers: int, n_boot: int, seed: int, ci: float = 0.95) -> pd.DataFrame:

@@ -88,6 +88,7 @@ def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: 
     return out
 
 
+@torch.no_grad()
 def copy_components(lens: Unembed, model: Any, z: torch.Tensor, attn: torch.Tensor, length: np.ndarray,
                     answer_pos: np.ndarray, answer_id: torch.Tensor) -> dict[str, np.ndarray]:
     """Copy-head components per row, layer and head: ``attn``, ``proj`` [N, L, H]; ``attn`` is NaN for rows
