@@ -328,3 +328,91 @@ def plot_curves(table: pd.DataFrame, title: str, stem: Any, rifts: dict[str, int
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=6)
     return save_figure(fig, stem)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs and the per-dataset pipeline
+# --------------------------------------------------------------------------------------------------
+def load_activations(pairs_path: Any, tensors_path: Any, index_path: Any,
+                     keys: Sequence[str] = ("resid",)) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
+    """Read an activations file + index and join the pairs (by pair_id); errors name the file and problem.
+
+    Returns the requested tensors and the index with the pair fields ``clean_ids, answer, ontology``.
+    """
+    from .io import RecordError, load_tensors, read_jsonl, read_table
+
+    tensors = load_tensors(tensors_path)
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+        raise RecordError(f"{tensors_path}: missing tensor(s) {missing}; has {sorted(tensors)}")
+    index = read_table(index_path)
+    need = {"row", "pair_id", "example_id", "subtask", "length", "answer_id", "answer_pos"}
+    if need - set(index.columns):
+        raise RecordError(f"{index_path}: missing column(s) {sorted(need - set(index.columns))}")
+    n = len(index)
+    for k in keys:
+        if tensors[k].shape[0] != n:
+            raise RecordError(f"{tensors_path}: tensor {k} has {tensors[k].shape[0]} rows, index {index_path} has {n}")
+    if not np.array_equal(index["row"].to_numpy(), np.arange(n)):
+        raise RecordError(f"{index_path}: column 'row' must be 0..{n - 1} in order")
+    pairs = {p["pair_id"]: p for p in read_jsonl(pairs_path)}
+    absent = [pid for pid in index["pair_id"] if pid not in pairs]
+    if absent:
+        raise RecordError(f"{index_path}: {len(absent)} pair_id(s) not in {pairs_path}, e.g. {absent[0]!r}")
+    index = index.copy()
+    for f in ("clean_ids", "answer", "ontology"):
+        index[f] = [pairs[pid].get(f) for pid in index["pair_id"]]
+    bad = [pid for pid, ids, ln in zip(index["pair_id"], index["clean_ids"], index["length"])
+           if not isinstance(ids, list) or len(ids) != ln]
+    if bad:
+        raise RecordError(f"{pairs_path}: pair {bad[0]!r}: clean_ids missing or not of the indexed length")
+    return {k: tensors[k] for k in keys}, index
+
+
+def select_rows(index: pd.DataFrame, max_per_subtask: int | None, seed: int) -> np.ndarray:
+    """Row positions, at most ``max_per_subtask`` per subtask, drawn with a seeded RNG (sorted)."""
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    sub = index["subtask"].to_numpy()
+    for st in np.unique(sub):
+        pos = np.flatnonzero(sub == st)
+        if max_per_subtask is not None and len(pos) > max_per_subtask:
+            pos = rng.choice(pos, max_per_subtask, replace=False)
+        keep.extend(int(p) for p in pos)
+    return np.array(sorted(keep), dtype=int)
+
+
+def prior_inputs(index: pd.DataFrame, tokenizer: Any) -> tuple[list[list[int]], np.ndarray, list[str]]:
+    """Unique context-free inputs, the row -> input map [N], and each row's fragment text."""
+    is_b = _Boundary(tokenizer)
+    uniq: dict[tuple[int, ...], int] = {}
+    which, frags = [], []
+    for ids in index["clean_ids"]:
+        p = tuple(context_free_ids(ids, tokenizer, is_b))
+        which.append(uniq.setdefault(p, len(uniq)))
+        frags.append(tokenizer.decode(list(p), skip_special_tokens=True))
+    return [list(p) for p in uniq], np.asarray(which), frags
+
+
+def run_lenses(model: Any, lens: Any, resid: torch.Tensor, index: pd.DataFrame, tuned: Any = None,
+               top_k: int = 10, prior_batch_size: int = 16) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Both lenses on ``resid`` [N, L+1, d] (rows of ``index``): the long per-(row, layer) frame and facts."""
+    from .lens import lens_stats
+
+    tok = model.tokenizer
+    uniq, which, frags = prior_inputs(index, tok)
+    prior = prior_logprobs(model, uniq, batch_size=prior_batch_size)[torch.as_tensor(which)]
+    real = torch.tensor([real_world_answer(f, str(a), int(aid), tok) if o == "false" else -1
+                         for f, a, aid, o in zip(frags, index["answer"], index["answer_id"], index["ontology"])])
+    ctx = [torch.as_tensor(ids) for ids in index["clean_ids"]]
+    aid = torch.tensor(index["answer_id"].to_numpy(np.int64))
+    keep = index[["pair_id", "example_id", "subtask"] + (["kind"] if "kind" in index else [])]
+    frames = []
+    for name, tr in (("logit", None), ("tuned", tuned)):
+        if name == "tuned" and tr is None:
+            continue
+        st = lens_stats(lens, resid, aid, ctx, prior, real, top_k=top_k, translator=tr, progress=f"{name} lens")
+        frames.append(rows_frame(st, keep, name))
+    facts = {"n_rows": int(len(index)), "n_prior_inputs": len(uniq), "n_real_world": int((real >= 0).sum()),
+             "prior_examples": sorted(set(frags))[:10]}
+    return pd.concat(frames, ignore_index=True), facts

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from .lens import Unembed
+from .prior_shift import select_rows  # noqa: F401  (re-exported: row caps are shared)
 
 WRITER_COMPONENTS = ("p_head", "p_pre", "p_mid", "p_alone", "dla")
 COPY_COMPONENTS = ("attn", "proj")
@@ -212,18 +213,6 @@ def bootstrap_share(kind: str, comp: dict[str, np.ndarray], subtasks: np.ndarray
             "top_heads": [list(h) for h in heads], "n_rows": int(len(subtasks)), "n_examples": int(W.shape[1])}
 
 
-def select_rows(index: pd.DataFrame, max_per_subtask: int | None, seed: int) -> np.ndarray:
-    """Row positions, at most ``max_per_subtask`` per subtask, drawn with a seeded RNG (sorted)."""
-    rng = np.random.default_rng(seed)
-    keep = []
-    for _, g in index.groupby("subtask", sort=True):
-        pos = np.flatnonzero(index.index.isin(g.index))
-        if max_per_subtask is not None and len(pos) > max_per_subtask:
-            pos = rng.choice(pos, max_per_subtask, replace=False)
-        keep.extend(pos.tolist())
-    return np.array(sorted(keep), dtype=int)
-
-
 def plot_maps(table: pd.DataFrame, title: str, stem: Any) -> list:
     """Layer × head maps: merged score first, then one panel per subtask."""
     from .plotting import figure, heatmap, save_figure
@@ -240,3 +229,39 @@ def plot_maps(table: pd.DataFrame, title: str, stem: Any) -> list:
     for j in range(len(sts), nrows * ncols):
         axes[j // ncols][j % ncols].axis("off")
     return save_figure(fig, stem)
+
+
+PAPER_WRITERS = {"share_second_half": 0.991, "n": 856,
+                 "source": "study.md E10: depth-0 answer writers of the shipped traces, layers >= 16 of 32 [R]"}
+
+
+def run_roles(model: Any, lens: Unembed, tensors: dict[str, torch.Tensor], index: pd.DataFrame,
+              max_per_subtask: int | None, seed: int, top_frac: float = 0.05, n_boot: int = 200,
+              ci: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Writer and copy tables and the summary (top-k second-half shares with bootstrap CIs) for one dataset."""
+    rows = select_rows(index, max_per_subtask, seed)
+    sel = index.iloc[rows].reset_index(drop=True)
+    t = {k: tensors[k][torch.as_tensor(rows)] for k in ("resid", "attn_out", "z", "attn")}
+    aid = torch.tensor(sel["answer_id"].to_numpy(np.int64))
+    wcomp = writer_components(lens, model, t["resid"], t["attn_out"], t["z"], aid, progress=True)
+    pos = np.array([None if pd.isna(p) else int(p) for p in sel["answer_pos"]], dtype=object)
+    ccomp = copy_components(lens, model, t["z"], t["attn"], sel["length"].to_numpy(), pos, aid)
+    subtasks, groups = sel["subtask"].to_numpy(), sel["example_id"].astype(str).to_numpy()
+    k = max(1, int(round(top_frac * model.n_layers * model.n_heads)))
+    summary: dict[str, Any] = {
+        "n_layers": model.n_layers, "n_heads": model.n_heads, "second_half": f"layer >= {model.n_layers / 2:g}",
+        "top_frac": top_frac, "k": k, "n_rows": int(len(sel)), "n_examples": int(len(set(groups))),
+        "max_per_subtask": max_per_subtask, "paper": PAPER_WRITERS,
+        "copy_rows_without_answer_pos": int(sum(p is None for p in pos)),
+    }
+    tables = {}
+    for kind, comp in (("writers", wcomp), ("copy", ccomp)):
+        tables[kind] = score_table(kind, comp, subtasks)
+        summary[kind] = bootstrap_share(kind, comp, subtasks, groups, k, model.n_layers, n_boot, seed, ci)
+        per = {}
+        for st in sorted(np.unique(subtasks).tolist()):
+            m = tables[kind][tables[kind].subtask == st].pivot(index="layer", columns="head", values="score")
+            if np.isfinite(m.to_numpy(float)).any():
+                per[str(st)] = top_k_share(m.to_numpy(float), k, model.n_layers)[0]
+        summary[kind]["per_subtask_share"] = per
+    return tables["writers"], tables["copy"], summary

@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Layer-wise prior shift (study.md E10, C4): logit/tuned-lens curves per dataset, then the rift summary.
+
+  prior_shift.py dataset --pairs P --activations A.safetensors --index A.parquet [--tuned-lens T] \
+      --settings JSON --dataset NAME --table OUT.parquet --rows OUT.rows.parquet --figure STEM
+  prior_shift.py rift --rows D1.rows.parquet [D2.rows.parquet ...] --settings JSON --out rift.json --figure STEM
+
+`dataset` reads each pair's residual stream at its predicting position through the logit lens (and the tuned
+lens if given): answer probability and rank, context abidance, JS divergence to the final and to the
+context-free prior, the real-world answer on false-ontology prompts. `rift` finds the crossover layer on the
+mean curves with a cluster-bootstrap CI (definitions: cotmech.prior_shift).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _dataset(args: argparse.Namespace, settings: dict) -> None:
+    import torch
+
+    from cotmech.lens import load_tuned_lens, make_unembed
+    from cotmech.io import write_table
+    from cotmech.models import load_from_settings, set_threads
+    from cotmech.prior_shift import layer_table, load_activations, plot_curves, run_lenses, select_rows
+
+    cfg = settings.get("prior_shift", {})
+    seed = int(settings.get("seed", 0))
+    tensors, index = load_activations(args.pairs, args.activations, args.index, keys=("resid",))
+    rows = select_rows(index, cfg.get("max_per_subtask"), seed)
+    index = index.iloc[rows].reset_index(drop=True)
+    resid = tensors["resid"][torch.as_tensor(rows)]
+    set_threads(args.threads)
+    t0 = time.time()
+    model = load_from_settings(settings)
+    lens = make_unembed(model)
+    tuned = load_tuned_lens(args.tuned_lens) if args.tuned_lens else None
+    if tuned is not None and (tuned.n_layers, tuned.d_model) != (model.n_layers, model.d_model):
+        raise ValueError(f"{args.tuned_lens}: tuned lens is for {tuned.n_layers} layers × d {tuned.d_model}, "
+                         f"model has {model.n_layers} × {model.d_model}")
+    print(f"model {model.spec} ({model.dtype}) loaded in {time.time() - t0:.1f} s; lens fast path: {lens.fast}; "
+          f"{len(index)} of {len(rows)} rows", flush=True)
+    t1 = time.time()
+    frame, facts = run_lenses(model, lens, resid, index, tuned, top_k=int(cfg.get("top_k", 10)),
+                              prior_batch_size=int(cfg.get("prior_batch_size", 16)))
+    frame.insert(0, "dataset", args.dataset)
+    print(f"lenses done in {time.time() - t1:.1f} s: {json.dumps(facts)}", flush=True)
+    table = layer_table(frame, model.n_layers, int(cfg.get("n_boot", 1000)), seed, float(cfg.get("ci", 0.95)))
+    table.insert(0, "dataset", args.dataset)
+    write_table(args.rows, frame)
+    write_table(args.table, table)
+    plot_curves(table, args.dataset, args.figure)
+
+
+def _rift(args: argparse.Namespace, settings: dict) -> None:
+    import pandas as pd
+
+    from cotmech.io import RecordError, read_table, write_json
+    from cotmech.prior_shift import PAPER_RIFT, RIFT_DEFINITION, layer_table, plot_curves, rift_summary
+
+    cfg = settings.get("prior_shift", {})
+    seed, n_boot, ci = int(settings.get("seed", 0)), int(cfg.get("n_boot", 1000)), float(cfg.get("ci", 0.95))
+    frames = []
+    for p in args.rows:
+        df = read_table(p)
+        for col in ("dataset", "lens", "pair_id", "example_id", "layer", "js_final", "js_prior", "top1_in_context"):
+            if col not in df.columns:
+                raise RecordError(f"{p}: missing column {col!r} (not a prior_shift rows table?)")
+        frames.append(df)
+    rows = pd.concat(frames, ignore_index=True)
+    n_layers = int(rows["layer"].max())
+    rows["example_id"] = rows["dataset"].astype(str) + "/" + rows["example_id"].astype(str)
+    rows["pair_id"] = rows["dataset"].astype(str) + "/" + rows["pair_id"].astype(str)
+    out = {"definition": RIFT_DEFINITION, "divergence": "Jensen-Shannon, bits", "n_layers": n_layers,
+           "context_abidance": "share of (pair, layer) cells whose lens top-1 token is a prompt token",
+           "bootstrap": f"{n_boot} cluster resamples of examples, seed {seed}, {ci:.0%} percentile CI",
+           "paper": PAPER_RIFT, "datasets": {}}
+    for name, part in [("all", rows)] + list(rows.groupby("dataset", sort=True)):
+        out["datasets"][name] = {lens: rift_summary(r, n_layers, n_boot, seed, ci)
+                                 for lens, r in part.groupby("lens", sort=False)}
+    write_json(args.out, out)
+    table = layer_table(rows, n_layers, n_boot, seed, ci)
+    rifts = {lens: v["rift_layer"] for lens, v in out["datasets"]["all"].items()}
+    plot_curves(table, "all datasets", args.figure, rifts)
+    for lens, v in out["datasets"]["all"].items():
+        print(f"{lens} lens: rift layer {v['rift_layer']} of {n_layers} (CI {v['ci_low']}–{v['ci_high']}), "
+              f"context abidance below/above: {v['context_abidance_rift']['below']['mean']} / "
+              f"{v['context_abidance_rift']['above']['mean']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dataset", help="lens curves of one dataset")
+    d.add_argument("--pairs", required=True, help="results/<model>/pairs/<dataset>.jsonl")
+    d.add_argument("--activations", required=True, help="results/<model>/activations/<dataset>.safetensors")
+    d.add_argument("--index", required=True, help="results/<model>/activations/<dataset>.parquet")
+    d.add_argument("--tuned-lens", default=None, help="translators from train_tuned_lens.py (optional)")
+    d.add_argument("--dataset", required=True, help="dataset name (a column of the tables)")
+    d.add_argument("--table", required=True, help="per-layer table (.parquet)")
+    d.add_argument("--rows", required=True, help="per-(pair, layer) table (.parquet)")
+    d.add_argument("--figure", required=True, help="figure stem (PNG + PDF)")
+    d.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    r = sub.add_parser("rift", help="rift layer and context-abidance splits over datasets")
+    r.add_argument("--rows", nargs="+", required=True, help="per-(pair, layer) tables of the datasets")
+    r.add_argument("--out", required=True, help="rift.json")
+    r.add_argument("--figure", required=True, help="figure stem (PNG + PDF)")
+    for p in (d, r):
+        p.add_argument("--settings", required=True, help="JSON with 'model', 'prior_shift', 'seed'")
+    args = ap.parse_args(argv)
+
+    from cotmech.io import RecordError
+    from cotmech.lens import LensError
+    from cotmech.models import ModelSpecError
+
+    try:
+        settings = json.loads(args.settings)
+        (_dataset if args.cmd == "dataset" else _rift)(args, settings)
+    except (json.JSONDecodeError, RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

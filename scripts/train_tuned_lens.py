@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Train tuned-lens translators (Belrose et al. 2023) on the model's own residual streams.
+
+  train_tuned_lens.py --activations A1.safetensors [A2 ...] --index A1.parquet [A2 ...] --settings JSON \
+      --out tuned_lens.safetensors --report tuned_lens.json
+
+Training data: the residual stream (all layers) at the predicting positions of the task inputs of every
+given activations file (every pair of every subtask; one position per pair). Examples are split (seeded) into
+a training and a held-out part; the report gives per-layer KL(final ‖ lens) of the logit lens and the tuned lens
+on both. With little data (CPU budget) the translators are biased towards these positions: indicative only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--activations", nargs="+", required=True, help="activation tensors (.safetensors)")
+    ap.add_argument("--index", nargs="+", required=True, help="their index tables (.parquet), same order")
+    ap.add_argument("--settings", required=True, help="JSON with 'model', 'tuned_lens', 'seed'")
+    ap.add_argument("--out", required=True, help="translators (.safetensors)")
+    ap.add_argument("--report", required=True, help="training report (.json)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from cotmech.io import RecordError, load_tensors, read_table, write_json
+    from cotmech.lens import LensError, make_unembed, save_tuned_lens, train_tuned_lens
+    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+
+    try:
+        settings = json.loads(args.settings)
+        cfg, seed = settings.get("tuned_lens", {}), int(settings.get("seed", 0))
+        if len(args.activations) != len(args.index):
+            raise ValueError("--activations and --index need the same number of files")
+        resid, groups = [], []
+        for a, i in zip(args.activations, args.index):
+            t, idx = load_tensors(a), read_table(i)
+            if "resid" not in t or t["resid"].shape[0] != len(idx) or "example_id" not in idx:
+                raise RecordError(f"{a} / {i}: need tensor 'resid' with one row per index row and column example_id")
+            resid.append(t["resid"].float())
+            groups += [f"{a}/{e}" for e in idx["example_id"]]
+        resid_all = torch.cat(resid)
+        uniq = np.unique(groups)
+        rng = np.random.default_rng(seed)
+        n_val = int(round(float(cfg.get("val_frac", 0.25)) * len(uniq))) if len(uniq) > 1 else 0
+        val_ex = set(rng.choice(uniq, n_val, replace=False).tolist()) if n_val else set()
+        is_val = torch.tensor([g in val_ex for g in groups])
+        set_threads(args.threads)
+        model = load_from_settings(settings)
+        lens = make_unembed(model)
+        if not lens.fast:
+            raise LensError(f"{model.spec}: the final norm is not RMSNorm/LayerNorm-shaped; tuned lens not supported")
+        t0 = time.time()
+        rank = cfg.get("rank", 8)
+        tl, hist = train_tuned_lens(lens, resid_all[~is_val], resid_all[is_val], rank=rank,
+                                    steps=int(cfg.get("steps", 150)), batch=int(cfg.get("batch", 8)),
+                                    lr=float(cfg.get("lr", 1e-3)), seed=seed,
+                                    time_limit_s=cfg.get("time_limit_s"))
+    except (json.JSONDecodeError, RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    save_tuned_lens(args.out, tl, extra={"spec": model.spec, "seed": str(seed)})
+    report = {"n_train": int((~is_val).sum()), "n_val": int(is_val.sum()), "n_examples": int(len(uniq)),
+              "n_val_examples": len(val_ex), "rank": "full" if rank is None else rank, "settings": cfg,
+              "data": "residual stream at the predicting positions of the task inputs (one per pair)",
+              "note": "trained on few positions on CPU: biased towards these inputs, indicative only", **hist}
+    write_json(args.report, report)
+    kl = {k: float(np.mean(hist[k][:-1])) for k in hist if k.startswith("kl_")}
+    print(f"{hist['steps']} steps in {time.time() - t0:.1f} s (time limit hit: {hist['time_limit_hit']}); "
+          f"mean KL over layers: {json.dumps(kl)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
