@@ -10,10 +10,12 @@ The GGUF is dequantised by transformers (``gguf_file=``) and saved once with ``s
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -96,34 +98,72 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tok.save_pretrained(str(out_dir))
 
 
+def _is_complete(target: Path, entry: EmbeddedModel) -> bool:
+    """A finished cache: config + weights + a ``.complete`` stamp naming the pinned hash it was built from."""
+    stamp = target / ".complete"
+    if not ((target / "config.json").is_file() and stamp.is_file() and any(target.glob("*.safetensors"))):
+        return False
+    return stamp.read_text().strip() == (entry.sha256 or "unpinned")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (two jobs materialising at once: the second waits, then reuses)."""
+    import fcntl
+
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def materialise(name: str, cache_dir: str | os.PathLike | None = None, spec: str | None = None) -> Path:
-    """Return a directory with the dense checkpoint of embedded model ``name``, building it on first use."""
+    """Return a directory with the dense checkpoint of embedded model ``name``, building it on first use.
+
+    Safe under concurrency (a lock file in the cache directory) and after crashes: a directory without its
+    completion stamp, or stamped with another hash, is rebuilt; stale temporary directories are removed.
+    """
     spec = spec or f"embedded:{name}"
     if name not in EMBEDDED:
         raise ModelSpecError(f"model spec {spec!r}: unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
     entry = EMBEDDED[name]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / name
-    if (target / "config.json").is_file() and (target / ".complete").is_file():
+    if _is_complete(target, entry):
         return target
-    files = part_files(entry, spec)
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}.") as tmp:
-        tmp_path = Path(tmp)
-        gguf = tmp_path / "src" / f"{name}.gguf"
-        gguf.parent.mkdir()
-        if len(files) == 1 and entry.sha256 is None:
-            os.symlink(files[0], gguf)
-        else:
-            digest = join_parts(files, gguf)
-            if entry.sha256 and digest != entry.sha256:
-                raise ModelSpecError(f"model spec {spec!r}: joined parts have sha256 {digest}, expected "
-                                     f"{entry.sha256}; the wheels are corrupt or of another version "
-                                     f"(reinstall: {entry.install_hint}). Nothing was cached.")
-        build = tmp_path / "model"
-        convert_gguf(gguf, build)
-        (build / ".complete").write_text(entry.sha256 or "unpinned\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(build, target)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelSpecError(f"model spec {spec!r}: cannot create cache directory {root}: {e}") from e
+    with _locked(root / f".{name}.lock"):
+        if _is_complete(target, entry):  # another job built it while we waited
+            return target
+        for stale in root.glob(f".{name}.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        files = part_files(entry, spec)
+        with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}.") as tmp:
+            tmp_path = Path(tmp)
+            gguf = tmp_path / "src" / f"{name}.gguf"
+            gguf.parent.mkdir()
+            if len(files) == 1 and entry.sha256 is None:
+                os.symlink(files[0], gguf)
+            else:
+                digest = join_parts(files, gguf)
+                if entry.sha256 and digest != entry.sha256:
+                    raise ModelSpecError(f"model spec {spec!r}: joined parts have sha256 {digest}, expected "
+                                         f"{entry.sha256}; the wheels are corrupt or of another version "
+                                         f"(reinstall: {entry.install_hint}). Nothing was cached.")
+            build = tmp_path / "model"
+            try:
+                convert_gguf(gguf, build)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                raise ModelSpecError(f"model spec {spec!r}: could not convert {gguf.name}: {e}. "
+                                     "Nothing was cached.") from e
+            (build / ".complete").write_text((entry.sha256 or "unpinned") + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(build, target)
     return target
