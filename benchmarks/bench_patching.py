@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Benchmark of head-level activation patching: naive vs exact vs AtP on the same inputs, one process.
+
+Prints, per method, seconds per full head sweep (per pair), the ratio to naive and max |Δscore| vs naive
+(per-pair normalised KL scores, over the heads naive ran). ``--naive-heads N`` times naive on N heads spread
+evenly over the layers and extrapolates to all heads (documented in the output); 0 = all heads.
+
+Cases (see BENCHMARKS.md):
+  CPU:  --model embedded:qwen2.5-coder-1.5b-instruct --source paper          (~600-token paper prompts)
+  GPU:  --model random:llama-2-7b --source random --tokens 512 1024 --dtype bfloat16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+
+def paper_pairs(model, n: int, min_tokens: int, seed: int) -> list:
+    """Pairs from our PrOntoQA generator + the paper's 6-shot prompt (gold CoT), longest-context subtasks first."""
+    from cotmech.pairs import build_pairs
+    from cotmech.patching.data import pair_from_record
+    from cotmech.prontoqa.datasets import build_dataset
+    from cotmech.prontoqa.prompts import build_prompt
+
+    recs = build_dataset("fictional", {"ontology": "fictional", "hops": 2, "style": "paper", "n": 4}, seed)
+    for r in recs:
+        r["prompt"] = build_prompt(r, shots=6)
+    raw, _ = build_pairs(recs, model.tokenizer, "fictional", seed)
+    pairs = [pair_from_record(r) for r in raw if len(r["clean_ids"]) >= min_tokens]
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)
+    return [pairs[i] for i in sorted(idx)]
+
+
+def random_pairs(model, n: int, tokens: int, diff_from_end: int, seed: int) -> list:
+    """Random token sequences; the corrupt one differs at one position ``diff_from_end`` tokens before the end."""
+    from cotmech.patching.data import make_pair
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        ids = torch.randint(3, model.vocab_size, (tokens,), generator=g).tolist()
+        bad = list(ids)
+        f = tokens - diff_from_end
+        bad[f] = 3 + (ids[f] + 1 - 3) % (model.vocab_size - 3)
+        out.append(make_pair(f"rand-{tokens}-{i}", ids, bad, answer_id=ids[-1], corrupt_answer_id=bad[f]))
+    return out
+
+
+def spread_heads(model, k: int) -> list[tuple[int, int]]:
+    heads = [(lay, h) for lay in range(model.n_layers) for h in range(model.n_heads)]
+    if k <= 0 or k >= len(heads):
+        return heads
+    idx = np.linspace(0, len(heads) - 1, k).round().astype(int)
+    return [heads[i] for i in sorted(set(idx.tolist()))]
+
+
+def sync(model) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_case(model, pairs, args, label: str) -> dict:
+    from cotmech.patching.atp import atp_sweep
+    from cotmech.patching.exact import exact_sweep, naive_sweep
+
+    n_heads = model.n_layers * model.n_heads
+    sample = spread_heads(model, args.naive_heads)
+    # warm-up (kernels, allocator, nnsight) on the first pair, two heads
+    naive_sweep(model, pairs[:1], heads=sample[:2], progress=False)
+    exact_sweep(model, pairs[:1], heads=sample[:2], head_batch=2, progress=False)
+    atp_sweep(model, pairs[:1], pair_batch=1, progress=False)
+    res, secs = {}, {}
+    for name in args.methods:
+        sync(model)
+        t0 = time.perf_counter()
+        if name == "naive":
+            res[name] = naive_sweep(model, pairs, heads=sample, pair_batch=1, progress=False)
+        elif name == "exact":
+            res[name] = exact_sweep(model, pairs, head_batch=args.head_batch, progress=False)
+        else:
+            res[name] = atp_sweep(model, pairs, pair_batch=1, progress=False)
+        sync(model)
+        dt = time.perf_counter() - t0
+        per_pair = dt / len(pairs)
+        secs[name] = per_pair * (n_heads / len(sample) if name == "naive" else 1.0)
+    lengths = [p.length for p in pairs]
+    suffix = [p.length - p.first_diff for p in pairs]
+    out = {"case": label, "model": model.spec, "dtype": str(model.dtype).replace("torch.", ""),
+           "device": torch.cuda.get_device_name() if model.device.type == "cuda" else platform.processor() or "cpu",
+           "pairs": len(pairs), "tokens_mean": float(np.mean(lengths)), "suffix_mean": float(np.mean(suffix)),
+           "n_heads": n_heads, "naive_heads_timed": len(sample), "methods": {}}
+    ref = res.get("naive")
+    mask = np.zeros((model.n_layers, model.n_heads), dtype=bool)
+    for lay, h in sample:
+        mask[lay, h] = True
+    print(f"\n== {label}: {model.spec} {out['dtype']} on {out['device']}; {len(pairs)} pair(s), "
+          f"{out['tokens_mean']:.0f} tokens, suffix {out['suffix_mean']:.0f}; naive timed on {len(sample)}/"
+          f"{n_heads} heads and extrapolated")
+    norm = float(np.min(np.abs(next(iter(res.values())).source - next(iter(res.values())).base)))
+    out["min_abs_normaliser"] = norm
+    print(f"smallest |m_source - m_base| (score normaliser, KL_noise for kl): {norm:.3e}")
+    print(f"{'method':8s} {'s/sweep':>10s} {'× naive':>9s} {'max|Δscore|':>12s} {'max|Δmetric|':>13s}")
+    for name, r in res.items():
+        delta = dmetric = float("nan")
+        if ref is not None:
+            d = np.abs(r.per_pair_scores() - ref.per_pair_scores())[:, mask]
+            delta = float(np.nanmax(d))
+            dmetric = float(np.nanmax(np.abs(r.patched - ref.patched)[:, mask]))
+        speed = secs["naive"] / secs[name] if "naive" in secs else float("nan")
+        out["methods"][name] = {"seconds_per_sweep": secs[name], "speedup_vs_naive": speed, "max_abs_dscore": delta,
+                                "max_abs_dmetric": dmetric, "head_batch": r.info.get("head_batch")}
+        print(f"{name:8s} {secs[name]:10.3f} {speed:9.1f} {delta:12.2e} {dmetric:13.2e}")
+    if "exact" in res and "atp" in res:
+        from scipy.stats import spearmanr
+
+        rho = spearmanr(res["exact"].per_pair_scores().mean(0).ravel(), res["atp"].per_pair_scores().mean(0).ravel())
+        out["atp_spearman_vs_exact"] = float(rho.statistic)
+        print(f"AtP vs exact Spearman (mean per-pair score): {rho.statistic:.3f}")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="embedded:qwen2.5-coder-1.5b-instruct")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--source", choices=["paper", "random"], default="paper",
+                    help="paper: our generator + 6-shot paper prompt; random: random tokens")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[512], help="random source: sequence lengths")
+    ap.add_argument("--diff-from-end", type=int, default=40, help="random source: corruption offset from the end")
+    ap.add_argument("--min-tokens", type=int, default=560, help="paper source: shortest pair kept")
+    ap.add_argument("--pairs", type=int, default=1, help="pairs per case")
+    ap.add_argument("--naive-heads", type=int, default=0, help="heads naive is timed on (0 = all)")
+    ap.add_argument("--head-batch", type=int, default=64)
+    ap.add_argument("--methods", nargs="+", default=["naive", "exact", "atp"])
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave)")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from cotmech.models import load_model
+
+    t0 = time.perf_counter()
+    model = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir)
+    print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s", flush=True)
+    results = []
+    if args.source == "paper":
+        results.append(bench_case(model, paper_pairs(model, args.pairs, args.min_tokens, args.seed), args, "paper"))
+    else:
+        for T in args.tokens:
+            pairs = random_pairs(model, args.pairs, T, args.diff_from_end, args.seed)
+            results.append(bench_case(model, pairs, args, f"random-{T}"))
+    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    if args.out:
+        from cotmech.io import write_json
+
+        write_json(args.out, {"meta": meta, "results": results})
+    print(json.dumps(meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
