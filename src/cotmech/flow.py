@@ -501,3 +501,26 @@ def attention_profile(traces: Sequence[dict], tokenizer: Any = None, pairs: dict
                          "pos": pos, "rel_pos": pos - t["length"], "part": part_of(pos, b) if b else None,
                          "token": tok, "attn": float(a)})
     return pd.DataFrame(rows, columns=["pair_id", "example_id", "subtask", "pos", "rel_pos", "part", "token", "attn"])
+
+
+def write_outputs(traces: Sequence[dict], outdir: Any, tokenizer: Any = None,
+                  pairs: dict[str, dict] | None = None, meta: dict | None = None) -> dict:
+    """Write every flow table of ``traces`` under ``outdir`` (see the rule's docs); returns the summary dict."""
+    from pathlib import Path
+
+    from .io import write_json, write_jsonl, write_table
+
+    out = Path(outdir)
+    write_jsonl(out / "traces.jsonl", traces)
+    write_table(out / "depth_maps.parquet", depth_maps(traces))
+    write_table(out / "depth_summary.csv", depth_summary(traces))
+    write_table(out / "sources.csv", answer_sources(traces))
+    write_table(out / "head_sources.parquet", head_sources(traces))
+    write_table(out / "context_layers.csv", context_by_layer(traces))
+    write_table(out / "head_context.parquet", head_context(traces))
+    write_table(out / "attention.parquet", attention_profile(traces, tokenizer, pairs))
+    summary = {**(meta or {}), **rift_summary(traces),
+               "depth": depth_summary(traces).to_dict(orient="records"),
+               "sources": answer_sources(traces).to_dict(orient="records")}
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Horizon experiment (study.md E12): patch one layer's attention output (all heads, all positions) with the run on
+a prompt whose middle rule is corrupted, while the rest of the CoT is generated greedily from a prefix cut after s
+sentences; measure how much of the clean continuation survives (first divergence, exact match; cotmech.horizon).
+
+Writes --table (per example, s, layer; layer -1 = unpatched), --summary (per layer and s) and --examples (the
+corrupted rules). --verify N re-runs N examples with real KV-cached patched decoding and checks agreement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _require_correct(settings: dict) -> bool:
+    """horizon.require_correct, or pairs.require_correct when that is null/absent (default true)."""
+    v = settings.get("horizon", {}).get("require_correct")
+    if v is None:
+        v = settings.get("pairs.require_correct", settings.get("pairs", {}).get("require_correct", True))
+    return bool(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--generations", required=True, help="results/<model>/generations/<dataset>.jsonl")
+    ap.add_argument("--settings", default="{}", help="JSON with 'model', 'horizon', 'seed' (what the rule passes)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--table", required=True, help="per-example table (.parquet)")
+    ap.add_argument("--summary", required=True, help="per layer and s (.csv)")
+    ap.add_argument("--examples", required=True, help="corruptions used (.jsonl)")
+    args = ap.parse_args(argv)
+    from cotmech import horizon
+    from cotmech.io import RecordError, read_jsonl, write_jsonl, write_table
+    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+
+    try:
+        settings = json.loads(args.settings)
+        hs = settings.get("horizon", {})
+        records = read_jsonl(args.generations)
+        sentences = [int(s) for s in hs.get("sentences", [0, 1, 2, 3, 4])]
+        if not sentences or min(sentences) < 0:
+            raise ValueError(f"horizon.sentences must be non-negative integers, got {sentences}")
+    except (json.JSONDecodeError, RecordError, ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    set_threads(args.threads)
+    t0 = time.time()
+    try:
+        model = load_from_settings(settings)
+    except ModelSpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
+    layers = hs.get("layers")
+    if layers is None:
+        layers = list(range(0, model.n_layers, int(hs.get("layer_stride", 1))))
+    bad = [x for x in layers if not 0 <= int(x) < model.n_layers]
+    if bad:
+        print(f"error: horizon.layers {bad} outside 0..{model.n_layers - 1}", file=sys.stderr)
+        return 2
+    t1 = time.time()
+    try:
+        examples = horizon.prepare_examples(model, records, int(hs.get("n_examples", 2)),
+                                            int(settings.get("seed", 0)), int(hs.get("max_new_tokens", 64)),
+                                            _require_correct(settings))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for e in examples:
+        if "skipped" in e:
+            print(f"skipped {e['id']}: {e['skipped']}")
+    table = horizon.divergence_table(model, examples, layers, sentences)
+    summary = horizon.aggregate(table)
+    n_verify = int(hs.get("verify", 0))
+    checks = []
+    for e in [x for x in examples if "skipped" not in x][:n_verify]:
+        clean, corrupt = e["prompt_ids"], e["corrupt_prompt_ids"]
+        for layer in layers:
+            gen = horizon.patched_generate(model, clean, corrupt, int(layer), len(e["gen_ids"]) + 1)
+            fd = horizon.first_divergence(gen, e["gen_ids"])
+            fast = table[(table.example_id == e["id"]) & (table.s == 0) & (table.layer == int(layer))]["first_div"]
+            checks.append({"example_id": e["id"], "layer": int(layer), "generate": fd,
+                           "teacher_forced": int(fast.iloc[0]) if len(fast) else None})
+    for c in checks:
+        print(f"verify {c}" + ("" if c["generate"] == c["teacher_forced"] else "  MISMATCH"))
+    write_table(args.table, table)
+    write_table(args.summary, summary)
+    write_jsonl(args.examples, [{k: v for k, v in e.items() if not k.endswith("_ids")} | (
+        {"n_gen": len(e["gen_ids"])} if "gen_ids" in e else {}) for e in examples] + (
+        [{"verify": checks}] if checks else []))
+    print(f"horizon: {sum('skipped' not in e for e in examples)} examples, layers {layers}, s {sentences} in "
+          f"{time.time() - t1:.1f} s")
+    if len(summary):
+        print(summary.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

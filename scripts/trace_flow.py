@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Information-flow tracing of answer-writer pathways on clean pair inputs (study.md E9, E10).
+
+Reads the pairs (and generation records, for the prompt parts) of one dataset, traces the first
+``flow.n_examples`` examples (all their subtasks share one forward) and writes, under --outdir:
+traces.jsonl, depth_maps.parquet, depth_summary.csv, sources.csv, head_sources.parquet, context_layers.csv,
+head_context.parquet, attention.parquet, summary.json (see cotmech.flow).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", required=True, help="results/<model>/pairs/<dataset>.jsonl")
+    ap.add_argument("--generations", help="results/<model>/generations/<dataset>.jsonl (prompt parts); optional")
+    ap.add_argument("--ranking", help="head-score table (layer, head, score[, subtask]); default: all heads")
+    ap.add_argument("--settings", default="{}", help="JSON with 'model' and 'flow' sections (what the rule passes)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--outdir", required=True, help="output folder")
+    args = ap.parse_args(argv)
+    from tqdm import tqdm
+
+    from cotmech import flow
+    from cotmech.io import RecordError, read_jsonl, read_table
+    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+
+    try:
+        settings = json.loads(args.settings)
+        fs = settings.get("flow", {})
+        cfg = flow.FlowConfig(**{k: fs[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob")
+                                 if k in fs})
+        pairs = read_jsonl(args.pairs)
+        if not pairs:
+            raise RecordError(f"{args.pairs}: no pairs")
+        chosen = flow.select_examples(pairs, int(fs.get("n_examples", 1)), fs.get("subtasks"))
+        gens = {r["id"]: r for r in read_jsonl(args.generations)} if args.generations else {}
+        ranking = read_table(args.ranking) if args.ranking else None
+    except (json.JSONDecodeError, RecordError, ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    set_threads(args.threads)
+    t0 = time.time()
+    try:
+        model = load_from_settings(settings)
+    except ModelSpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
+    important = None
+    if ranking is not None:
+        top_k = int(fs.get("top_k") or model.n_total_heads)
+        cache: dict = {}
+
+        def important(k: int):  # noqa: F811 - per-subtask mask, cached
+            if k not in cache:
+                cache[k] = flow.important_mask(ranking, model.n_layers, model.n_heads, top_k, subtask=k)
+            return cache[k]
+    t1 = time.time()
+    traces = []
+    for ex_id, ex_pairs in tqdm(chosen.items(), desc="trace", unit="ex"):
+        try:
+            traces += flow.trace_example(model, ex_pairs, cfg, gens.get(ex_id), important)
+        except ValueError as e:
+            print(f"error: example {ex_id}: {e}", file=sys.stderr)
+            return 2
+    if not traces:
+        print(f"error: {args.pairs}: no pairs selected", file=sys.stderr)
+        return 2
+    meta = {"model": model.spec, "pairs": args.pairs, "ranking": args.ranking, "config": flow.config_dict(cfg),
+            "top_k": fs.get("top_k") if ranking is not None else None, "seconds": round(time.time() - t1, 1)}
+    summary = flow.write_outputs(traces, args.outdir, model.tokenizer, {p["pair_id"]: p for p in pairs}, meta)
+    print(f"traced {len(traces)} pairs of {len(chosen)} examples in {time.time() - t1:.1f} s; "
+          f"writers in 2nd half {summary['writers']['share_second_half']:.3f}; context share "
+          f"<{summary['split_layer']}: {summary['context_below']['share']:.3f}, "
+          f">={summary['split_layer']}: {summary['context_above']['share']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+# Step: horizon experiment (study.md E12) - how far a corrupted middle rule reaches, per patched layer and prefix.
+
+HORIZON_DATASETS = _first_datasets("horizon")
+
+
+rule horizon:
+    """Patch one layer's attention output with the corrupted-prompt run's; first divergence of the greedy CoT."""
+    output:
+        table=f"{MRES}/horizon/{{dataset}}/divergence.parquet",
+        summary=f"{MRES}/horizon/{{dataset}}/horizon.csv",
+        examples=f"{MRES}/horizon/{{dataset}}/examples.jsonl",
+    input:
+        generations=f"{MRES}/generations/{{dataset}}.jsonl",
+        script="scripts/horizon.py",
+        code=src("horizon", "flow", "models", "embedded", "generation", "prontoqa", "vocab"),
+    params:
+        settings=lambda w: settings("model", "horizon", "seed", "pairs.require_correct"),
+    log:
+        logpath("horizon", "{dataset}"),
+    threads: 2
+    resources:
+        **model_resources(),
+    wildcard_constraints:
+        dataset="[A-Za-z0-9_\-]+",
+    shell:
+        "{PY} {input.script} --generations {input.generations} --settings {params.settings:q} --threads {threads}"
+        " --table {output.table} --summary {output.summary} --examples {output.examples} > {log} 2>&1"
+
+
+register_targets(expand(f"{MRES}/horizon/{{dataset}}/horizon.csv", dataset=HORIZON_DATASETS))
