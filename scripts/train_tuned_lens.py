@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         tl, hist = train_tuned_lens(lens, resid_all[~is_val], resid_all[is_val], rank=rank,
                                     steps=int(cfg.get("steps", 150)), batch=int(cfg.get("batch", 8)),
                                     lr=float(cfg.get("lr", 1e-3)), seed=seed,
-                                    time_limit_s=cfg.get("time_limit_s"))
+                                    time_limit_s=cfg.get("time_limit_s"), eval_rows=cfg.get("eval_rows"))
     except (json.JSONDecodeError, RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -314,14 +314,15 @@ def eval_kl(lens: Unembed, tl: TunedLens, resid: torch.Tensor, chunk: int = 4) -
 
 def train_tuned_lens(lens: Unembed, train: torch.Tensor, val: torch.Tensor | None = None, rank: int | None = 8,
                      steps: int = 100, batch: int = 8, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
-                     time_limit_s: float | None = None) -> tuple[TunedLens, dict[str, Any]]:
+                     time_limit_s: float | None = None, eval_rows: int | None = None
+                     ) -> tuple[TunedLens, dict[str, Any]]:
     """Fit translators on residuals ``train`` [N, L+1, d_model] (Adam, fixed number of steps, seeded).
 
     Loss per step = mean over layers and a random batch of rows of KL(final ‖ tuned lens_ℓ), where
     final = the logit lens at layer L (the model's own output distribution). ``time_limit_s`` is only a
     safety stop (it makes the result depend on machine speed; the history says whether it fired).
     Returns the lens and a history: per-layer KL of the identity (logit lens) and the tuned lens on
-    ``train`` and ``val``, the loss curve, steps done and wall time.
+    ``train`` and ``val`` (their first ``eval_rows`` rows; None = all), the loss curve, steps done and wall time.
     """
     if train.ndim != 3 or train.shape[0] < 1:
         raise LensError(f"tuned lens: training residuals must be [N>0, L+1, d_model], got {tuple(train.shape)}")
@@ -329,9 +330,11 @@ def train_tuned_lens(lens: Unembed, train: torch.Tensor, val: torch.Tensor | Non
     torch.manual_seed(seed)
     tl = TunedLens(n_layers, d_model, rank, seed=seed)
     gen = torch.Generator().manual_seed(seed)
-    hist: dict[str, Any] = {"kl_logit_train": eval_kl(lens, tl, train).tolist()}
-    if val is not None and len(val):
-        hist["kl_logit_val"] = eval_kl(lens, tl, val).tolist()
+    ev_train = train[:eval_rows]
+    ev_val = val[:eval_rows] if val is not None and len(val) else None
+    hist: dict[str, Any] = {"kl_logit_train": eval_kl(lens, tl, ev_train).tolist(), "eval_rows": len(ev_train)}
+    if ev_val is not None:
+        hist["kl_logit_val"] = eval_kl(lens, tl, ev_val).tolist()
     with torch.no_grad():
         targets = torch.cat([torch.log_softmax(lens.logits(train[s:s + 16, -1].float()), -1)
                              for s in range(0, train.shape[0], 16)])  # [N, vocab]
@@ -349,9 +352,9 @@ def train_tuned_lens(lens: Unembed, train: torch.Tensor, val: torch.Tensor | Non
             break
     tl.eval()
     hist.update(loss=losses, steps=len(losses), time_limit_hit=stopped, wall_s=time.time() - t0,
-                kl_tuned_train=eval_kl(lens, tl, train).tolist())
-    if val is not None and len(val):
-        hist["kl_tuned_val"] = eval_kl(lens, tl, val).tolist()
+                kl_tuned_train=eval_kl(lens, tl, ev_train).tolist())
+    if ev_val is not None:
+        hist["kl_tuned_val"] = eval_kl(lens, tl, ev_val).tolist()
     for p in tl.parameters():
         p.requires_grad_(False)
     return tl, hist
