@@ -54,13 +54,33 @@ class PrefixCache:
     length: int
 
     def dynamic(self, rows: int, hf_config: Any) -> Any:
-        """A fresh transformers ``DynamicCache`` holding the prefix expanded to ``rows`` batch rows."""
+        """A transformers ``DynamicCache`` that serves the prefix to ``rows`` batch rows without storing them.
+
+        Each layer's ``update`` returns prefix (broadcast to the batch) + new keys/values and keeps nothing,
+        so only one layer's concatenation is alive at a time (memory O(rows x length) for one layer, not all).
+        """
         from transformers import DynamicCache
 
         cache = DynamicCache(config=hf_config)
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
+            cache.update(k, v, i)
+        layers = getattr(cache, "layers", None)
+        if layers is None:  # pragma: no cover - older transformers: materialise per row instead
+            cache = DynamicCache(config=hf_config)
+            for i, (k, v) in enumerate(zip(self.keys, self.values)):
+                cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
+            return cache
+        for lay in layers:
+            lay.update = _read_only_update(lay)
         return cache
+
+
+def _read_only_update(layer: Any) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    def update(key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        n = key_states.shape[0]
+        return (torch.cat([layer.keys.expand(n, -1, -1, -1), key_states], dim=-2),
+                torch.cat([layer.values.expand(n, -1, -1, -1), value_states], dim=-2))
+    return update
 
 
 # --------------------------------------------------------------------------------------------------
