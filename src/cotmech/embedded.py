@@ -167,3 +167,25 @@ def materialise(name: str, cache_dir: str | os.PathLike | None = None, spec: str
                 shutil.rmtree(target)
             os.replace(build, target)
     return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cotmech.embedded [NAME ...]``: verify and convert embedded models (all by default)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Join, verify (sha256) and convert embedded models into the cache.")
+    ap.add_argument("names", nargs="*", default=list(EMBEDDED), help=f"models (default: all of {', '.join(EMBEDDED)})")
+    ap.add_argument("--cache-dir", default=None, help="cache directory (default: $COTMECH_CACHE or ~/.cache/cotmech)")
+    args = ap.parse_args(argv)
+    status = 0
+    for name in args.names:
+        try:
+            print(f"{name}: {materialise(name, cache_dir=args.cache_dir)}")
+        except ModelSpecError as e:
+            print(f"{name}: error: {e}")
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
