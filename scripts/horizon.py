@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if "skipped" in e:
             print(f"skipped {e['id']}: {e['skipped']}")
     table = horizon.divergence_table(model, examples, layers, sentences)
-    summary = horizon.aggregate(table)
+    summary = horizon.aggregate(table, model.n_layers)
     n_verify = int(hs.get("verify", 0))
     checks = []
     for e in [x for x in examples if "skipped" not in x][:n_verify]:

@@ -4,7 +4,7 @@
   make_figures.py flow --flowdir D --pairs P --generations G --outdir O [--trees N]
       F-task (task.*), F-depth (depth.*), F-source (sources.*, source_heads.*), F-rift (rift_heads.*), F-attn (attention.*),
       F-flow (flow_tree_<i>.*, N trees: the first pairs of the first example)
-  make_figures.py horizon --summary horizon.csv --n-layers L --out STEM
+  make_figures.py horizon --summary horizon.csv [--n-layers L] --out STEM
       F-horizon
 """
 from __future__ import annotations
@@ -45,7 +45,12 @@ def _horizon(args: argparse.Namespace) -> None:
     from cotmech import figures
     from cotmech.io import read_table
 
-    figures.horizon(read_table(args.summary), args.n_layers, args.out)
+    table = read_table(args.summary)
+    n_layers = args.n_layers or (int(table["n_layers"].dropna().iloc[0]) if "n_layers" in table and
+                                 table["n_layers"].notna().any() else None)
+    if not n_layers:
+        raise ValueError(f"{args.summary}: no n_layers column; pass --n-layers")
+    figures.horizon(table, n_layers, args.out)
     print(f"wrote {args.out}.png/.pdf")
 
 
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--trees", type=int, default=3)
     h = sub.add_parser("horizon", help="F-horizon")
     h.add_argument("--summary", required=True)
-    h.add_argument("--n-layers", type=int, required=True)
+    h.add_argument("--n-layers", type=int, help="default: the table's n_layers column")
     h.add_argument("--out", required=True, help="figure stem")
     args = ap.parse_args(argv)
     try:

@@ -298,8 +298,9 @@ def divergence_table(model: Any, examples: Sequence[dict], layers: Sequence[int]
     return pd.DataFrame(rows)
 
 
-def aggregate(table: Any) -> Any:
-    """Per (layer, s): n examples, exact-match share (Wilson 95% CI), mean token agreement to first divergence."""
+def aggregate(table: Any, n_layers: int | None = None) -> Any:
+    """Per (layer, s): n examples, exact-match share (Wilson 95% CI), mean token agreement to first divergence
+    (+ the model's ``n_layers`` as a column, for relative depth in figures)."""
     import pandas as pd
 
     from .generation import wilson
@@ -310,6 +311,6 @@ def aggregate(table: Any) -> Any:
         lo, hi = wilson(k, n)
         rows.append({"layer": int(layer), "s": int(s), "n": n, "exact": k / n, "exact_ci_low": lo,
                      "exact_ci_high": hi, "agree": float(g["agree"].mean()),
-                     "first_div": float(g["first_div"].mean())})
+                     "first_div": float(g["first_div"].mean()), "n_layers": n_layers})
     return pd.DataFrame(rows, columns=["layer", "s", "n", "exact", "exact_ci_low", "exact_ci_high", "agree",
-                                       "first_div"])
+                                       "first_div", "n_layers"])

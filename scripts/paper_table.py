@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Paper-vs-run table (CSV) and HTML summary page for one model's results (cotmech.report).
+
+Every headline number of study.md §1.4 and the E-sections: the paper's value with its evidence tag (from
+cotmech/data/paper_numbers.yaml) next to ours with its CI, read from the result files under --mres; rows whose
+result file is absent say "not run". The HTML page also links every PNG figure found under --mres.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mres", required=True, help="results/<model> folder")
+    ap.add_argument("--datasets", nargs="+", required=True, help="dataset names, in preference order")
+    ap.add_argument("--model-name", required=True)
+    ap.add_argument("--model-spec", default="")
+    ap.add_argument("--csv", required=True, help="output table (paper_vs_run.csv)")
+    ap.add_argument("--html", required=True, help="output page (summary.html)")
+    args = ap.parse_args(argv)
+    from cotmech import report
+    from cotmech.io import write_table, write_text
+
+    try:
+        table = report.paper_vs_run(args.mres, args.datasets, args.model_name)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    html_dir = Path(args.html).parent
+    figs = sorted(os.path.relpath(p, html_dir) for p in Path(args.mres).rglob("*.png"))
+    write_table(args.csv, table)
+    write_text(args.html, report.summary_html(table, args.model_name, args.model_spec, figs))
+    counts = table["status"].value_counts().to_dict()
+    print(f"{len(table)} rows: {counts}; {len(figs)} figures linked")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+# Step: cross-analysis figures of study.md §7 from rule outputs (F-task, F-depth, F-source, F-rift, F-flow, F-attn,
+# F-horizon); other analyses draw their own (F-patch, F-knock, F-overlap, F-probe, prior-shift curves).
+
+_FIG = f"{MRES}/figures"
+_FLOW_FIGS = ["task", "depth", "sources", "source_heads", "rift_heads", "attention"]
+_N_TREES = int(config["figures"]["flow_trees"])
+_FIG_CATEGORY = "Information flow (E9, E10)"
+
+
+def _png_pdf(stem, caption, category, subcategory=None):
+    return [report(f"{stem}.png", caption=caption, category=category, subcategory=subcategory), f"{stem}.pdf"]
+
+
+rule flow_figures:
+    """F-task, F-depth, F-source, F-rift, F-attn and F-flow trees of one dataset's traces."""
+    output:
+        *[f for name in _FLOW_FIGS
+          for f in _png_pdf(f"{_FIG}/{{dataset}}/{name}", f"../report/{name}.rst", _FIG_CATEGORY, "{dataset}")],
+        *[f for i in range(_N_TREES)
+          for f in _png_pdf(f"{_FIG}/{{dataset}}/flow_tree_{i}", "../report/flow_tree.rst", _FIG_CATEGORY,
+                            "{dataset}")],
+    input:
+        traces=f"{MRES}/flow/{{dataset}}/traces.jsonl",
+        tables=[f"{MRES}/flow/{{dataset}}/{t}" for t in FLOW_TABLES],
+        pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
+        generations=f"{MRES}/generations/{{dataset}}.jsonl",
+        script="scripts/make_figures.py",
+        code=src("figures", "plotting"),
+    params:
+        flowdir=lambda w: f"{MRES}/flow/{w.dataset}",
+        outdir=lambda w: f"{_FIG}/{w.dataset}",
+        trees=_N_TREES,
+    log:
+        logpath("flow_figures", "{dataset}"),
+    wildcard_constraints:
+        dataset="[A-Za-z0-9_\-]+",
+    shell:
+        "{PY} {input.script} flow --flowdir {params.flowdir} --pairs {input.pairs} --generations {input.generations}"
+        " --outdir {params.outdir} --trees {params.trees} > {log} 2>&1"
+
+
+rule horizon_figure:
+    """F-horizon: unchanged continuation and token agreement vs patched layer, one line per prefix length s."""
+    output:
+        *_png_pdf(f"{_FIG}/{{dataset}}/horizon", "../report/horizon.rst", "Horizon (E12)", "{dataset}"),
+    input:
+        summary=f"{MRES}/horizon/{{dataset}}/horizon.csv",
+        script="scripts/make_figures.py",
+        code=src("figures", "plotting"),
+    params:
+        stem=lambda w: f"{_FIG}/{w.dataset}/horizon",
+    log:
+        logpath("horizon_figure", "{dataset}"),
+    wildcard_constraints:
+        dataset="[A-Za-z0-9_\-]+",
+    shell:
+        "{PY} {input.script} horizon --summary {input.summary} --out {params.stem} > {log} 2>&1"
+
+
+register_targets(
+    expand(f"{_FIG}/{{dataset}}/{{name}}.png", dataset=FLOW_DATASETS, name=_FLOW_FIGS),
+    expand(f"{_FIG}/{{dataset}}/horizon.png", dataset=HORIZON_DATASETS),
+)
