@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = json.loads(args.settings)
-        batch = int(settings.get("activations", {}).get("batch_size", 8))
+        batch = int(settings.get("activations", {}).get("batch_size", 16))
         pairs = read_jsonl(args.pairs)
         if not pairs:
             raise RecordError(f"{args.pairs}: no pairs (no example was solved exactly? see the make_pairs log)")

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RecordError(f"{args.tasks}: no task records")
         shots = int(settings.get("prompt", {}).get("shots", 6))
         gen = settings.get("generation", {})
-        max_new, batch = int(gen.get("max_new_tokens", 64)), int(gen.get("batch_size", 8))
+        max_new, batch = int(gen.get("max_new_tokens", 64)), int(gen.get("batch_size", 48))
     except (json.JSONDecodeError, RecordError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -278,3 +278,14 @@ def test_conda_env_matches_lock():
     import sys
 
     assert py == f"python={sys.version_info.major}.{sys.version_info.minor}"
+
+
+def test_auto_dtype(monkeypatch):
+    import cotmech.models as models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("float16") == torch.float16 and resolve_dtype(torch.float32) == torch.float32

@@ -152,8 +152,25 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (x86 AVX512-BF16/AMX-BF16, Arm BF16).
+
+    Without them torch still runs bf16 matmuls, but slowly: on a 2-core AVX2 EPYC, a 200-token forward of
+    Qwen2.5-1.5B took 2.3x longer in bf16 than in fp32 (and a batch-16 decode step the same time).
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # pragma: no cover - non-Linux
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.lower().startswith(("flags", "features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
-    """``auto`` -> bf16 on CUDA and on CPUs that run bf16 matmuls (≈3.7× faster than fp32 here), else fp32."""
+    """``auto`` -> bf16 on CUDA and on CPUs with native bf16 instructions (:func:`cpu_has_native_bf16`), else fp32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
@@ -163,12 +180,7 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
     device = device or resolve_device()
     if device.type == "cuda":
         return torch.bfloat16
-    try:
-        a = torch.ones(4, 4, dtype=torch.bfloat16)
-        (a @ a).sum().item()
-        return torch.bfloat16
-    except (RuntimeError, TypeError):  # pragma: no cover - depends on CPU
-        return torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
 # --------------------------------------------------------------------------------------------------
