@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .batching import Batch, chunks, left_pad
+from .patching.core import Edit, run_trace
 
 Head = tuple[int, int]
 #: Subtask families with one knockout figure each (a ``label`` subtask, if present, is only in the tables).
@@ -54,13 +55,10 @@ class HeadMeans:
 
 
 def _z_all_layers(model, batch: Batch) -> list[torch.Tensor]:
-    """One nnsight forward saving every layer's o_proj input: n_layers × [batch, seq, n_heads*d_head]."""
-    b = batch.to(model.device)
-    saved = []
-    with torch.no_grad(), model.lm.trace(**b.kwargs()):
-        for layer in range(model.n_layers):
-            saved.append(model.o_proj(layer).input.save())
-    return [s.float().cpu() for s in saved]
+    """One forward saving every layer's o_proj input: n_layers × [batch, seq, n_heads*d_head] (float32, CPU)."""
+    out = run_trace(model, batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    save=[("z", layer) for layer in range(model.n_layers)])
+    return [out.saved[("z", layer)].float().cpu().flatten(2) for layer in range(model.n_layers)]
 
 
 def head_means(model, seqs: Sequence[Sequence[int]], batch_size: int = 8, progress: bool = False) -> HeadMeans:
@@ -100,21 +98,20 @@ def _by_layer(heads: Iterable[Head]) -> dict[int, list[int]]:
 
 
 def ablated_last_logits(model, batch: Batch, means: HeadMeans, removed: Iterable[Head]) -> torch.Tensor:
-    """Logits at the predicting position with the ``removed`` heads mean-ablated at every position: [batch, vocab]."""
-    b = batch.to(model.device)
-    width = b.input_ids.shape[1]
-    plan = []
+    """Logits at the predicting position with the ``removed`` heads mean-ablated at every position: [batch, vocab].
+
+    One nnsight forward through the shared head patcher (:func:`cotmech.patching.core.run_trace`).
+    """
+    rows, width = batch.input_ids.shape
+    edits = []
     for layer, heads in sorted(_by_layer(removed).items()):
-        cols = torch.zeros(model.n_heads, model.d_head, dtype=torch.bool)
-        cols[heads] = True
-        rep = means.replacement(layer, width).to(model.device, model.dtype)
-        plan.append((layer, cols.reshape(-1).to(model.device), rep))
-    with torch.no_grad(), model.lm.trace(**b.kwargs()):
-        for layer, cols, rep in plan:
-            z = model.o_proj(layer).input
-            model.o_proj(layer).input = torch.where(cols, rep, z)
-        logits = model.unembed().output[:, -1].save()
-    return logits.float().cpu()
+        mask = torch.zeros(rows, model.n_heads, dtype=torch.bool)
+        mask[:, heads] = True
+        value = means.replacement(layer, width).reshape(1, width, model.n_heads, model.d_head)
+        edits.append(Edit("z", layer, mask, value))
+    out = run_trace(model, batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    edits=edits)
+    return out.logits.float().cpu()
 
 
 def ablated_argmax(model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed: Sequence[Head],
@@ -164,13 +161,11 @@ def direct_scores(model, seqs: Sequence[Sequence[int]], means: HeadMeans, batch_
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     norm, unembed = model.hf_final_norm(), model.hf_unembed()
     for idx in chunks(order, batch_size):
-        batch = left_pad([seqs[i] for i in idx], model.tokenizer.pad_token_id).to(model.device)
-        saved = []
-        with torch.no_grad(), model.lm.trace(**batch.kwargs()):
-            for layer in range(L):
-                saved.append(model.o_proj(layer).input[:, -1].save())
-            x_s = model.final_norm().input[:, -1].save()
-        z = torch.stack([s.float().cpu() for s in saved], 1).reshape(len(idx), L, H, dh)
+        batch = left_pad([seqs[i] for i in idx], model.tokenizer.pad_token_id)
+        run = run_trace(model, batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                        save=[("z", layer) for layer in range(L)] + [("resid", L - 1)])
+        z = torch.stack([run.saved[("z", layer)][:, -1].float().cpu() for layer in range(L)], 1)  # [b, L, H, dh]
+        x_s = run.saved[("resid", L - 1)][:, -1]  # final residual, before the final norm: [b, d_model]
         x = x_s.detach().to(model.dtype).clone().requires_grad_(True)
         with torch.enable_grad():
             logits = unembed(norm(x)).float()

@@ -1,0 +1,335 @@
+"""Probing for token mixing along ontology relations (study.md E8, §9 weakness 3).
+
+Pairs. Over the *context* tokens of a question (the query is excluded), with the first sub-token of each word and
+plurals mapped to their singular lemma (via :mod:`cotmech.prontoqa.sentences`):
+
+- ``related`` (0): the two nouns of one sentence that states a positive relation: subtype rule (child, parent),
+  property rule (concept, property) or entity fact (entity, concept/property);
+- ``negated`` (1): a node and a property it is said *not* to have, in the same sentence ("Every A is not p");
+- ``unrelated`` (2): two concepts with no path between them in the ontology graph (subtype edges, undirected);
+  each at its first occurrence in the context. (Unlike the other classes they are not in one sentence, as in the
+  original; a probe may partly read sentence distance.)
+
+Representation: the pair vector is the concatenation [h_a; h_b] (2·d_model) of the residual stream at the two
+tokens (a = the earlier token), per layer: embeddings (layer 0) and the output of every block (1…L), before the
+final norm. One pair = one sample (the original used the two vectors as separate samples).
+
+Protocol: questions are split into train / validation / test (seeded, by question: no question in two splits);
+each split is class-balanced by down-sampling to its minority class (seeded); exact duplicates are removed;
+features are standardised with train statistics; a linear probe and an MLP probe are trained with Adam and early
+stopping on *validation* loss (best weights restored); test accuracy gets a Wilson 95% interval. The control task
+(Hewitt & Liang 2019) gives every (word a, word b) type pair a fixed random class, so a probe can only solve it
+by memorising word identities; selectivity = real − control accuracy.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .batching import chunks, left_pad
+from .circuits import wilson
+from .models import _getattr_path
+
+LABELS = ("related", "negated", "unrelated")
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """Two words of a question (char offsets of their first letters in the question) and the relation class."""
+
+    a: str  # lemma of the earlier word
+    b: str
+    a_char: int
+    b_char: int
+    label: int  # index into LABELS
+    relation: str  # subtype | property | member | negated | unrelated
+
+
+# --------------------------------------------------------------------------------------------------
+# Pairs from the question text
+# --------------------------------------------------------------------------------------------------
+def _sentences_with_offsets(question: str) -> list[tuple[int, str]]:
+    from .prontoqa.sentences import split_sentences
+
+    out, pos = [], 0
+    for s in split_sentences(question):
+        i = question.find(s, pos)
+        if i < 0:  # pragma: no cover - split_sentences returns substrings
+            raise ValueError(f"sentence {s!r} not found in question {question!r}")
+        out.append((i, s))
+        pos = i + len(s)
+    return out
+
+
+def question_pairs(question: str) -> list[TokenPair]:
+    """All related / negated / unrelated pairs of one context (see module docstring); raises on a bad sentence."""
+    import networkx as nx
+
+    from .prontoqa.logic import LEXICON
+    from .prontoqa.sentences import ParseError, parse
+
+    pairs: list[TokenPair] = []
+    first: dict[str, int] = {}  # concept lemma -> char of its first occurrence
+    graph = nx.Graph()
+    for off, sent in _sentences_with_offsets(question):
+        try:
+            p = parse(sent)
+        except ParseError as e:
+            raise ValueError(f"probing: cannot parse context sentence {sent!r} of question {question!r}") from e
+        f = p.formula
+        a_char, b_char = off + p.subj[0], off + p.obj[0]
+        obj_is_property = LEXICON.word_type(f.obj) == "property"
+        if f.kind == "rule":
+            first.setdefault(f.subject, a_char)
+            graph.add_node(f.subject)
+        if not obj_is_property:
+            first.setdefault(f.obj, b_char)
+            graph.add_node(f.obj)
+            if f.kind == "rule":
+                graph.add_edge(f.subject, f.obj)
+        if f.negated:
+            relation = "negated"
+        elif f.kind == "fact":
+            relation = "member"
+        else:
+            relation = "property" if obj_is_property else "subtype"
+        pairs.append(TokenPair(f.subject, f.obj, a_char, b_char, LABELS.index("negated" if f.negated else "related"),
+                               relation))
+    comp = {n: i for i, c in enumerate(nx.connected_components(graph)) for n in c}
+    nodes = sorted(first, key=first.get)
+    for i, x in enumerate(nodes):
+        for y in nodes[i + 1:]:
+            if comp[x] != comp[y]:
+                pairs.append(TokenPair(x, y, first[x], first[y], LABELS.index("unrelated"), "unrelated"))
+    seen, out = set(), []
+    for p in pairs:
+        if (p.a_char, p.b_char) not in seen:
+            seen.add((p.a_char, p.b_char))
+            out.append(p)
+    return out
+
+
+def token_index(offsets: Sequence[tuple[int, int]], char: int) -> int:
+    """Index of the token whose character span covers ``char`` (the first sub-token of the word there)."""
+    for i, (s, e) in enumerate(offsets):
+        if s <= char < e and e > s:
+            return i
+    raise ValueError(f"no token covers character {char}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits and balancing
+# --------------------------------------------------------------------------------------------------
+def split_questions(qids: Sequence[str], test_fraction: float, val_fraction: float, seed: int
+                    ) -> dict[str, list[str]]:
+    """Seeded split of question ids into train / val / test (each question in exactly one split)."""
+    ids = sorted(set(qids))
+    if len(ids) < 3:
+        raise ValueError(f"probing needs at least 3 questions to split, got {len(ids)}")
+    if not (0 < test_fraction < 1 and 0 < val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise ValueError(f"probing: bad split fractions test={test_fraction}, val={val_fraction}")
+    perm = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    n_test = max(1, round(test_fraction * len(ids)))
+    n_val = max(1, round(val_fraction * len(ids)))
+    return {"test": sorted(perm[:n_test]), "val": sorted(perm[n_test:n_test + n_val]),
+            "train": sorted(perm[n_test + n_val:])}
+
+
+def balance(labels: np.ndarray, rng: np.random.Generator, n_classes: int = len(LABELS)) -> np.ndarray:
+    """Indices keeping an equal number (the minority count) of every class, seeded; sorted."""
+    per = [np.flatnonzero(labels == c) for c in range(n_classes)]
+    m = min(len(p) for p in per)
+    return np.sort(np.concatenate([rng.choice(p, size=m, replace=False) for p in per]).astype(int))
+
+
+def control_labels(a: Sequence[str], b: Sequence[str], seed: int, n_classes: int = len(LABELS)) -> np.ndarray:
+    """Hewitt–Liang control task: a fixed pseudo-random class per (word a, word b) type pair."""
+    def cls(x: str, y: str) -> int:
+        h = hashlib.sha256(f"{seed}/{x.lower()}/{y.lower()}".encode()).digest()
+        return int.from_bytes(h[:8], "little") % n_classes
+    return np.array([cls(x, y) for x, y in zip(a, b)], dtype=int)
+
+
+def sample_table(records: Sequence[dict], splits: dict[str, list[str]], seed: int) -> pd.DataFrame:
+    """One row per kept pair: qid, split, a, b, a_char, b_char, label, relation, control (balanced per split)."""
+    where = {q: s for s, qs in splits.items() for q in qs}
+    rows = []
+    for r in records:
+        for p in question_pairs(r["question"]):
+            rows.append(dict(qid=r["id"], split=where[r["id"]], a=p.a, b=p.b, a_char=p.a_char, b_char=p.b_char,
+                             label=p.label, relation=p.relation))
+    df = pd.DataFrame(rows).drop_duplicates(["qid", "a_char", "b_char"])
+    rng = np.random.default_rng(seed)
+    keep = []
+    for split in ("train", "val", "test"):
+        d = df[df["split"] == split]
+        keep.append(d.iloc[balance(d["label"].to_numpy(), rng)])
+    out = pd.concat(keep, ignore_index=True)
+    out["control"] = control_labels(out["a"], out["b"], seed)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Residual stream at the pair tokens
+# --------------------------------------------------------------------------------------------------
+def residuals_at(model, prompts: Sequence[str], positions: Sequence[Sequence[int]], batch_size: int = 4,
+                 progress: bool = False) -> list[torch.Tensor]:
+    """Residual stream at token positions, one nnsight forward per batch of prompts.
+
+    Returns per prompt a float32 tensor [n_positions, n_layers+1, d_model]: index 0 = embeddings, l = output of
+    block l−1 (before the final norm).
+    """
+    tok = model.tokenizer
+    ids = [tok(p).input_ids for p in prompts]
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    embed = _getattr_path(model.lm, model.arch.embed)
+    for idx in tqdm(list(chunks(list(range(len(prompts))), batch_size)), desc="residuals", disable=not progress):
+        batch = left_pad([ids[i] for i in idx], tok.pad_token_id).to(model.device)
+        saved = []
+        with torch.no_grad(), model.lm.trace(**batch.kwargs()):
+            saved.append(embed.output.save())
+            for layer in range(model.n_layers):
+                o = model.layer(layer).output
+                saved.append((o[0] if isinstance(o, tuple) else o).save())
+        hs = torch.stack([s.float().cpu() for s in saved], 2)  # [batch, seq, L+1, d]
+        for j, i in enumerate(idx):
+            cols = torch.as_tensor([batch.offset(j) + p for p in positions[i]], dtype=torch.long)
+            out[i] = hs[j, cols]
+    return out  # type: ignore[return-value]
+
+
+def pair_features(model, records: Sequence[dict], prompts: Sequence[str], samples: pd.DataFrame,
+                  batch_size: int = 4, progress: bool = False) -> torch.Tensor:
+    """[n_samples, n_layers+1, 2·d_model] = [h_a; h_b] for every row of ``samples`` (question in its prompt)."""
+    tok = model.tokenizer
+    by_q = {r["id"]: (r, p) for r, p in zip(records, prompts)}
+    qids = list(dict.fromkeys(samples["qid"]))
+    positions, index = [], {}
+    for q in qids:
+        rec, prompt = by_q[q]
+        base = prompt.rfind(rec["question"])
+        if base < 0:
+            raise ValueError(f"question {q!r} not found in its prompt")
+        offsets = tok(prompt, return_offsets_mapping=True)["offset_mapping"]
+        chars = sorted(set(samples.loc[samples["qid"] == q, ["a_char", "b_char"]].to_numpy().ravel().tolist()))
+        pos = [token_index(offsets, base + c) for c in chars]
+        positions.append(pos)
+        index[q] = {c: i for i, c in enumerate(chars)}
+    res = residuals_at(model, [by_q[q][1] for q in qids], positions, batch_size, progress)
+    res_by_q = dict(zip(qids, res))
+    feats = [torch.cat([res_by_q[r.qid][index[r.qid][r.a_char]], res_by_q[r.qid][index[r.qid][r.b_char]]], -1)
+             for r in samples.itertuples()]
+    return torch.stack(feats)
+
+
+# --------------------------------------------------------------------------------------------------
+# Probes
+# --------------------------------------------------------------------------------------------------
+def make_probe(kind: str, d_in: int, n_classes: int, hidden: Sequence[int]) -> torch.nn.Module:
+    if kind == "linear":
+        return torch.nn.Linear(d_in, n_classes)
+    if kind == "mlp":
+        layers, d = [], d_in
+        for h in hidden:
+            layers += [torch.nn.Linear(d, h), torch.nn.ReLU()]
+            d = h
+        return torch.nn.Sequential(*layers, torch.nn.Linear(d, n_classes))
+    raise ValueError(f"unknown probe kind {kind!r}; expected 'linear' or 'mlp'")
+
+
+def train_probe(kind: str, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor, *,
+                seed: int, hidden: Sequence[int] = (128, 64), lr: float = 1e-2, weight_decay: float = 1e-4,
+                max_epochs: int = 100, patience: int = 10, n_classes: int = len(LABELS)) -> torch.nn.Module:
+    """Full-batch Adam on standardised features; early stopping on validation loss, best weights restored."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        probe = make_probe(kind, x_tr.shape[1], n_classes, hidden)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    best, best_state, bad = float("inf"), None, 0
+    for _ in range(max_epochs):
+        probe.train()
+        opt.zero_grad()
+        loss_fn(probe(x_tr), y_tr).backward()
+        opt.step()
+        probe.eval()
+        with torch.no_grad():
+            v = float(loss_fn(probe(x_va), y_va))
+        if v < best - 1e-6:
+            best, bad = v, 0
+            best_state = {k: t.detach().clone() for k, t in probe.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is not None:
+        probe.load_state_dict(best_state)
+    return probe.eval()
+
+
+def standardise(x_tr: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    mu, sd = x_tr.mean(0), x_tr.std(0).clamp(min=1e-6)
+    return [(x - mu) / sd for x in (x_tr, *others)]
+
+
+def probe_layers(features: torch.Tensor, samples: pd.DataFrame, *, seed: int, probes: Sequence[str] = ("linear", "mlp"),
+                 tasks: Sequence[str] = ("real", "control"), progress: bool = False, **train_kw) -> pd.DataFrame:
+    """Train/evaluate every probe on every layer: rows layer, probe, task, acc, ci_low, ci_high, n_train, n_test.
+
+    ``features``: [n_samples, n_layers+1, dim] aligned with ``samples`` (columns split, label, control).
+    """
+    split = samples["split"].to_numpy()
+    tr, va, te = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
+    if min(len(tr), len(va), len(te)) == 0:
+        raise ValueError(f"probing: empty split (train {len(tr)}, val {len(va)}, test {len(te)} samples); "
+                         "use more questions")
+    rows = []
+    n_layers = features.shape[1]
+    for layer in tqdm(range(n_layers), desc="probes", disable=not progress, leave=False):
+        x_tr, x_va, x_te = standardise(features[tr, layer], features[va, layer], features[te, layer])
+        for task in tasks:
+            y = torch.tensor(samples["label" if task == "real" else "control"].to_numpy(), dtype=torch.long)
+            for kind in probes:
+                probe = train_probe(kind, x_tr, y[tr], x_va, y[va], seed=seed + layer, **train_kw)
+                with torch.no_grad():
+                    k = int((probe(x_te).argmax(-1) == y[te]).sum())
+                lo, hi = wilson(k, len(te))
+                rows.append(dict(layer=layer, probe=kind, task=task, acc=k / len(te), ci_low=lo, ci_high=hi,
+                                 n_train=len(tr), n_test=len(te)))
+    return pd.DataFrame(rows)
+
+
+def plot_accuracy(acc: pd.DataFrame, n_layers: int, stem) -> list:
+    """F-probe: test accuracy vs relative depth, one line per shot count; a panel per probe; control dotted."""
+    from .plotting import figure, save_figure
+
+    probes = sorted(acc["probe"].unique())
+    fig, axes = figure(1, len(probes), width=3.6, height=2.8, sharey=True)
+    cmap = __import__("matplotlib").colormaps["viridis"]
+    shots = sorted(acc["shots"].unique())
+    for ax, kind in zip(axes[0], probes):
+        for i, k in enumerate(shots):
+            c = cmap(i / max(1, len(shots) - 1) * 0.85)
+            for task, ls in (("real", "-"), ("control", ":")):
+                d = acc[(acc["probe"] == kind) & (acc["shots"] == k) & (acc["task"] == task)].sort_values("layer")
+                if d.empty:
+                    continue
+                x = d["layer"] / n_layers
+                ax.plot(x, d["acc"], ls, color=c, lw=1.2, label=f"{k}-shot" + (" control" if task == "control" else ""))
+                if task == "real":
+                    ax.fill_between(x, d["ci_low"], d["ci_high"], color=c, alpha=0.12)
+        ax.axhline(1 / len(LABELS), color="grey", lw=0.6, ls="--")
+        ax.set_title(f"{kind} probe")
+        ax.set_xlabel("relative depth (layer / L)")
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=6)
+    return save_figure(fig, stem)

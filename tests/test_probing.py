@@ -1,0 +1,111 @@
+"""Pair extraction, splits, residual extraction and probes (cotmech.probing)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cotmech import probing as P
+
+Q = ("Every wumpus is a dumpus. Dumpuses are not blue. Each yumpus is sweet. Rompuses are yumpuses. "
+     "Max is a wumpus.")
+
+
+def test_pairs_on_a_hand_written_ontology():
+    pairs = P.question_pairs(Q)
+    got = {(p.a, p.b, P.LABELS[p.label], p.relation) for p in pairs}
+    assert got == {
+        ("wumpus", "dumpus", "related", "subtype"),
+        ("dumpus", "blue", "negated", "negated"),
+        ("yumpus", "sweet", "related", "property"),
+        ("rompus", "yumpus", "related", "subtype"),
+        ("Max", "wumpus", "related", "member"),
+        # components {wumpus, dumpus} and {yumpus, rompus}: every cross pair, at first occurrences
+        ("wumpus", "yumpus", "unrelated", "unrelated"), ("wumpus", "rompus", "unrelated", "unrelated"),
+        ("dumpus", "yumpus", "unrelated", "unrelated"), ("dumpus", "rompus", "unrelated", "unrelated"),
+    }
+    by = {(p.a, p.b): p for p in pairs}
+    assert Q[by[("dumpus", "blue")].a_char:].startswith("Dumpuses are not blue")  # plural mapped to its lemma
+    assert Q[by[("dumpus", "blue")].b_char:].startswith("blue")
+    assert Q[by[("wumpus", "dumpus")].a_char:].startswith("wumpus is a dumpus")  # quantifier skipped
+    assert Q[by[("wumpus", "yumpus")].b_char:].startswith("yumpus is sweet")  # first occurrence
+    assert all(p.a_char < p.b_char for p in pairs)
+    with pytest.raises(ValueError, match="cannot parse"):
+        P.question_pairs("Every wumpus is a dumpus. This is nonsense")
+
+
+def _records(n):
+    from cotmech.prontoqa import generate
+
+    return generate("fictional", 2, n, style="original", distractors="relevant", seed=5)
+
+
+def test_splits_never_share_a_question_and_classes_are_balanced():
+    recs = _records(12)
+    splits = P.split_questions([r["id"] for r in recs], 0.25, 0.25, seed=1)
+    assert sum(map(len, splits.values())) == 12
+    assert not (set(splits["train"]) & set(splits["test"]) or set(splits["val"]) & set(splits["test"])
+                or set(splits["train"]) & set(splits["val"]))
+    s = P.sample_table(recs, splits, seed=1)
+    for name, d in s.groupby("split"):
+        assert set(d.qid) <= set(splits[name])
+        counts = d.label.value_counts()
+        assert len(counts) == 3 and counts.nunique() == 1
+    assert not s.duplicated(["qid", "a_char", "b_char"]).any()
+    pd.testing.assert_frame_equal(s, P.sample_table(recs, splits, seed=1))
+    # control task: one class per word-type pair, the same in every split
+    assert (s.groupby(["a", "b"]).control.nunique() == 1).all()
+
+
+def test_probe_learns_planted_signal_and_not_shuffled_labels():
+    rng = np.random.default_rng(0)
+    n, d = 600, 40
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, d))
+    x[np.arange(n), y] += 8.0  # class c shifted along axis c: linearly separable with a wide margin
+    split = np.array(["train"] * 360 + ["val"] * 90 + ["test"] * 150)
+    shuffled = rng.permutation(y)
+    samples = pd.DataFrame({"split": split, "label": y, "control": shuffled})
+    feats = torch.as_tensor(x, dtype=torch.float32)[:, None, :]  # one "layer"
+    acc = P.probe_layers(feats, samples, seed=0, max_epochs=200, patience=20)
+    real = acc[acc.task == "real"].set_index("probe").acc
+    ctrl = acc[acc.task == "control"].set_index("probe").acc
+    assert real["linear"] >= 0.97 and real["mlp"] >= 0.97
+    assert ctrl.max() < 0.45  # chance = 1/3 on 150 test samples
+    assert (acc.n_test == 150).all() and (acc.n_train == 360).all()
+
+
+def test_residuals_match_hidden_states_and_first_subtoken(tiny_model):
+    from cotmech.batching import left_pad
+
+    prompts = ["Some words first. " + Q, Q]
+    tok = tiny_model.tokenizer
+    chars = [[p.rfind("dumpus"), p.rfind("Max")] for p in prompts]
+    pos = []
+    for p, cs in zip(prompts, chars):
+        offs = tok(p, return_offsets_mapping=True)["offset_mapping"]
+        pos.append([P.token_index(offs, c) for c in cs])
+        ids = tok(p).input_ids
+        assert tok.decode(ids[pos[-1][1]]).strip() == "Max"
+        assert "dumpus".startswith(tok.decode(ids[pos[-1][0]]).strip())
+    res = P.residuals_at(tiny_model, prompts, pos, batch_size=2)
+    assert res[0].shape == (2, tiny_model.n_layers + 1, tiny_model.d_model)
+    for p, r, ps in zip(prompts, res, pos):
+        batch = left_pad([tok(p).input_ids], tok.pad_token_id)
+        hs = tiny_model.hf(**batch.kwargs(), output_hidden_states=True).hidden_states  # last one is after the norm
+        for layer in range(tiny_model.n_layers):
+            torch.testing.assert_close(r[:, layer], hs[layer][0, ps].float(), atol=1e-4, rtol=1e-4)
+
+
+def test_pair_features_end_to_end(tiny_llama):
+    from cotmech.prontoqa.prompts import build_prompt
+
+    recs = _records(6)
+    splits = P.split_questions([r["id"] for r in recs], 0.34, 0.17, seed=2)
+    s = P.sample_table(recs, splits, seed=2)
+    prompts = [build_prompt(r, shots=1, header="probe") for r in recs]
+    f = P.pair_features(tiny_llama, recs, prompts, s, batch_size=3)
+    assert f.shape == (len(s), tiny_llama.n_layers + 1, 2 * tiny_llama.d_model)
+    acc = P.probe_layers(f, s, seed=0, max_epochs=5, patience=2)
+    assert len(acc) == (tiny_llama.n_layers + 1) * 4 and acc.acc.between(0, 1).all()
