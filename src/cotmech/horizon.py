@@ -66,21 +66,25 @@ def corrupt_middle_rule(record: dict, prompt: str, tokenizer: Any, rng: np.rando
     used = {c.lower() for c in LEXICON.concepts if c.lower() in question.lower()}
     pool = [c for c in concept_vocabulary(record.get("ontology", "fictional")) if c.lower() not in used]
     n_clean = len(encode(tokenizer, prompt))
-    for _ in range(64):
-        if len(pool) < 2:
+    at = q0 + start
+    sent = p.text
+    chosen: dict[str, str] = {}
+    # replace the object first, then the subject (spans stay valid right to left); each word keeps the token count
+    for (a, b), w in sorted(zip(spans, words), reverse=True):
+        _, is_plural = LEXICON.lemma(w)
+        for lem in rng.permutation(pool):
+            nw = surface(str(lem), plural_form=is_plural, capital=w[:1].isupper())
+            if nw.lower() in {v.lower() for v in chosen.values()}:
+                continue
+            trial = sent[:a] + nw + sent[b:]
+            if len(encode(tokenizer, prompt[:at] + trial + prompt[at + len(p.text):])) == n_clean:
+                sent, chosen[w] = trial, nw
+                break
+        else:
             break
-        new_lemmas = list(rng.choice(pool, size=2, replace=False))
-        new_words = []
-        for w, lem in zip(words, new_lemmas):
-            _, is_plural = LEXICON.lemma(w)
-            new_words.append(surface(str(lem), plural_form=is_plural, capital=w[:1].isupper()))
-        sent = p.text
-        for (a, b), nw in sorted(zip(spans, new_words), reverse=True):
-            sent = sent[:a] + nw + sent[b:]
-        at = q0 + start
+    if len(chosen) == 2:
         corrupt = prompt[:at] + sent + prompt[at + len(p.text):]
-        if len(encode(tokenizer, corrupt)) == n_clean:
-            return corrupt, {"rule": p.text, "corrupt_rule": sent, "replaced": dict(zip(words, new_words))}
+        return corrupt, {"rule": p.text, "corrupt_rule": sent, "replaced": {w: chosen[w] for w in words}}
     raise ValueError(f"horizon: record {rid}: no equal-token-count replacement for the rule {p.text!r}")
 
 
