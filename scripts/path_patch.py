@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Path patching (Wang et al. 2022): do first-half heads feed second-half answer writers? (study.md C5, E2)
+
+Senders = the top first-half heads of a subtask's activation-patching table, receivers = its top second-half
+heads; per sender the normalised score of the path to the logits (all other heads frozen) and of the paths
+into the receivers' queries, keys, values (and all three). Writes one long table and a sender × path figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", default="{}", help="JSON with 'model', 'patching', 'seed'")
+    ap.add_argument("--model", help="model spec (overrides settings)")
+    ap.add_argument("--dtype")
+    ap.add_argument("--device")
+    ap.add_argument("--pairs", required=True, help="pairs JSONL (make_pairs format)")
+    ap.add_argument("--tables", nargs="+", required=True,
+                    help="activation-patching head tables, one per subtask (their 'subtask' column is used)")
+    ap.add_argument("--out", required=True, help="path-patching table (.parquet / .csv)")
+    ap.add_argument("--figure", help="figure stem (PNG + PDF)")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import pandas as pd
+
+    from cotmech.io import RecordError, read_table, write_table
+    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+    from cotmech.patching.data import load_pairs
+    from cotmech.patching.path import path_figure, path_patch, path_table, pick_heads
+    from cotmech.patching.run import options, sub_seed
+
+    try:
+        settings = json.loads(args.settings)
+        opts = options(settings)
+        po = opts["path"]
+        seed = int(settings.get("seed", 0))
+        tables = {int(t["subtask"].iloc[0]): t for t in map(read_table, args.tables)}
+        model_cfg = dict(settings.get("model") or {"spec": None})
+        for key in ("model", "dtype", "device"):
+            if getattr(args, key):
+                model_cfg["spec" if key == "model" else key] = getattr(args, key)
+        set_threads(args.threads)
+        t0 = time.time()
+        model = load_from_settings({"model": model_cfg}, where="--settings/--model")
+        print(f"loaded {model.spec} in {time.time() - t0:.1f} s", flush=True)
+        parts = []
+        for k in sorted(tables):
+            pairs = load_pairs(args.pairs, subtask=k, limit=po["n_pairs"])
+            if not pairs:
+                raise RecordError(f"{args.pairs}: no pairs for subtask {k}")
+            senders, receivers = pick_heads(tables[k], model.n_layers, po["n_senders"], po["n_receivers"])
+            print(f"subtask {k}: senders {senders}, receivers {receivers}", flush=True)
+            vals = path_patch(model, pairs, senders, receivers, paths=po["paths"], metric=opts["metric"],
+                              direction=opts["direction"], frozen=po["frozen"])
+            df = path_table(vals, senders, po["paths"], k, n_boot=opts["n_boot"], seed=sub_seed(seed, "path", k))
+            act = tables[k].set_index(["layer", "head"])["score"]
+            df["sender_activation_score"] = [act.get((a, b)) for a, b in zip(df["sender_layer"], df["sender_head"])]
+            df["receivers"] = ";".join(f"L{a}H{b}" for a, b in receivers)
+            parts.append(df)
+        df = pd.concat(parts, ignore_index=True)
+        write_table(args.out, df)
+        if args.figure:
+            path_figure(df, args.figure, "path patching")
+        print(df.to_string(index=False))
+    except (json.JSONDecodeError, RecordError, ModelSpecError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""What the patching scripts call: settings -> sweeps -> tables, raw shards and figures."""
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from .. import io
+from .atp import atp_sweep
+from .data import Pair
+from .exact import PatchResult, exact_sweep, naive_sweep
+from .scores import heatmap_figure, score_table, to_matrix
+
+METHODS = ("naive", "exact", "atp")
+
+#: defaults of the config section ``patching`` (the schema documents each key)
+DEFAULTS: dict[str, Any] = {
+    "datasets": ["fictional"], "subtasks": list(range(10)), "n_pairs": 4, "shards": 1, "method": "exact",
+    "atp": True, "metric": "kl", "direction": "denoise", "head_batch": 64, "pair_batch": 4, "n_boot": 1000,
+    "path": {"subtasks": [0], "n_pairs": 2, "n_senders": 4, "n_receivers": 4,
+             "paths": ["logits", "q", "k", "v", "qkv"], "frozen": "all"},
+    "induction": {"n": 4, "shots": 3, "require_correct": True, "max_candidates": 200},
+}
+
+
+def options(settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``patching`` section with defaults filled in (also for standalone runs without a config)."""
+    sec = dict(DEFAULTS)
+    user = settings.get("patching") or {}
+    for k, v in user.items():
+        sec[k] = {**DEFAULTS[k], **v} if isinstance(DEFAULTS.get(k), dict) else v
+    if sec["metric"] not in ("kl", "logit_diff", "prob"):
+        raise ValueError(f"patching.metric: {sec['metric']!r} is not one of kl, logit_diff, prob")
+    return sec
+
+
+def sub_seed(seed: int, *parts: Any) -> int:
+    """A stable seed for one (seed, parts...) combination."""
+    return zlib.crc32(repr((int(seed),) + parts).encode()) & 0x7FFFFFFF
+
+
+def sweep(model, pairs: Sequence[Pair], method: str, opts: dict[str, Any], progress: bool = True) -> PatchResult:
+    if method not in METHODS:
+        raise ValueError(f"patching method {method!r}: use one of {', '.join(METHODS)}")
+    kw = dict(metric=opts["metric"], direction=opts["direction"], progress=progress)
+    if method == "naive":
+        return naive_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw)
+    if method == "exact":
+        return exact_sweep(model, pairs, head_batch=opts["head_batch"], **kw)
+    return atp_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw)
+
+
+def write_scores(res: PatchResult, subtask: int, out: str | os.PathLike, figure: str | os.PathLike | None,
+                 n_boot: int, seed: int, title: str = "") -> Any:
+    """Head table (parquet/CSV by suffix) and optional layer × head heat-map of one subtask."""
+    df = score_table(res, subtask, n_boot=n_boot, seed=sub_seed(seed, "boot", subtask, res.method))
+    io.write_table(out, df)
+    if figure:
+        heatmap_figure(to_matrix(df), figure, title or f"{res.method} patching, subtask {subtask} (n={len(res.pair_ids)})",
+                       label=f"normalised {res.metric} score")
+    return df
