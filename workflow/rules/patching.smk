@@ -1,0 +1,184 @@
+# Step: head patching (study.md E2, E3, §5): exact activation patching and AtP per subtask, path patching,
+# induction heads on the synthetic cloze task. Config section `patching` (schema documents every key).
+
+PATCH = config["patching"]
+PATCH_DATASETS = list(PATCH["datasets"])
+for _d in PATCH_DATASETS:
+    if _d not in DATASETS:
+        raise ValueError(f"config patching.datasets: {_d!r} is not a dataset of config 'datasets' ({DATASETS})")
+PATCH_SUBTASKS = [int(k) for k in PATCH["subtasks"]]
+PATCH_SHARDS = int(PATCH["shards"])
+PATCH_CODE = src("patching", "models", "embedded", "batching", "plotting", "prontoqa", "vocab")
+PATH_SUBTASKS = [int(k) for k in PATCH["path"]["subtasks"]]
+INDUCTION_CORRUPTIONS = ["class", "subject", "property"]
+
+
+def _patch_raw(method):
+    return lambda w: expand(
+        f"{MRES}/patching/{w.dataset}/raw/{method}/subtask{w.k}.shard{{i}}.safetensors", i=range(PATCH_SHARDS)
+    )
+
+
+rule patch_heads:
+    """Single-head activation patching (exact/naive) or AtP over every head: one subtask, one pair range."""
+    output:
+        raw=f"{MRES}/patching/{{dataset}}/raw/{{method}}/subtask{{k}}.shard{{i}}.safetensors",
+    input:
+        pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
+        script="scripts/patch_heads.py",
+        code=PATCH_CODE,
+    params:
+        settings=lambda w: settings("model", "patching", "seed"),
+        shards=PATCH_SHARDS,
+    log:
+        logpath("patch_heads", "{dataset}", "{method}", "subtask{k}.shard{i}"),
+    threads: 2
+    resources:
+        **model_resources(),
+    wildcard_constraints:
+        dataset="[A-Za-z0-9_\-]+",
+        method="naive|exact|atp",
+        k="[0-9]+",
+        i="[0-9]+",
+    shell:
+        "{PY} {input.script} --pairs {input.pairs} --method {wildcards.method} --subtask {wildcards.k}"
+        " --shard {wildcards.i}/{params.shards} --settings {params.settings:q} --threads {threads}"
+        " --raw {output.raw} > {log} 2>&1"
+
+
+rule merge_patching:
+    """Head table (bootstrap CI over pairs) and layer × head heat-map of one subtask (config patching.method)."""
+    output:
+        table=f"{MRES}/patching/{{dataset}}/subtask{{k}}.parquet",
+        png=f"{MRES}/patching/{{dataset}}/subtask{{k}}.png",
+        pdf=f"{MRES}/patching/{{dataset}}/subtask{{k}}.pdf",
+    input:
+        raw=_patch_raw(PATCH["method"]),
+        script="scripts/patch_heads.py",
+        code=PATCH_CODE,
+    params:
+        settings=lambda w: settings("patching", "seed"),
+    log:
+        logpath("merge_patching", "{dataset}", "subtask{k}"),
+    wildcard_constraints:
+        dataset="[A-Za-z0-9_\-]+",
+        k="[0-9]+",
+    shell:
+        "{PY} {input.script} --merge {input.raw} --subtask {wildcards.k} --settings {params.settings:q}"
+        " --out {output.table} --figure {output.png} > {log} 2>&1"
+
+
+rule merge_atp:
+    """AtP head table and heat-map of one subtask."""
+    output:
+        table=f"{MRES}/patching/{{dataset}}/atp/subtask{{k}}.parquet",
+        png=f"{MRES}/patching/{{dataset}}/atp/subtask{{k}}.png",
+        pdf=f"{MRES}/patching/{{dataset}}/atp/subtask{{k}}.pdf",
+    input:
+        raw=_patch_raw("atp"),
+        script="scripts/patch_heads.py",
+        code=PATCH_CODE,
+    params:
+        settings=lambda w: settings("patching", "seed"),
+    log:
+        logpath("merge_atp", "{dataset}", "subtask{k}"),
+    wildcard_constraints:
+        dataset="[A-Za-z0-9_\-]+",
+        k="[0-9]+",
+    shell:
+        "{PY} {input.script} --merge {input.raw} --subtask {wildcards.k} --settings {params.settings:q}"
+        " --out {output.table} --figure {output.png} > {log} 2>&1"
+
+
+rule atp_vs_exact:
+    """Spearman rank correlation of AtP with activation patching, per subtask (when is AtP screening safe?)."""
+    output:
+        f"{MRES}/patching/{{dataset}}/atp_vs_exact.csv",
+    input:
+        exact=expand(f"{MRES}/patching/{{{{dataset}}}}/subtask{{k}}.parquet", k=PATCH_SUBTASKS),
+        atp=expand(f"{MRES}/patching/{{{{dataset}}}}/atp/subtask{{k}}.parquet", k=PATCH_SUBTASKS),
+        script="scripts/patch_heads.py",
+        code=PATCH_CODE,
+    log:
+        logpath("atp_vs_exact", "{dataset}"),
+    wildcard_constraints:
+        dataset="[A-Za-z0-9_\-]+",
+    shell:
+        "{PY} {input.script} --exact {input.exact} --atp {input.atp} --out {output} > {log} 2>&1"
+
+
+rule path_patch:
+    """Path patching: top first-half heads (senders) -> logits / top second-half heads' q, k, v (receivers)."""
+    output:
+        table=f"{MRES}/patching/{{dataset}}/path/path_patching.parquet",
+        png=f"{MRES}/patching/{{dataset}}/path/path_patching.png",
+        pdf=f"{MRES}/patching/{{dataset}}/path/path_patching.pdf",
+    input:
+        pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
+        tables=expand(f"{MRES}/patching/{{{{dataset}}}}/subtask{{k}}.parquet", k=PATH_SUBTASKS),
+        script="scripts/path_patch.py",
+        code=PATCH_CODE,
+    params:
+        settings=lambda w: settings("model", "patching", "seed"),
+    log:
+        logpath("path_patch", "{dataset}"),
+    threads: 2
+    resources:
+        **model_resources(),
+    wildcard_constraints:
+        dataset="[A-Za-z0-9_\-]+",
+    shell:
+        "{PY} {input.script} --pairs {input.pairs} --tables {input.tables} --settings {params.settings:q}"
+        " --threads {threads} --out {output.table} --figure {output.png} > {log} 2>&1"
+
+
+rule induction_cloze:
+    """E3: build the cloze pairs of one corruption type and patch every head (exact)."""
+    output:
+        raw=f"{MRES}/induction/raw/{{corruption}}.safetensors",
+        pairs=f"{MRES}/induction/pairs/{{corruption}}.jsonl",
+    input:
+        script="scripts/induction_heads.py",
+        code=PATCH_CODE,
+    params:
+        settings=lambda w: settings("model", "patching", "seed"),
+    log:
+        logpath("induction_cloze", "{corruption}"),
+    threads: 2
+    resources:
+        **model_resources(),
+    wildcard_constraints:
+        corruption="class|subject|property",
+    shell:
+        "{PY} {input.script} --corruption {wildcards.corruption} --settings {params.settings:q} --threads {threads}"
+        " --raw {output.raw} --pairs-out {output.pairs} > {log} 2>&1"
+
+
+rule induction_heads:
+    """E3: induction score per head = mean of the three corruptions' normalised scores; heat-map."""
+    output:
+        table=f"{MRES}/induction/scores.parquet",
+        png=f"{MRES}/induction/scores.png",
+        pdf=f"{MRES}/induction/scores.pdf",
+    input:
+        raw=expand(f"{MRES}/induction/raw/{{c}}.safetensors", c=INDUCTION_CORRUPTIONS),
+        script="scripts/induction_heads.py",
+        code=PATCH_CODE,
+    params:
+        settings=lambda w: settings("patching", "seed"),
+    log:
+        logpath("induction_heads"),
+    shell:
+        "{PY} {input.script} --merge {input.raw} --settings {params.settings:q}"
+        " --out {output.table} --figure {output.png} > {log} 2>&1"
+
+
+register_targets(
+    expand(f"{MRES}/patching/{{dataset}}/subtask{{k}}.parquet", dataset=PATCH_DATASETS, k=PATCH_SUBTASKS),
+    expand(f"{MRES}/patching/{{dataset}}/path/path_patching.parquet", dataset=PATCH_DATASETS)
+    if PATH_SUBTASKS
+    else [],
+    f"{MRES}/induction/scores.parquet",
+)
+if PATCH["atp"]:
+    register_targets(expand(f"{MRES}/patching/{{dataset}}/atp_vs_exact.csv", dataset=PATCH_DATASETS))
