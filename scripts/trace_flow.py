@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = json.loads(args.settings)
         fs = settings.get("flow", {})
-        cfg = flow.FlowConfig(**{k: fs[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob")
+        cfg = flow.FlowConfig(**{k: fs[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob",
+                                                       "prefilter")
                                  if k in fs})
         pairs = read_jsonl(args.pairs)
         if not pairs:

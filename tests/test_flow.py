@@ -86,6 +86,12 @@ def test_writer_scores_match_direct_unembedding(copy_model):
             direct = torch.softmax(copy_model.logits_from_resid(out).float(), -1)[X]
             assert math.isclose(float(p[layer, h]), float(direct), rel_tol=1e-4, abs_tol=1e-7)
     assert torch.isnan(scorer.probs(11, X, below=2)[2:]).all()
+    # prefilter: only the top-M heads by raw logit get a normaliser; their values are the exact ones
+    pre = flow.WriterScorer(copy_model, acts, prefilter=3)
+    q = pre.probs(11, X, below=L)
+    assert int((~torch.isnan(q)).sum()) == 3 and pre.n_lse == 3
+    torch.testing.assert_close(q[~torch.isnan(q)], p[~torch.isnan(q)])
+    assert not torch.isnan(q[COPY_LAYER, COPY_HEAD])
 
 
 def test_head_outputs_sum_to_attention_output(tiny_model):

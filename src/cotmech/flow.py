@@ -42,6 +42,7 @@ class FlowConfig:
     max_depth: int = 32
     skip_first: bool = True
     min_prob: float = 0.0
+    prefilter: int | None = None  # normalisers only for the top-M heads by raw logit (None = exact)
 
     def __post_init__(self) -> None:
         for name in ("l", "k", "p"):
@@ -99,11 +100,17 @@ def capture(model: Any, ids: Sequence[int]) -> Acts:
 
 
 class WriterScorer:
-    """Stage I scores ``softmax(W_U norm(z_h W_O))[t]`` at one position for all heads, with cached normalisers."""
+    """Stage I scores ``softmax(W_U norm(z_h W_O))[t]`` at one position for all heads, with cached normalisers.
 
-    def __init__(self, model: Any, acts: Acts, important: torch.Tensor | None = None, chunk: int = 48) -> None:
+    ``prefilter=M`` computes the (expensive, full-vocabulary) normaliser only for the M eligible heads with the
+    largest raw logit of ``t`` (the normed outputs all have the same RMS, so raw logits are comparable); others get
+    NaN. ``None`` = exact over every eligible head.
+    """
+
+    def __init__(self, model: Any, acts: Acts, important: torch.Tensor | None = None, chunk: int = 48,
+                 prefilter: int | None = None) -> None:
         L, H = model.n_layers, model.n_heads
-        self.model, self.acts, self.chunk = model, acts, chunk
+        self.model, self.acts, self.chunk, self.prefilter = model, acts, chunk, prefilter
         self.important = torch.ones(L, H, dtype=torch.bool) if important is None else important.bool().cpu()
         if tuple(self.important.shape) != (L, H):
             raise ValueError(f"important-head mask has shape {tuple(self.important.shape)}, expected {(L, H)}")
@@ -111,40 +118,53 @@ class WriterScorer:
         unembed = model.hf_unembed()
         self.w_u = unembed.weight.detach().cpu()  # [V, D]
         self.b_u = None if getattr(unembed, "bias", None) is None else unembed.bias.detach().cpu().float()  # [V]
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._normed: dict[int, torch.Tensor] = {}  # pos -> [L, H, D]
+        self._lse: dict[int, torch.Tensor] = {}  # pos -> [L, H], NaN = not computed yet
+        self.n_lse = 0  # normalisers computed (cost counter)
 
     @torch.no_grad()
-    def _at(self, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normed head outputs [L, H, D], log-normalisers [L, H]) at ``pos`` (lse = -inf for unimportant heads)."""
-        if pos not in self._cache:
+    def _normed_at(self, pos: int) -> torch.Tensor:
+        if pos not in self._normed:
             out = torch.einsum("lhd,lhdm->lhm", self.acts.z[:, pos].to(self.w_o.dtype), self.w_o)  # [L, H, D]
             norm = self.model.hf_final_norm()
-            dev = self.model.device
-            normed = norm(out.to(dev, self.model.dtype)).cpu()  # [L, H, D]
-            L, H, D = normed.shape
-            lse = torch.full((L * H,), -math.inf)
-            idx = torch.nonzero(self.important.reshape(-1)).flatten()
-            flat = normed.reshape(L * H, D)
-            for c in range(0, len(idx), self.chunk):
-                sel = idx[c:c + self.chunk]
-                logits = (flat[sel] @ self.w_u.T).float()  # [chunk, V]
-                if self.b_u is not None:
-                    logits = logits + self.b_u
-                lse[sel] = torch.logsumexp(logits, dim=-1)
-            self._cache[pos] = (normed, lse.reshape(L, H))
-        return self._cache[pos]
+            self._normed[pos] = norm(out.to(self.model.device, self.model.dtype)).cpu()
+            self._lse[pos] = torch.full(out.shape[:2], math.nan)
+        return self._normed[pos]
+
+    @torch.no_grad()
+    def _ensure_lse(self, pos: int, heads: torch.Tensor) -> torch.Tensor:
+        """Log-normalisers [L, H] at ``pos``, computed for the flat head indices ``heads`` if missing."""
+        normed = self._normed_at(pos)
+        L, H, D = normed.shape
+        lse = self._lse[pos].reshape(-1)
+        need = heads[torch.isnan(lse[heads])]
+        flat = normed.reshape(L * H, D)
+        for c in range(0, len(need), self.chunk):
+            sel = need[c:c + self.chunk]
+            logits = (flat[sel] @ self.w_u.T).float()  # [chunk, V]
+            if self.b_u is not None:
+                logits = logits + self.b_u
+            lse[sel] = torch.logsumexp(logits, dim=-1)
+            self.n_lse += len(sel)
+        return lse.reshape(L, H)
 
     @torch.no_grad()
     def probs(self, pos: int, token: int, below: int) -> torch.Tensor:
-        """P(token) from each head's own output at ``pos``: [L, H]; NaN for unimportant heads and layers >= below."""
-        normed, lse = self._at(pos)
-        logit = (normed.float() @ self.w_u[token].float())  # [L, H]
+        """P(token) from each head's own output at ``pos``: [L, H]; NaN for unimportant heads, layers >= below
+        and (with ``prefilter``) heads outside the pre-selection."""
+        normed = self._normed_at(pos)
+        logit = normed.float() @ self.w_u[token].float()  # [L, H]
         if self.b_u is not None:
             logit = logit + self.b_u[token]
-        p = torch.exp(logit - lse)
-        p[~self.important] = math.nan
-        p[below:] = math.nan
-        return p
+        eligible = self.important.clone()
+        eligible[below:] = False
+        cand = torch.nonzero(eligible.reshape(-1)).flatten()
+        if self.prefilter is not None and len(cand) > self.prefilter:
+            cand = cand[torch.topk(logit.reshape(-1)[cand], self.prefilter).indices]
+        lse = self._ensure_lse(pos, cand)
+        p = torch.full_like(logit, math.nan).reshape(-1)
+        p[cand] = torch.exp(logit.reshape(-1)[cand] - lse.reshape(-1)[cand])
+        return p.reshape(logit.shape)
 
     @torch.no_grad()
     def lens(self, layer: int, pos: int) -> torch.Tensor:
@@ -309,7 +329,7 @@ def trace_example(model: Any, pairs: Sequence[dict], cfg: FlowConfig, generation
             mask = important(int(p["subtask"])) if callable(important) else important
             key = None if mask is None else tuple(mask.flatten().tolist())
             if key not in scorers:
-                scorers[key] = WriterScorer(model, acts, mask)
+                scorers[key] = WriterScorer(model, acts, mask, prefilter=cfg.prefilter)
             nodes = trace(scorers[key], n - 1, int(p["answer_id"]), cfg, decode=lambda t: tok.decode([t]))
             bounds = None
             if generation is not None:
