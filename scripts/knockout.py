@@ -15,11 +15,9 @@ import json
 import sys
 import time
 
-import torch
-
 from cotmech import circuits
 from cotmech.io import RecordError, read_jsonl, write_table
-from cotmech.models import load_model
+from cotmech.models import ModelSpecError, load_from_settings, set_threads
 
 DEFAULTS = dict(subtasks=None, steps=9, threshold=0.9, rank_fraction=0.5, n_examples=None, n_reference=None,
                 batch_size=8)
@@ -33,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="'builtin' (direct mean-ablation effect) or a head-score table path, '{subtask}' allowed")
     ap.add_argument("--skipped", action="append", default=[], metavar="NAME", help="rankings skipped upstream (logged)")
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'circuits', 'seed' (what the rule passes)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -52,17 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give at least one --ranking")
     for name in args.skipped:
         print(f"note: ranking {name!r} skipped: its upstream rule is not in the workflow")
-    m = s.get("model", {})
-    torch.set_num_threads(max(1, int(s.get("threads", 2))))
+    set_threads(args.threads)
     try:
         clean, ref = read_jsonl(args.clean), read_jsonl(args.reference)
-        model = load_model(m.get("spec", "random:tiny-llama"), dtype=m.get("dtype", "auto"),
-                           device=m.get("device", "auto"), cache_dir=m.get("cache_dir"),
-                           trust_remote_code=m.get("trust_remote_code", False))
+        model = load_from_settings(s)
         print(f"model {model.spec}: {model.n_layers}×{model.n_heads} heads, {model.dtype}, {model.device}; "
               f"{len(clean)} clean / {len(ref)} reference pairs; rankings {rankings}")
         out = circuits.run_knockout(model, clean, ref, rankings, seed=int(s.get("seed", 0)), **cfg)
-    except (RecordError, ValueError, FileNotFoundError) as e:
+    except (RecordError, ModelSpecError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_table(f"{args.out_dir}/curves.parquet", out["curves"])

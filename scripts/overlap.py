@@ -19,7 +19,7 @@ from cotmech.io import read_table, write_table
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", required=True, help="folder with knockout.py's outputs; outputs go here too")
-    ap.add_argument("--n-heads-total", type=int, required=True, help="number of heads of the model (layers × heads)")
+    ap.add_argument("--n-heads-total", type=int, help="heads of the model (default: read from heads.parquet)")
     ap.add_argument("--settings", default="{}", help="JSON with 'circuits.reuse_groups' (what the rule passes)")
     args = ap.parse_args(argv)
     s = json.loads(args.settings)
@@ -30,13 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     if curves.empty:
         print(f"error: {args.dir}/curves.parquet is empty (no subtask had pairs)", file=sys.stderr)
         return 2
+    n_total = args.n_heads_total or int(heads.groupby(["subtask", "ranking", "scope"]).size().max())
     sets = circuits.circuit_sets(heads)
-    ov = circuits.overlap_table(sets, args.n_heads_total)
+    ov = circuits.overlap_table(sets, n_total)
     reuse = circuits.reuse_summary(ov, groups)
     write_table(f"{args.dir}/overlap.parquet", ov)
     write_table(f"{args.dir}/reuse.csv", reuse)
     for kind in circuits.FAMILIES:
-        circuits.plot_curves(curves, ops, kind, args.n_heads_total, f"{args.dir}/knockout_{kind}")
+        circuits.plot_curves(curves, ops, kind, n_total, f"{args.dir}/knockout_{kind}")
     circuits.plot_overlap(ov, sorted(curves["subtask"].unique()), f"{args.dir}/overlap")
     print(reuse.to_string(index=False))
     return 0

@@ -1,0 +1,79 @@
+# Step: knockout circuits (study.md E6/E7): mean-ablation knockout curves per subtask and ranking, operating points,
+# overlap of the kept-head sets. Rankings (config circuits.rankings) whose table no rule produces are skipped (noted
+# in the log).
+import shlex
+
+_CIRC = config["circuits"]
+_CDIR = f"{MRES}/circuits"
+
+
+def _producible(path):
+    return os.path.exists(path) or any(r.is_producer(path) for r in workflow.rules)
+
+
+def _circuit_rankings():
+    """(name -> source for knockout.py, input files, skipped names); '{subtask}' stays a placeholder."""
+    sources, files, skipped = {}, [], []
+    for name, pattern in _CIRC["rankings"].items():
+        if pattern == "builtin":
+            sources[name] = "builtin"
+            continue
+        path = pattern.format(results=RESULTS, model=MODEL, mres=MRES, dataset=_CIRC["dataset"], subtask="{subtask}")
+        need = [path.format(subtask=k) for k in _CIRC["subtasks"]] if "{subtask}" in path else [path]
+        if all(_producible(p) for p in need):
+            sources[name] = path
+            files.extend(need)
+        else:
+            skipped.append(name)
+    return sources, files, skipped
+
+
+_CSRC, _CFILES, _CSKIP = _circuit_rankings()
+
+
+rule knockout:
+    """Knockout curves (held-out, in-sample, all-pairs scopes), operating points and kept heads per ranking."""
+    output:
+        curves=f"{_CDIR}/curves.parquet",
+        ops=f"{_CDIR}/operating_points.csv",
+        heads=f"{_CDIR}/heads.parquet",
+    input:
+        clean=f"{MRES}/pairs/{_CIRC['dataset']}.jsonl",
+        reference=f"{MRES}/pairs/{_CIRC['reference']}.jsonl",
+        rankings=_CFILES,
+        script="scripts/knockout.py",
+        code=src("circuits", "patching", "batching", "models", "embedded", "plotting"),
+    params:
+        settings=lambda w: settings("model", "circuits", "seed"),
+        rankings=lambda w: " ".join(f"--ranking {shlex.quote(f'{n}={s}')}" for n, s in _CSRC.items()),
+        skipped=lambda w: " ".join(f"--skipped {shlex.quote(n)}" for n in _CSKIP),
+    log:
+        logpath("knockout"),
+    threads: 2
+    resources:
+        **model_resources(weight=2.0),
+    shell:
+        "{PY} {input.script} --clean {input.clean} --reference {input.reference} {params.rankings} {params.skipped}"
+        " --settings {params.settings:q} --threads {threads} --out-dir {_CDIR} > {log} 2>&1"
+
+
+rule overlap:
+    """Overlap of the kept-head sets across subtasks and rankings (E7) and the knockout / overlap figures."""
+    output:
+        overlap=f"{_CDIR}/overlap.parquet",
+        reuse=f"{_CDIR}/reuse.csv",
+        figures=multiext(f"{_CDIR}/", *[f"{s}.{e}" for s in ("knockout_decision", "knockout_copy",
+                                                            "knockout_induction", "overlap") for e in ("png", "pdf")]),
+    input:
+        rules.knockout.output,
+        script="scripts/overlap.py",
+        code=src("circuits", "plotting"),
+    params:
+        settings=lambda w: settings("circuits.reuse_groups"),
+    log:
+        logpath("overlap"),
+    shell:
+        "{PY} {input.script} --dir {_CDIR} --settings {params.settings:q} > {log} 2>&1"
+
+
+register_targets(rules.knockout.output, rules.overlap.output)
