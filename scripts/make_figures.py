@@ -21,7 +21,13 @@ def _flow(args: argparse.Namespace) -> None:
     d, out = Path(args.flowdir), Path(args.outdir)
     traces = read_jsonl(d / "traces.jsonl")
     if not traces:
-        raise ValueError(f"{d}/traces.jsonl: no traces")
+        msg = f"no traced pairs in {d} (no correctly solved example?)"
+        for name in ("depth", "sources", "source_heads", "rift_heads", "attention", "task"):
+            figures.empty(out / name, msg)
+        for i in range(args.trees):
+            figures.empty(out / f"flow_tree_{i}", msg)
+        print(msg)
+        return
     L, H = int(traces[0]["n_layers"]), int(traces[0]["n_heads"])
     summary = read_json(d / "summary.json")
     figures.depth_maps(read_table(d / "depth_maps.parquet"), read_table(d / "depth_summary.csv"), L, H, out / "depth")
@@ -30,8 +36,11 @@ def _flow(args: argparse.Namespace) -> None:
     figures.rift(read_table(d / "head_context.parquet"), read_table(d / "context_layers.csv"), L, H,
                  out / "rift_heads", split=summary.get("split_layer"))
     figures.attention(read_table(d / "attention.parquet"), out / "attention")
-    for i, t in enumerate(traces[:args.trees]):
-        figures.flow_tree(t, out / f"flow_tree_{i}")
+    for i in range(args.trees):
+        if i < len(traces):
+            figures.flow_tree(traces[i], out / f"flow_tree_{i}")
+        else:
+            figures.empty(out / f"flow_tree_{i}", f"only {len(traces)} traces")
     ex = traces[0]["example_id"]
     gens = {r["id"]: r for r in read_jsonl(args.generations)}
     if ex not in gens:
@@ -48,6 +57,9 @@ def _horizon(args: argparse.Namespace) -> None:
     table = read_table(args.summary)
     n_layers = args.n_layers or (int(table["n_layers"].dropna().iloc[0]) if "n_layers" in table and
                                  table["n_layers"].notna().any() else None)
+    if table.empty:
+        figures.empty(args.out, f"no horizon examples in {args.summary} (no correctly solved example?)")
+        return
     if not n_layers:
         raise ValueError(f"{args.summary}: no n_layers column; pass --n-layers")
     figures.horizon(table, n_layers, args.out)

@@ -36,8 +36,6 @@ def main(argv: list[str] | None = None) -> int:
                                                        "prefilter")
                                  if k in fs})
         pairs = read_jsonl(args.pairs)
-        if not pairs:
-            raise RecordError(f"{args.pairs}: no pairs")
         chosen = flow.select_examples(pairs, int(fs.get("n_examples", 1)), fs.get("subtasks"))
         gens = {r["id"]: r for r in read_jsonl(args.generations)} if args.generations else {}
         ranking = read_table(args.ranking) if args.ranking else None
@@ -69,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: example {ex_id}: {e}", file=sys.stderr)
             return 2
-    if not traces:
-        print(f"error: {args.pairs}: no pairs selected", file=sys.stderr)
-        return 2
     meta = {"model": model.spec, "pairs": args.pairs, "ranking": args.ranking, "config": flow.config_dict(cfg),
             "top_k": fs.get("top_k") if ranking is not None else None, "seconds": round(time.time() - t1, 1)}
     summary = flow.write_outputs(traces, args.outdir, model.tokenizer, {p["pair_id"]: p for p in pairs}, meta)
+    if not traces:
+        print(f"warning: {args.pairs}: no pairs (no correctly solved example?); wrote empty tables")
+        return 0
     print(f"traced {len(traces)} pairs of {len(chosen)} examples in {time.time() - t1:.1f} s; "
           f"writers in 2nd half {summary['writers']['share_second_half']:.3f}; context share "
           f"<{summary['split_layer']}: {summary['context_below']['share']:.3f}, "

@@ -163,3 +163,8 @@ def test_important_mask_from_ranking():
     assert m.sum() == 2 and m[0, 1] and m[2, 1]
     with pytest.raises(ValueError, match="score"):
         flow.important_mask(df.drop(columns="score"), 4, 2, 2)
+
+
+def test_no_pairs_writes_empty_outputs(tmp_path):
+    s = flow.write_outputs([], tmp_path, meta={"model": "m"})
+    assert s["n_traces"] == 0 and (tmp_path / "summary.json").exists() and (tmp_path / "depth_maps.parquet").exists()

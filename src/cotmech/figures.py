@@ -26,6 +26,14 @@ def _grid(df: Any, value: str, n_layers: int, n_heads: int, fill: float = 0.0) -
     return m
 
 
+def empty(stem: str | Path, message: str) -> list[Path]:
+    """A figure that only states why there is nothing to draw (e.g. no correctly solved example)."""
+    fig, axes = figure(1, 1, width=4.0, height=1.5)
+    axes[0][0].axis("off")
+    axes[0][0].text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    return save_figure(fig, stem)
+
+
 # --------------------------------------------------------------------------------------------------
 # F-task
 # --------------------------------------------------------------------------------------------------

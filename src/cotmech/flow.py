@@ -532,6 +532,15 @@ def write_outputs(traces: Sequence[dict], outdir: Any, tokenizer: Any = None,
 
     out = Path(outdir)
     write_jsonl(out / "traces.jsonl", traces)
+    if not traces:  # e.g. no correctly solved example: empty tables, the summary says why
+        import pandas as pd
+
+        for name in ("depth_maps.parquet", "depth_summary.csv", "sources.csv", "head_sources.parquet",
+                     "context_layers.csv", "head_context.parquet", "attention.parquet"):
+            write_table(out / name, pd.DataFrame())
+        summary = {**(meta or {}), "n_traces": 0, "note": "no pairs to trace"}
+        write_json(out / "summary.json", summary)
+        return summary
     write_table(out / "depth_maps.parquet", depth_maps(traces))
     write_table(out / "depth_summary.csv", depth_summary(traces))
     write_table(out / "sources.csv", answer_sources(traces))
