@@ -283,9 +283,18 @@ def test_conda_env_matches_lock():
 def test_auto_dtype(monkeypatch):
     import cotmech.models as models
 
+    monkeypatch.delenv("COTMECH_CPU_AUTO_DTYPE", raising=False)
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.bfloat16  # default: half the memory
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", cpu, cpu_auto="native") == torch.float32
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("auto", cpu, cpu_auto="native") == torch.bfloat16
+    assert resolve_dtype("auto", cpu, cpu_auto="fp32") == torch.float32
+    monkeypatch.setenv("COTMECH_CPU_AUTO_DTYPE", "fp32")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    monkeypatch.setenv("COTMECH_CPU_AUTO_DTYPE", "fp8")
+    with pytest.raises(ModelSpecError, match="COTMECH_CPU_AUTO_DTYPE"):
+        resolve_dtype("auto", cpu)
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert resolve_dtype("float16") == torch.float16 and resolve_dtype(torch.float32) == torch.float32

@@ -169,8 +169,11 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
-    """``auto`` -> bf16 on CUDA and on CPUs with native bf16 instructions (:func:`cpu_has_native_bf16`), else fp32."""
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None,
+                  cpu_auto: str = "bf16") -> torch.dtype:
+    """``auto`` -> bf16 on CUDA; on CPU ``cpu_auto``: "bf16" (half the memory: the default), "fp32", or "native"
+    (bf16 only with native bf16 instructions, :func:`cpu_has_native_bf16`; fastest). ``COTMECH_CPU_AUTO_DTYPE``
+    overrides ``cpu_auto``."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
@@ -180,7 +183,12 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
     device = device or resolve_device()
     if device.type == "cuda":
         return torch.bfloat16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    cpu_auto = os.environ.get("COTMECH_CPU_AUTO_DTYPE", cpu_auto)
+    if cpu_auto not in ("bf16", "fp32", "native"):
+        raise ModelSpecError(f"COTMECH_CPU_AUTO_DTYPE={cpu_auto!r}: use bf16, fp32 or native")
+    if cpu_auto == "native":
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if cpu_auto == "bf16" else torch.float32
 
 
 # --------------------------------------------------------------------------------------------------
