@@ -120,8 +120,9 @@ def make_unembed(model: Any, dtype: torch.dtype = torch.float32, check: bool = T
     gain = (a - b) / 2 * math.sqrt(1.0 + eps) * pm
     nbias = (a + b) / 2
     W = unemb.weight.detach().float().cpu()  # [vocab, d_model]
-    G = (W * gain).to(dtype)
     bias = W @ nbias
+    G = W.mul_(gain).to(dtype)  # in place: no second vocab × d_model copy
+    del W
     ub = getattr(unemb, "bias", None)
     if ub is not None:
         bias = bias + ub.detach().float().cpu()
@@ -143,12 +144,16 @@ def make_unembed(model: Any, dtype: torch.dtype = torch.float32, check: bool = T
 # Distribution statistics
 # --------------------------------------------------------------------------------------------------
 def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Jensen–Shannon divergence in bits (∈ [0, 1]) between log-distributions [..., vocab] -> [...]."""
+    """Jensen–Shannon divergence in bits (∈ [0, 1]) between log-distributions [..., vocab] -> [...].
+
+    ``logq`` may broadcast against ``logp`` (e.g. one reference distribution for all layers); terms with
+    zero probability contribute 0.
+    """
     p, q = logp.exp(), logq.exp()
-    logm = torch.log((p + q) / 2).clamp(min=-1e30)
-    kl_pm = torch.where(p > 0, p * (logp - logm), torch.zeros_like(p)).sum(-1)
-    kl_qm = torch.where(q > 0, q * (logq - logm), torch.zeros_like(q)).sum(-1)
-    return ((kl_pm + kl_qm) / 2 / LOG2).clamp(min=0.0)
+    logm = (p + q).mul_(0.5).clamp_(min=1e-38).log_()
+    kl_pm = torch.sub(logp, logm).mul_(p).nan_to_num_(nan=0.0).sum(-1)  # 0 · log 0 = 0
+    kl_qm = torch.sub(logq, logm).mul_(q).nan_to_num_(nan=0.0).sum(-1)
+    return ((kl_pm + kl_qm) / (2 * LOG2)).clamp(min=0.0)
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -160,7 +165,7 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 def answer_rank(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """0-based rank of ``ids`` [...] in ``logits`` [..., vocab]: the number of strictly larger logits."""
     target = logits.gather(-1, ids.unsqueeze(-1))
-    return (logits > target).sum(-1)
+    return (logits > target).sum(-1, dtype=torch.int32)
 
 
 #: Per-(row, layer) statistics returned by :func:`lens_stats`.
@@ -171,7 +176,7 @@ LENS_METRICS = ("p_answer", "rank_answer", "top1_in_context", "topk_context_mass
 @torch.no_grad()
 def lens_stats(lens: Unembed, resid: torch.Tensor, answer_id: torch.Tensor, context_ids: list[torch.Tensor],
                prior_logp: torch.Tensor | None = None, real_id: torch.Tensor | None = None, top_k: int = 10,
-               translator: "TunedLens | None" = None, chunk: int = 4, progress: str | None = None
+               translator: "TunedLens | None" = None, chunk: int = 2, progress: str | None = None
                ) -> dict[str, np.ndarray]:
     """Per row and layer statistics of the lens distribution of ``resid`` [N, L+1, d_model].
 
@@ -201,10 +206,9 @@ def lens_stats(lens: Unembed, resid: torch.Tensor, answer_id: torch.Tensor, cont
             member = torch.isin(top_i[j], ctx)  # [L+1, k]
             out["top1_in_context"][s + j] = member[:, 0].double().numpy()
             out["topk_context_mass"][s + j] = (top_p[j].exp() * member).sum(-1).double().numpy()
-        out["js_final"][s:s + n] = js_divergence(logp, logp[:, -1:].expand_as(logp)).double().numpy()
+        out["js_final"][s:s + n] = js_divergence(logp, logp[:, -1:]).double().numpy()
         if prior_logp is not None:
-            pr = prior_logp[s:s + n].float().unsqueeze(1).expand_as(logp)
-            out["js_prior"][s:s + n] = js_divergence(logp, pr).double().numpy()
+            out["js_prior"][s:s + n] = js_divergence(logp, prior_logp[s:s + n].float().unsqueeze(1)).double().numpy()
         if real_id is not None:
             rid = real_id[s:s + n].long()
             ok = rid >= 0
