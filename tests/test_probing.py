@@ -60,20 +60,20 @@ def test_splits_never_share_a_question_and_classes_are_balanced():
 
 def test_probe_learns_planted_signal_and_not_shuffled_labels():
     rng = np.random.default_rng(0)
-    n, d = 600, 40
+    n, d = 300, 20
     y = rng.integers(0, 3, n)
     x = rng.normal(size=(n, d))
     x[np.arange(n), y] += 8.0  # class c shifted along axis c: linearly separable with a wide margin
-    split = np.array(["train"] * 360 + ["val"] * 90 + ["test"] * 150)
+    split = np.array(["train"] * 180 + ["val"] * 45 + ["test"] * 75)
     shuffled = rng.permutation(y)
     samples = pd.DataFrame({"split": split, "label": y, "control": shuffled})
     feats = torch.as_tensor(x, dtype=torch.float32)[:, None, :]  # one "layer"
-    acc = P.probe_layers(feats, samples, seed=0, max_epochs=200, patience=20)
+    acc = P.probe_layers(feats, samples, seed=0, max_epochs=100, patience=20)
     real = acc[acc.task == "real"].set_index("probe").acc
     ctrl = acc[acc.task == "control"].set_index("probe").acc
     assert real["linear"] >= 0.97 and real["mlp"] >= 0.97
-    assert ctrl.max() < 0.45  # chance = 1/3 on 150 test samples
-    assert (acc.n_test == 150).all() and (acc.n_train == 360).all()
+    assert ctrl.max() < 0.5  # chance = 1/3 on 75 test samples (upper 99% binomial bound ≈ 0.47)
+    assert (acc.n_test == 75).all() and (acc.n_train == 180).all()
 
 
 def test_residuals_match_hidden_states_and_first_subtoken(tiny_model):

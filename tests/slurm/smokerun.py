@@ -257,7 +257,25 @@ def dry_run_jobs(config: str, workdir: Path = REPO) -> list[dict]:
                 res[k] = v
         t = re.search(r"^\s+threads: (\d+)$", block, re.M)
         cmd = re.search(r"^Shell command: (.*)$", block, re.M)
+        field = {k: (v.group(1) if v else "") for k in ("input", "output", "wildcards")
+                 for v in [re.search(rf"^\s+{k}: (.*)$", block, re.M)]}
         jobs.append({"rule": m.group(2), "local": bool(m.group(1)), "resources": res,
-                     "threads": int(t.group(1)) if t else 1,
+                     "threads": int(t.group(1)) if t else 1, "wildcards": field["wildcards"],
+                     "inputs": [x for x in field["input"].split(", ") if x],
+                     "outputs": [x for x in field["output"].split(", ") if x],
+                     "shellcmd": cmd.group(1) if cmd else "",
                      "settings": _settings_of(cmd.group(1)) if cmd else {}})
     return jobs
+
+
+def affected_by_config_change(workdir: Path, old: str, new: str) -> Counter:
+    """Jobs per rule that must rerun when the config changes from ``old`` to ``new``: the jobs whose command or
+    outputs differ (or that are new) in forced dry runs of the two configs, and everything downstream of them."""
+    before = {(j["rule"], j["wildcards"]): j for j in dry_run_jobs(old, workdir)}
+    after = dry_run_jobs(new, workdir)
+    seeds = [j for j in after if (j["rule"], j["wildcards"]) not in before
+             or before[(j["rule"], j["wildcards"])]["shellcmd"] != j["shellcmd"]
+             or before[(j["rule"], j["wildcards"])]["outputs"] != j["outputs"]]
+    graph = [Job(j["rule"], j["outputs"], j["inputs"], j["shellcmd"]) for j in after]
+    index = {id(j): g for j, g in zip(after, graph)}
+    return Counter(g.rule for g in downstream(graph, [index[id(j)] for j in seeds]) if g.rule != "all")
