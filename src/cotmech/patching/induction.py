@@ -86,6 +86,10 @@ def build_example(tokenizer, rng: np.random.Generator, shots: int, index: int, t
             if len(ids) != len(clean_ids) or ids == clean_ids or ids[-1] != clean_ids[-1]:
                 continue
             noise_id = _first_token(tokenizer, ids, text, noise)
+            if noise_id is None or noise_id == answer_id:  # the noise answer must be a different first token
+                if kind == "subject":  # its noise answer is the class itself: redrawing cannot help
+                    return None
+                continue
             out[kind] = make_pair(f"cloze-{index:05d}-{kind}", clean_ids, ids, answer_id, noise_id,
                                   subtask=CORRUPTIONS.index(kind), corruption=kind, clean=clean, corrupt=text)
             break
