@@ -296,6 +296,11 @@ def _fmt(x: Any) -> str:
     return html.escape(str(x))
 
 
+def _fmt_n(x: Any) -> str:
+    v = _num(x)
+    return "" if v is None else (str(int(v)) if float(v).is_integer() else f"{v:.1f}")
+
+
 def summary_html(table: Any, model_name: str, model_spec: str, figures: Sequence[str] = ()) -> str:
     """A self-contained HTML page: the paper-vs-run table (status coloured) and links to the figures."""
     n_ok = int((table["status"] == "ok").sum())
@@ -307,7 +312,7 @@ def summary_html(table: Any, model_name: str, model_spec: str, figures: Sequence
         ours = _fmt(r.ours) if r.status == "ok" else f"<i>{html.escape(str(r.status))}</i>"
         body.append(f'<tr class="{html.escape(str(r.status)).replace(" ", "-")}"><td>{_fmt(r.claim)}</td>'
                     f"<td>{_fmt(r.section)}</td><td>[{_fmt(r.tag)}]</td><td>{_fmt(r.paper)}</td><td>{ours}</td>"
-                    f"<td>{ci}</td><td>{_fmt(r.n)}</td><td>{_fmt(r.note)}</td><td><code>{_fmt(r.source)}</code></td></tr>")
+                    f"<td>{ci}</td><td>{_fmt_n(r.n)}</td><td>{_fmt(r.note)}</td><td><code>{_fmt(r.source)}</code></td></tr>")
     figs = "".join(f'<li><a href="{html.escape(f)}">{html.escape(f)}</a></li>' for f in figures)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cotmech: paper vs run ({html.escape(model_name)})</title>
