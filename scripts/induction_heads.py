@@ -2,7 +2,7 @@
 """Induction heads (E3): synthetic 1-hop cloze task, three corruptions, exact patching, merged score.
 
 Modes:
-  run    --corruption class|subject|property --raw SHARD.safetensors [--pairs-out PAIRS.jsonl]
+  run    --raw-dir DIR [--corruption class subject property]   (writes DIR/<corruption>.safetensors and .jsonl)
   merge  --merge RAW... --out scores.parquet [--figure STEM]
 (template and merge: cotmech.patching.induction)
 """
@@ -20,9 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model")
     ap.add_argument("--dtype")
     ap.add_argument("--device")
-    ap.add_argument("--corruption", choices=["class", "subject", "property"])
-    ap.add_argument("--raw", help="run mode: per-pair values (.safetensors)")
-    ap.add_argument("--pairs-out", help="run mode: the kept cloze pairs (JSONL)")
+    ap.add_argument("--corruption", nargs="+", choices=["class", "subject", "property"],
+                    default=["class", "subject", "property"], help="run mode: corruption types")
+    ap.add_argument("--raw-dir", help="run mode: folder for <corruption>.safetensors (per-pair values) and "
+                                      "<corruption>.jsonl (the kept cloze pairs)")
     ap.add_argument("--merge", nargs="+", help="merge mode: raw files of the corruptions")
     ap.add_argument("--out", help="merge mode: scores table")
     ap.add_argument("--figure", help="merge mode: heat-map stem")
@@ -62,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                                f"induction score (mean of {len(tables)} corruptions)", label="normalised KL score")
             print(df.sort_values("score", ascending=False).head(10).to_string(index=False))
             return 0
-        if not (args.corruption and args.raw):
-            ap.error("run mode needs --corruption and --raw")
+        if not args.raw_dir:
+            ap.error("run mode needs --raw-dir")
+        from pathlib import Path
+
         model_cfg = dict(settings.get("model") or {"spec": None})
         for key in ("model", "dtype", "device"):
             if getattr(args, key):
@@ -74,23 +77,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loaded {model.spec} in {time.time() - t0:.1f} s", flush=True)
         kept = ind.build_pairs(model, io_["n"], shots=io_["shots"], seed=sub_seed(seed, "induction"),
                                require_correct=io_["require_correct"], max_candidates=io_["max_candidates"])
-        pairs = kept[args.corruption]
-        print(f"{args.corruption}: kept {len(pairs)} of the requested {io_['n']} pairs", flush=True)
-        if args.pairs_out:
-            write_jsonl(args.pairs_out, [{"pair_id": p.pair_id, "clean_ids": p.clean_ids, "corrupt_ids": p.corrupt_ids,
-                                          "first_diff": p.first_diff, "answer_id": p.answer_id,
-                                          "corrupt_answer_id": p.corrupt_answer_id, **p.meta} for p in pairs])
-        if pairs:
-            res = exact_sweep(model, pairs, metric=opts["metric"], direction=opts["direction"],
-                              head_batch=opts["head_batch"])
-        else:
-            import numpy as np
+        for kind in args.corruption:
+            pairs = kept[kind]
+            print(f"{kind}: kept {len(pairs)} of the requested {io_['n']} pairs", flush=True)
+            write_jsonl(Path(args.raw_dir) / f"{kind}.jsonl",
+                        [{"pair_id": p.pair_id, "clean_ids": p.clean_ids, "corrupt_ids": p.corrupt_ids,
+                          "first_diff": p.first_diff, "answer_id": p.answer_id,
+                          "corrupt_answer_id": p.corrupt_answer_id, **p.meta} for p in pairs])
+            if pairs:
+                res = exact_sweep(model, pairs, metric=opts["metric"], direction=opts["direction"],
+                                  head_batch=opts["head_batch"])
+            else:
+                import numpy as np
 
-            from cotmech.patching.exact import PatchResult
-            res = PatchResult("exact", opts["metric"], opts["direction"], [], [],
-                              np.zeros((0, model.n_layers, model.n_heads)), np.zeros(0), np.zeros(0))
-        res.info["corruption"] = args.corruption
-        save_raw(args.raw, res)
+                from cotmech.patching.exact import PatchResult
+                res = PatchResult("exact", opts["metric"], opts["direction"], [], [],
+                                  np.zeros((0, model.n_layers, model.n_heads)), np.zeros(0), np.zeros(0))
+            res.info["corruption"] = kind
+            save_raw(Path(args.raw_dir) / f"{kind}.safetensors", res)
     except (json.JSONDecodeError, RecordError, ModelSpecError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

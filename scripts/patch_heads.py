@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subtask", type=int, help="only pairs of this subtask (also the table's subtask)")
     ap.add_argument("--shard", default="0/1", help="I/N: the I-th of N contiguous ranges of the selected pairs")
     ap.add_argument("--raw", help="write per-pair metric values here (.safetensors) for a later merge")
+    ap.add_argument("--atp-raw", help="also run AtP on the same pairs (same model load) and write its raw values here")
     ap.add_argument("--out", help="head table (.parquet or .csv)")
     ap.add_argument("--figure", help="heat-map stem (PNG + PDF)")
     ap.add_argument("--merge", nargs="+", help="merge raw shards instead of running a model")
@@ -98,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         if args.raw:
             save_raw(args.raw, res)
+        if args.atp_raw:
+            t2 = time.time()
+            atp = sweep(model, pairs, "atp", opts) if pairs else type(res)("atp", res.metric, res.direction, [], [],
+                                                                               res.patched, res.base, res.source)
+            save_raw(args.atp_raw, atp)
+            print(f"atp: {len(pairs)} pairs in {time.time() - t2:.1f} s", flush=True)
         if args.out:
             write_scores(res, args.subtask if args.subtask is not None else -1, args.out, args.figure,
                          opts["n_boot"], seed)

@@ -20,9 +20,10 @@ def _patch_raw(method):
 
 
 rule patch_heads:
-    """Single-head activation patching (exact/naive) or AtP over every head: one subtask, one pair range."""
+    """Single-head activation patching (config patching.method) and, if enabled, AtP: one subtask, one pair range."""
     output:
-        raw=f"{MRES}/patching/{{dataset}}/raw/{{method}}/subtask{{k}}.shard{{i}}.safetensors",
+        raw=f"{MRES}/patching/{{dataset}}/raw/{PATCH['method']}/subtask{{k}}.shard{{i}}.safetensors",
+        atp=[f"{MRES}/patching/{{dataset}}/raw/atp/subtask{{k}}.shard{{i}}.safetensors"] if PATCH["atp"] else [],
     input:
         pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
         script="scripts/patch_heads.py",
@@ -30,20 +31,21 @@ rule patch_heads:
     params:
         settings=lambda w: settings("model", "patching", "seed"),
         shards=PATCH_SHARDS,
+        method=PATCH["method"],
+        atp=lambda w, output: f"--atp-raw {output.atp[0]}" if PATCH["atp"] else "",
     log:
-        logpath("patch_heads", "{dataset}", "{method}", "subtask{k}.shard{i}"),
+        logpath("patch_heads", "{dataset}", "subtask{k}.shard{i}"),
     threads: 2
     resources:
         **model_resources(),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
-        method="naive|exact|atp",
         k="[0-9]+",
         i="[0-9]+",
     shell:
-        "{PY} {input.script} --pairs {input.pairs} --method {wildcards.method} --subtask {wildcards.k}"
+        "{PY} {input.script} --pairs {input.pairs} --method {params.method} --subtask {wildcards.k}"
         " --shard {wildcards.i}/{params.shards} --settings {params.settings:q} --threads {threads}"
-        " --raw {output.raw} > {log} 2>&1"
+        " --raw {output.raw} {params.atp} > {log} 2>&1"
 
 
 rule merge_patching:
@@ -133,25 +135,24 @@ rule path_patch:
 
 
 rule induction_cloze:
-    """E3: build the cloze pairs of one corruption type and patch every head (exact)."""
+    """E3: build the cloze pairs (screened once) and patch every head (exact) for each corruption type."""
     output:
-        raw=f"{MRES}/induction/raw/{{corruption}}.safetensors",
-        pairs=f"{MRES}/induction/pairs/{{corruption}}.jsonl",
+        raw=expand(f"{MRES}/induction/raw/{{c}}.safetensors", c=INDUCTION_CORRUPTIONS),
+        pairs=expand(f"{MRES}/induction/raw/{{c}}.jsonl", c=INDUCTION_CORRUPTIONS),
     input:
         script="scripts/induction_heads.py",
         code=PATCH_CODE,
     params:
         settings=lambda w: settings("model", "patching", "seed"),
+        folder=f"{MRES}/induction/raw",
     log:
-        logpath("induction_cloze", "{corruption}"),
+        logpath("induction_cloze"),
     threads: 2
     resources:
         **model_resources(),
-    wildcard_constraints:
-        corruption="class|subject|property",
     shell:
-        "{PY} {input.script} --corruption {wildcards.corruption} --settings {params.settings:q} --threads {threads}"
-        " --raw {output.raw} --pairs-out {output.pairs} > {log} 2>&1"
+        "{PY} {input.script} --raw-dir {params.folder} --settings {params.settings:q} --threads {threads}"
+        " > {log} 2>&1"
 
 
 rule induction_heads:
