@@ -105,3 +105,17 @@ def test_sentence_cuts_and_aggregate(tiny_llama):
     agg = horizon.aggregate(t).set_index("layer")
     assert agg.loc[0, "exact"] == 0.5 and agg.loc[0, "agree"] == 0.75 and agg.loc[1, "exact"] == 1.0
     assert agg.loc[0, "exact_ci_low"] < 0.5 < agg.loc[0, "exact_ci_high"]
+
+
+def test_divergence_table_reference_is_the_unpatched_greedy_run(tiny_llama):
+    clean, corrupt = _pair(seed=5)
+    gen = horizon.patched_generate(tiny_llama, clean, corrupt, NO_PATCH, max_new_tokens=6)
+    bad_tail = gen[:3] + [(gen[3] + 1) % 400 + 5] + gen[4:]  # stored text departs from greedy at token 3
+    ex = [{"id": "a", "prompt_ids": clean, "corrupt_prompt_ids": corrupt, "gen_ids": gen},
+          {"id": "b", "prompt_ids": clean, "corrupt_prompt_ids": corrupt, "gen_ids": bad_tail},
+          {"id": "c", "skipped": "no rule"}]
+    t = horizon.divergence_table(tiny_llama, ex, [0, 2], [0])
+    assert set(t["example_id"]) == {"a", "b"} and set(t["layer"]) == {NO_PATCH, 0, 2}
+    base = t[t.layer == NO_PATCH].set_index("example_id")
+    assert base["exact"].all() and base.loc["a", "n_ref"] == len(gen) and base.loc["b", "n_ref"] == 3
+    assert (t["first_div"] <= t["n_ref"]).all()

@@ -260,7 +260,7 @@ def prepare_examples(model: Any, records: Sequence[dict], n_examples: int, seed:
             continue
         prompt_ids = encode(model.tokenizer, r["prompt"])
         corrupt_ids = encode(model.tokenizer, corrupt_prompt)
-        full = encode(model.tokenizer, r["prompt"] + r["generated"] + "\n")
+        full = encode(model.tokenizer, r["prompt"] + r["generated"])
         gen = full[len(prompt_ids):] if r.get("correct") and full[:len(prompt_ids)] == prompt_ids else None
         if gen is None:  # not the model's own greedy text: generate it
             gen = greedy_generate(model, [prompt_ids], max_new_tokens, batch_size=1, desc="reference")[0].ids
@@ -270,7 +270,11 @@ def prepare_examples(model: Any, records: Sequence[dict], n_examples: int, seed:
 
 
 def divergence_table(model: Any, examples: Sequence[dict], layers: Sequence[int], sentences: Sequence[int]) -> Any:
-    """Per (example, s, layer incl. ``NO_PATCH``): reference length, first_div, agree, exact (see module doc)."""
+    """Per (example, s, layer incl. ``NO_PATCH``): reference length, first_div, agree, exact (see module doc).
+
+    The reference is cut where the unpatched row first departs from the stored continuation (``n_ref`` vs
+    ``n_text``), so the unpatched row is exact by construction and mismatches of a re-tokenised text cannot count
+    as effects of the patch."""
     import pandas as pd
 
     from .generation import common_prefix_len
@@ -278,7 +282,7 @@ def divergence_table(model: Any, examples: Sequence[dict], layers: Sequence[int]
     usable = [e for e in examples if "skipped" not in e]
     rows = []
     if not usable:
-        return pd.DataFrame(columns=["example_id", "s", "layer", "n_ref", "first_div", "agree", "exact"])
+        return pd.DataFrame(columns=["example_id", "s", "layer", "n_ref", "n_text", "first_div", "agree", "exact"])
     seqs = [e["prompt_ids"] for e in usable] + [e["corrupt_prompt_ids"] for e in usable]
     shared = common_prefix_len(seqs)
     cache = _prefix(model, usable[0]["prompt_ids"][:shared]) if shared else None
@@ -291,14 +295,21 @@ def divergence_table(model: Any, examples: Sequence[dict], layers: Sequence[int]
         for s in sentences:
             if s not in cuts or cuts[s] >= len(e["gen_ids"]):
                 continue
-            ref = e["gen_ids"][cuts[s]:]
+            full_ref = e["gen_ids"][cuts[s]:]
             # prediction for clean[j] sits at row position j - 1 - shared
             first = len(e["prompt_ids"]) + cuts[s] - 1 - shared
+            # the reference is the unpatched greedy continuation: the stored text only as far as the unpatched
+            # row reproduces it (a re-tokenised text can differ from the generated ids at its end)
+            base = first_divergence(pred[0, first:first + len(full_ref)].tolist(), full_ref)
+            ref = full_ref[:base]
+            if not ref:
+                continue
             for row, layer in enumerate(rows_layers):
                 p = pred[row, first:first + len(ref)].tolist()
                 fd = first_divergence(p, ref)
-                rows.append({"example_id": e["id"], "s": s, "layer": layer, "n_ref": len(ref), "first_div": fd,
-                             "agree": fd / len(ref), "exact": fd == len(ref)})
+                rows.append({"example_id": e["id"], "s": s, "layer": layer, "n_ref": len(ref),
+                             "n_text": len(full_ref), "first_div": fd, "agree": fd / len(ref),
+                             "exact": fd == len(ref)})
     return pd.DataFrame(rows)
 
 
