@@ -97,10 +97,10 @@ def test_tuned_lens_training_and_roundtrip(tiny_llama, tmp_path):
     seqs = [[(7 * i + 3 * j) % 500 + 3 for j in range(12)] for i in range(6)]
     res = torch.cat(capture_resid(tiny_llama, seqs, last_n=None))
     train, val = res[:50], res[50:]
-    tl, hist = train_tuned_lens(lens, train, val, rank=4, steps=40, batch=16, lr=1e-2, seed=3)
-    assert hist["steps"] == 40 and not hist["time_limit_hit"]
+    tl, hist = train_tuned_lens(lens, train, val, rank=4, steps=12, batch=8, lr=2e-2, seed=3)
+    assert hist["steps"] == 12 and not hist["time_limit_hit"]
     assert np.mean(hist["kl_tuned_train"][:-1]) < np.mean(hist["kl_logit_train"][:-1])
-    tl2, hist2 = train_tuned_lens(lens, train, val, rank=4, steps=40, batch=16, lr=1e-2, seed=3)
+    tl2, hist2 = train_tuned_lens(lens, train, val, rank=4, steps=12, batch=8, lr=2e-2, seed=3)
     assert hist2["loss"] == hist["loss"]  # seeded
     path = tmp_path / "tl.safetensors"
     save_tuned_lens(path, tl)
