@@ -115,7 +115,10 @@ def test_patch_heads_script_standalone(tmp_path):
     out = tmp_path / "t.parquet"
     assert mod.main(["--model", model, "--dtype", "float32", "--device", "cpu", "--pairs", str(pairs),
                      "--method", "exact", "--subtask", "2", "--settings", settings, "--out", str(out),
-                     "--figure", str(tmp_path / "fig"), "--raw", str(tmp_path / "r.safetensors")]) == 0
+                     "--figure", str(tmp_path / "fig"), "--raw", str(tmp_path / "r.safetensors"),
+                     "--atp-raw", str(tmp_path / "a.safetensors")]) == 0
+    atp = load_raw([tmp_path / "a.safetensors"])
+    assert atp.method == "atp" and atp.pair_ids == ["x0", "x1", "x2"]
     df = read_table(out)
     assert list(df.columns) == ["subtask", "layer", "head", "score", "ci_low", "ci_high", "n"]
     assert len(df) == 8 and (df["n"] == 3).all() and (df["subtask"] == 2).all()
@@ -129,3 +132,20 @@ def test_patch_heads_script_standalone(tmp_path):
     bad = tmp_path / "bad.jsonl"
     write_jsonl(bad, [dict(recs[0], corrupt_ids=recs[0]["clean_ids"])])
     assert mod.main(["--model", model, "--pairs", str(bad), "--method", "exact", "--out", str(out)]) == 2
+
+
+def test_induction_script_run_and_merge(tmp_path):
+    mod = _script("induction_heads")
+    settings = json.dumps({"patching": {"n_boot": 20, "induction": {"n": 2, "shots": 1, "require_correct": False}},
+                           "seed": 3})
+    model = "random:tiny-llama?num_hidden_layers=2&initializer_range=0.2"
+    assert mod.main(["--model", model, "--dtype", "float32", "--device", "cpu", "--settings", settings,
+                     "--raw-dir", str(tmp_path)]) == 0
+    raws = [str(tmp_path / f"{k}.safetensors") for k in ("class", "subject", "property")]
+    assert mod.main(["--merge", *raws, "--settings", settings, "--out", str(tmp_path / "s.parquet"),
+                     "--figure", str(tmp_path / "s")]) == 0
+    df = read_table(tmp_path / "s.parquet")
+    assert len(df) == 8 and (df["subtask"] == -1).all()
+    want = df[["score_class", "score_subject", "score_property"]].mean(axis=1)
+    np.testing.assert_allclose(df["score"], want)
+    assert (tmp_path / "s.png").exists()
