@@ -269,3 +269,35 @@ def test_model_jobs_ask_for_gpu_memory_and_time_from_the_model_size(dags, config
         assert "runtime" in res and res["runtime"] >= 1, where
         if gpu:  # and within one 80 GB node's share for a 7B model
             assert res["mem_mb"] < 80_000, where
+
+
+# --------------------------------------------------------------------------------------------------
+# The helpers the guarantees rest on
+def test_compare_results_finds_differences_and_ignores_wall_clock(tmp_path):
+    import json
+
+    import pandas as pd
+
+    for name, secs in [("a", 1.0), ("b", 9.0)]:
+        r = tmp_path / name / "res"
+        r.mkdir(parents=True)
+        pd.DataFrame({"layer": [0, 1], "score": [0.5, 0.25], "elapsed_s": [secs, secs]}).to_parquet(r / "t.parquet")
+        (r / "m.json").write_text(json.dumps({"n": 3, "wall_time": secs}))
+        (r / "logs").mkdir()
+        (r / "logs" / "x.json").write_text(json.dumps({"n": secs}))  # logs are not results
+    assert sr.compare_results(tmp_path / "a", tmp_path / "b", "res") == []
+    pd.DataFrame({"layer": [0, 1], "score": [0.5, 0.3], "elapsed_s": [1.0, 1.0]}).to_parquet(
+        tmp_path / "b" / "res" / "t.parquet")
+    (tmp_path / "b" / "res" / "extra.csv").write_text("x\n1\n")
+    diffs = sr.compare_results(tmp_path / "a", tmp_path / "b", "res")
+    assert len(diffs) == 2 and any("t.parquet" in d for d in diffs) and any("only in b: extra.csv" in d for d in diffs)
+
+
+def test_downstream_follows_outputs_to_consumers():
+    jobs = [sr.Job("tasks", ["t"], [], ""), sr.Job("gen", ["g"], ["t"], ""), sr.Job("shard", ["s0"], ["g"], ""),
+            sr.Job("shard", ["s1"], ["g"], ""), sr.Job("merge", ["m"], ["s0", "s1"], ""), sr.Job("other", ["o"], ["t"], "")]
+    assert sr.rule_counts(sr.downstream(jobs, [jobs[2]])) == Counter({"shard": 1, "merge": 1})
+    assert sr.rule_counts(sr.downstream(jobs, [jobs[1]])) == Counter({"gen": 1, "shard": 2, "merge": 1})
+    assert sr.rule_counts(sr.downstream(jobs, [jobs[0]])) == Counter(r.rule for r in jobs)
+    assert sr.uses_key(sr.Job("x", [], [], "", {"figures": {}}), "figures.flow_trees")
+    assert not sr.uses_key(sr.Job("x", [], [], "", {"datasets.a": {}}), "datasets.ab.n")

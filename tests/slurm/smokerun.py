@@ -197,9 +197,22 @@ def smoke_results_dir() -> str:
     return yaml.safe_load((REPO / SMOKE).read_text())["results"]
 
 
+_CLOCK = re.compile(r"(time|elapsed|seconds|duration|wall|timestamp|date|host|pid|_s$)", re.I)
+
+
+def _no_clock(obj):
+    """Drop wall-clock and machine fields (they differ between any two runs) from parsed JSON."""
+    if isinstance(obj, dict):
+        return {k: _no_clock(v) for k, v in obj.items() if not _CLOCK.search(str(k))}
+    if isinstance(obj, list):
+        return [_no_clock(v) for v in obj]
+    return obj
+
+
 def compare_results(a: Path, b: Path, results: str | None = None) -> list[str]:
     """Differences between the tables/tensors of two runs (empty list = equal). Parquet/CSV compare as frames
-    (floats to 1e-6 relative), JSON/JSONL as parsed records, safetensors tensor by tensor."""
+    (floats to 1e-6 relative), JSON/JSONL as parsed records, safetensors tensor by tensor; wall-clock fields
+    (names with time/elapsed/seconds/..., see _CLOCK) are left out."""
     import numpy as np
     import pandas as pd
 
@@ -213,7 +226,10 @@ def compare_results(a: Path, b: Path, results: str | None = None) -> list[str]:
             if pa.suffix in {".parquet", ".csv", ".tsv"}:
                 read = {".parquet": pd.read_parquet, ".csv": pd.read_csv,
                         ".tsv": lambda p: pd.read_csv(p, sep="\t")}[pa.suffix]
-                pd.testing.assert_frame_equal(read(pa), read(pb), check_exact=False, rtol=1e-6, atol=1e-9)
+                da, db = read(pa), read(pb)
+                da = da[[c for c in da.columns if not _CLOCK.search(str(c))]]
+                db = db[[c for c in db.columns if not _CLOCK.search(str(c))]]
+                pd.testing.assert_frame_equal(da, db, check_exact=False, rtol=1e-6, atol=1e-9)
             elif pa.suffix == ".safetensors":
                 from safetensors.numpy import load_file
 
@@ -223,12 +239,12 @@ def compare_results(a: Path, b: Path, results: str | None = None) -> list[str]:
                     np.testing.assert_allclose(ta[name].astype(np.float64), tb[name].astype(np.float64),
                                                rtol=1e-5, atol=1e-7, err_msg=name)
             elif pa.suffix == ".jsonl":
-                ra = [json.loads(x) for x in pa.read_text().splitlines() if x.strip()]
-                rb = [json.loads(x) for x in pb.read_text().splitlines() if x.strip()]
+                ra = [_no_clock(json.loads(x)) for x in pa.read_text().splitlines() if x.strip()]
+                rb = [_no_clock(json.loads(x)) for x in pb.read_text().splitlines() if x.strip()]
                 assert ra == rb, f"{len(ra)} vs {len(rb)} records, first differing index " \
                                  f"{next((i for i, (x, y) in enumerate(zip(ra, rb)) if x != y), None)}"
             else:
-                assert json.loads(pa.read_text()) == json.loads(pb.read_text())
+                assert _no_clock(json.loads(pa.read_text())) == _no_clock(json.loads(pb.read_text()))
         except AssertionError as e:
             diffs.append(f"{k}: {str(e)[:500]}")
     return diffs
