@@ -9,6 +9,7 @@ and compare with what ``snakemake --dry-run`` plans.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,6 +142,24 @@ def test_changing_a_plotting_option_reruns_only_figures_and_report():
     assert got == want, f"changing {key}: plans {dict(got)}, dependents are {dict(want)}"
     assert got, f"changing {key} reruns nothing"
     assert {steps.get(r) for r in got} <= {"figures", "report"}, f"{key} reruns {dict(got)}"
+
+
+def _shard_jobs(jobs):
+    """Jobs of the sharded rule: among rules whose jobs are independent of each other, the one whose outputs are
+    named shards (`...shard<i>...`, as patch_heads writes), else the one with most jobs."""
+    by_rule: dict[str, list] = {}
+    for j in jobs:
+        by_rule.setdefault(j.rule, []).append(j)
+    cands = []
+    for rule, js in by_rule.items():
+        outs = {o for j in js for o in j.outputs}
+        if len(js) >= 2 and not any(i in outs for j in js for i in j.inputs):
+            named = any(re.search(r"shard\d", o) for o in outs)
+            cands.append((named, len(js), rule))
+    if not cands:
+        return None, []
+    *_, rule = max(cands)
+    return rule, by_rule[rule]
 
 
 @e2e
@@ -301,3 +320,12 @@ def test_downstream_follows_outputs_to_consumers():
     assert sr.rule_counts(sr.downstream(jobs, [jobs[0]])) == Counter(r.rule for r in jobs)
     assert sr.uses_key(sr.Job("x", [], [], "", {"figures": {}}), "figures.flow_trees")
     assert not sr.uses_key(sr.Job("x", [], [], "", {"datasets.a": {}}), "datasets.ab.n")
+
+
+def test_shard_detection_prefers_shard_named_outputs():
+    jobs = [sr.Job("report_gallery", [f"g{i}.png"], ["x"], "") for i in range(10)]
+    jobs += [sr.Job("patch_heads", [f"p/subtask{k}.shard{i}.safetensors"], ["pairs"], "") for k in (0, 5) for i in (0, 1)]
+    rule, shards = _shard_jobs(jobs)
+    assert rule == "patch_heads" and len(shards) == 4
+    assert _shard_jobs(jobs[:10])[0] == "report_gallery"
+    assert _shard_jobs([sr.Job("a", ["x"], [], ""), sr.Job("a", ["y"], ["x"], "")]) == (None, [])
