@@ -19,6 +19,13 @@ PART_COLOURS = {"none": "#f0f0f0", "fewshot": "#9467bd", "question": "#1f77b4", 
 PART_LABELS = {"none": "not traced", "fewshot": "few-shot", "question": "question context", "generated": "generated CoT"}
 
 
+def _int_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _grid(df: Any, value: str, n_layers: int, n_heads: int, fill: float = 0.0) -> np.ndarray:
     m = np.full((n_layers, n_heads), fill, dtype=float)
     for layer, head, v in zip(df["layer"].astype(int), df["head"].astype(int), df[value].astype(float)):
@@ -96,6 +103,7 @@ def depth_maps(maps: Any, summary: Any, n_layers: int, n_heads: int, stem: str |
             r = summ.loc[d]
             title += f"\nmean layer {r['mean_layer']:.1f}, ≥L/2 {r['share_second_half']:.0%} (n={int(r['n'])})"
         heatmap(ax, m, title=title, colorbar_label="examples")
+        _int_ticks(ax)
     return save_figure(fig, stem)
 
 
@@ -139,6 +147,7 @@ def head_sources(head_sources: Any, n_layers: int, n_heads: int, stem: str | Pat
         for layer, head, maj in zip(sub["layer"], sub["head"], sub["majority"]):
             m[int(layer), int(head)] = order.index(maj)
         a.imshow(m, cmap=cmap, vmin=-0.5, vmax=3.5, aspect="auto", interpolation="nearest")
+        _int_ticks(a)
         a.set_title(f"subtask {k}")
         a.set_xlabel("head")
         a.set_ylabel("layer")
