@@ -6,22 +6,27 @@ _UPSTREAM = [t for t in all_targets()]  # everything registered by the steps inc
 
 
 def _other_figures():
-    """name -> PNG path for every .png output of rules outside this step (only {dataset} wildcards expanded)."""
+    """name -> PNG path for the .png outputs of other steps' rules that are part of the DAG: a rule's PNG (with its
+    {dataset} wildcard filled in) is taken only when one of that rule's outputs, for the same dataset, is a
+    registered target (so the gallery never adds jobs to the study)."""
     mine = {"flow_figures", "horizon_figure", "report_gallery", "paper_table"}
+    targets = [str(t) for t in _UPSTREAM]
     out = {}
     for r in workflow.rules:
         if r.name in mine:
             continue
-        for f in r.output:
-            f = str(f)
-            if not f.endswith(".png"):
+        outs = [str(f) for f in r.output]
+        pngs = [f for f in outs if f.endswith(".png")]
+        if not pngs or any(set(re.findall(r"{(\w+)", f)) - {"dataset"} for f in outs):
+            continue
+        for d in DATASETS:
+            filled = [re.sub(r"{dataset(,[^}]*)?}", d, f) for f in outs]
+            if not any(f in targets for f in filled):
                 continue
-            names = set(re.findall(r"{(\w+)", f))
-            if names <= {"dataset"}:
-                for d in DATASETS if names else [None]:
-                    p = re.sub(r"{dataset(,[^}]*)?}", d, f) if names else f
-                    key = p[len(MRES) + 1:] if p.startswith(MRES + "/") else p
-                    out[key.replace("/", "__")[:-4]] = p
+            for f in pngs:
+                p = re.sub(r"{dataset(,[^}]*)?}", d, f)
+                key = p[len(MRES) + 1:] if p.startswith(MRES + "/") else p
+                out[key.replace("/", "__")[:-4]] = p
     return out
 
 
