@@ -19,6 +19,9 @@ TESTS = ["Rex is yumpus.", "Jompus is shy. Tumpuses are jompuses. Sam is tumpus.
          "Fae is zumpus. Zumpus is dull.", "Polly is", "Wren is impus. Impuses are sterpuses. Wren is sterpus."]
 
 
+_REF: dict = {}
+
+
 def _prompts(tok):
     return [tok(SHARED + "\n### Input:\n" + t).input_ids for t in TESTS]
 
@@ -34,7 +37,10 @@ def test_batched_cached_equals_naive(tiny_model, batch_size):
     """The key correctness test: batched, prefix-cached, left-padded decoding == one-at-a-time no-cache greedy."""
     prompts = _prompts(tiny_model.tokenizer)
     assert common_prefix_len(prompts) > 10  # the shared prefix really is cached
-    ref = [greedy_reference(tiny_model, p, max_new_tokens=12) for p in prompts]
+    key = id(tiny_model)  # the naive reference is computed once per model, not per batch size
+    if key not in _REF:
+        _REF[key] = [greedy_reference(tiny_model, p, max_new_tokens=12) for p in prompts]
+    ref = _REF[key]
     got = greedy_generate(tiny_model, prompts, max_new_tokens=12, batch_size=batch_size)
     assert [g.ids for g in got] == [r.ids for r in ref]
     assert [g.stop for g in got] == [r.stop for r in ref]
