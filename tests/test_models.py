@@ -285,8 +285,9 @@ def test_auto_dtype(monkeypatch):
 
     monkeypatch.delenv("COTMECH_CPU_AUTO_DTYPE", raising=False)
     cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu) == torch.bfloat16  # default: half the memory
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("auto", cpu) == torch.float32  # default "native": bf16 only where the CPU has it
+    assert resolve_dtype("auto", cpu, cpu_auto="bf16") == torch.bfloat16
     assert resolve_dtype("auto", cpu, cpu_auto="native") == torch.float32
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
     assert resolve_dtype("auto", cpu, cpu_auto="native") == torch.bfloat16

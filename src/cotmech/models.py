@@ -170,9 +170,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None,
-                  cpu_auto: str = "bf16") -> torch.dtype:
-    """``auto`` -> bf16 on CUDA; on CPU ``cpu_auto``: "bf16" (half the memory: the default), "fp32", or "native"
-    (bf16 only with native bf16 instructions, :func:`cpu_has_native_bf16`; fastest). ``COTMECH_CPU_AUTO_DTYPE``
+                  cpu_auto: str = "native") -> torch.dtype:
+    """``auto`` -> bf16 on CUDA; on CPU ``cpu_auto``: "native" (the default: bf16 only with native bf16
+    instructions, :func:`cpu_has_native_bf16` — on AVX2-only CPUs bf16 matmuls measured 2-4x slower than fp32),
+    "bf16" (half the memory) or "fp32". ``COTMECH_CPU_AUTO_DTYPE``
     overrides ``cpu_auto``."""
     if isinstance(dtype, torch.dtype):
         return dtype
