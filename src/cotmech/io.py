@@ -68,21 +68,21 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> i
     return n
 
 
+def json_object(text: str, where: str) -> dict[str, Any]:
+    """Parse a JSON object; anything else raises :class:`RecordError` naming ``where``."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{where}: not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a JSONL file; a bad line raises :class:`RecordError` naming file and line."""
-    out = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}: line {lineno}: not valid JSON: {e}") from e
-            if not isinstance(rec, dict):
-                raise RecordError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
-            out.append(rec)
-    return out
+        return [json_object(line, f"{path}: line {lineno}") for lineno, line in enumerate(f, 1) if line.strip()]
 
 
 def write_table(path: str | os.PathLike, df: Any) -> None:
