@@ -13,8 +13,7 @@ last position — exact under causal attention.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from .batching import left_pad
 from .generation import common_prefix_len, expand_cache, prefill
+from .models import eager_attention
 
 INDEX_COLUMNS = ["row", "pair_id", "example_id", "subtask", "kind", "length", "answer_id", "answer_pos"]
 
@@ -44,20 +44,6 @@ def assign_hosts(seqs: Sequence[Sequence[int]], groups: Sequence[Any] | None = N
             host[i] = i
             by_group.setdefault(groups[i], []).append(i)
     return host
-
-
-@contextlib.contextmanager
-def eager_attention(model: Any) -> Iterator[None]:
-    """Run the model with eager attention (which returns attention weights); restore the previous setting."""
-    hf = model.hf
-    prev = getattr(hf.config, "_attn_implementation", None)
-    if prev != "eager":
-        hf.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if prev is not None and prev != "eager":
-            hf.set_attn_implementation(prev)
 
 
 def _hidden(x: Any) -> torch.Tensor:

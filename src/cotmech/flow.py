@@ -18,7 +18,6 @@ BOS (Qwen2.5) and would otherwise absorb most traces.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .models import eager_attention
 
 PARTS = ("fewshot", "question", "generated")
 
@@ -64,20 +65,6 @@ class Acts:
     z: torch.Tensor  # [L, S, H, d_head] per-head o_proj input
     resid: torch.Tensor  # [L, S, d_model] block input (resid_pre)
     attn: torch.Tensor  # [L, H, S, S] attention probabilities
-
-
-@contextlib.contextmanager
-def eager_attention(model: Any) -> Iterator[None]:
-    """Temporarily switch the HF model to eager attention (the only one that returns attention weights)."""
-    hf = model.hf
-    old = getattr(hf.config, "_attn_implementation", None)
-    if old != "eager":
-        hf.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if old not in (None, "eager"):
-            hf.set_attn_implementation(old)
 
 
 @torch.no_grad()

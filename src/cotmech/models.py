@@ -14,8 +14,10 @@ submodules (decoder layers, attention output projection, final norm, unembedding
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -440,3 +442,17 @@ def set_threads(n: int) -> None:
     """Use ``n`` torch CPU threads (the rule's ``threads``); 0 keeps torch's default."""
     if n and n > 0:
         torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def eager_attention(model: LoadedModel) -> Iterator[None]:
+    """Run the model with eager attention (the only one that returns attention weights); restore the previous one."""
+    hf = model.hf
+    prev = getattr(hf.config, "_attn_implementation", None)
+    if prev != "eager":
+        hf.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if prev not in (None, "eager"):
+            hf.set_attn_implementation(prev)
