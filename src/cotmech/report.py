@@ -81,21 +81,23 @@ def read_accuracy(mres: Path, datasets: Sequence[str], ontology: str) -> dict | 
             "note": f"{k}/{n} exact; datasets {', '.join(map(str, sub['dataset']))}; Wilson 95% CI"}
 
 
-def _rift_json(mres: Path) -> tuple[dict, Path] | None:
+def _rift_lens(mres: Path, lens: str) -> tuple[dict, dict, Path] | None:
+    """rift.json, its all-datasets entry for ``lens`` and its path; None if either is absent."""
     from .io import read_json
 
     p = mres / "prior_shift" / "rift.json"
-    return (read_json(p), p) if p.exists() else None
+    if not p.exists():
+        return None
+    d = read_json(p)
+    v = d.get("datasets", {}).get("all", {}).get(lens)
+    return (d, v, p) if v else None
 
 
 def read_rift_layer(mres: Path, datasets: Sequence[str], lens: str) -> dict | None:
-    r = _rift_json(mres)
+    r = _rift_lens(mres, lens)
     if r is None:
         return None
-    d, p = r
-    v = d.get("datasets", {}).get("all", {}).get(lens)
-    if not v:
-        return None
+    d, v, p = r
     L = v.get("n_layers") or d.get("n_layers")
     return {"ours": _num(v.get("rel_depth")), "ci_low": _num(v.get("rel_ci_low")), "ci_high": _num(v.get("rel_ci_high")),
             "n": v.get("n_examples"), "source": _rel(p, mres),
@@ -103,13 +105,10 @@ def read_rift_layer(mres: Path, datasets: Sequence[str], lens: str) -> dict | No
 
 
 def read_lens_context(mres: Path, datasets: Sequence[str], side: str, lens: str = "logit") -> dict | None:
-    r = _rift_json(mres)
+    r = _rift_lens(mres, lens)
     if r is None:
         return None
-    d, p = r
-    v = d.get("datasets", {}).get("all", {}).get(lens)
-    if not v:
-        return None
+    _, v, p = r
     s = v.get("context_abidance_rift", {}).get(side, {})
     return {"ours": _num(s.get("mean")), "ci_low": _num(s.get("ci_low")), "ci_high": _num(s.get("ci_high")),
             "n": v.get("n_pairs"), "source": _rel(p, mres),
@@ -146,39 +145,44 @@ def read_flow_writers(mres: Path, datasets: Sequence[str]) -> dict | None:
             "note": f"{d}: depth-0 entries, layers >= {s.get('split_layer')}"}
 
 
-def read_flow_depth(mres: Path, datasets: Sequence[str], depth: int, col: str) -> dict | None:
+def _read_row(mres: Path, datasets: Sequence[str], rel: str, select: Callable[[Any], Any], missing: str,
+              entry: Callable[[Any, str], dict]) -> dict | None:
+    """Reader over the first row of table ``rel`` (of the first dataset that has it) that ``select(df)`` keeps:
+    ``entry(row, dataset)`` with its source; "no value" noting ``missing`` if no row is kept; None without the table."""
     from .io import read_table
 
-    hit = _first(mres, datasets, "flow/{dataset}/depth_summary.csv")
+    hit = _first(mres, datasets, rel)
     if hit is None:
         return None
-    df = read_table(hit[0])
-    row = df[df["depth"] == depth]
-    if row.empty:
-        return {"ours": None, "source": _rel(hit[0], mres), "note": f"{hit[1]}: no traced heads at depth {depth}"}
-    r = row.iloc[0]
-    ci = (r["ci_low"], r["ci_high"]) if col == "share_second_half" else (None, None)
-    return {"ours": _num(r[col]), "ci_low": _num(ci[0]), "ci_high": _num(ci[1]), "n": int(r["n"]),
-            "source": _rel(hit[0], mres), "note": f"{hit[1]}: mean layer {r['mean_layer']:.2f}"}
+    p, d = hit
+    df = read_table(p)
+    rows = df[select(df)]
+    if rows.empty:
+        return {"ours": None, "source": _rel(p, mres), "note": f"{d}: {missing}"}
+    return {**entry(rows.iloc[0], d), "source": _rel(p, mres)}
+
+
+def read_flow_depth(mres: Path, datasets: Sequence[str], depth: int, col: str) -> dict | None:
+    def entry(r: Any, d: str) -> dict:
+        ci = (r["ci_low"], r["ci_high"]) if col == "share_second_half" else (None, None)
+        return {"ours": _num(r[col]), "ci_low": _num(ci[0]), "ci_high": _num(ci[1]), "n": int(r["n"]),
+                "note": f"{d}: mean layer {r['mean_layer']:.2f}"}
+
+    return _read_row(mres, datasets, "flow/{dataset}/depth_summary.csv", lambda df: df["depth"] == depth,
+                     f"no traced heads at depth {depth}", entry)
 
 
 def read_flow_source(mres: Path, datasets: Sequence[str], subtask: int, part: str) -> dict | None:
-    from .io import read_table
-
-    hit = _first(mres, datasets, "flow/{dataset}/sources.csv")
-    if hit is None:
-        return None
-    df = read_table(hit[0])
-    row = df[df["subtask"] == subtask]
-    if row.empty:
-        return {"ours": None, "source": _rel(hit[0], mres), "note": f"{hit[1]}: subtask {subtask} not traced"}
-    r = row.iloc[0]
     from .generation import wilson
 
-    n = int(r["n"])
-    lo, hi = wilson(int(round(float(r[part]) * n)), n)
-    return {"ours": _num(r[part]), "ci_low": lo, "ci_high": hi, "n": n, "source": _rel(hit[0], mres),
-            "note": f"{hit[1]}: read positions of depth-0 writers; Wilson CI (positions not independent)"}
+    def entry(r: Any, d: str) -> dict:
+        n = int(r["n"])
+        lo, hi = wilson(int(round(float(r[part]) * n)), n)
+        return {"ours": _num(r[part]), "ci_low": lo, "ci_high": hi, "n": n,
+                "note": f"{d}: read positions of depth-0 writers; Wilson CI (positions not independent)"}
+
+    return _read_row(mres, datasets, "flow/{dataset}/sources.csv", lambda df: df["subtask"] == subtask,
+                     f"subtask {subtask} not traced", entry)
 
 
 def read_roles_share(mres: Path, datasets: Sequence[str], kind: str) -> dict | None:
@@ -239,19 +243,13 @@ def read_knockout(mres: Path, datasets: Sequence[str], col: str) -> dict | None:
 
 
 def read_horizon(mres: Path, datasets: Sequence[str], layer: int, s: int) -> dict | None:
-    from .io import read_table
+    def entry(r: Any, d: str) -> dict:
+        return {"ours": _num(r["exact"]), "ci_low": _num(r["exact_ci_low"]), "ci_high": _num(r["exact_ci_high"]),
+                "n": int(r["n"]), "note": f"{d}: exact continuation; mean token agreement {float(r['agree']):.3f}"}
 
-    hit = _first(mres, datasets, "horizon/{dataset}/horizon.csv")
-    if hit is None:
-        return None
-    df = read_table(hit[0])
-    row = df[(df["layer"] == layer) & (df["s"] == s)]
-    if row.empty:
-        return {"ours": None, "source": _rel(hit[0], mres), "note": f"layer {layer}, s={s} not in the table"}
-    r = row.iloc[0]
-    return {"ours": _num(r["exact"]), "ci_low": _num(r["exact_ci_low"]), "ci_high": _num(r["exact_ci_high"]),
-            "n": int(r["n"]), "source": _rel(hit[0], mres),
-            "note": f"{hit[1]}: exact continuation; mean token agreement {float(r['agree']):.3f}"}
+    return _read_row(mres, datasets, "horizon/{dataset}/horizon.csv",
+                     lambda df: (df["layer"] == layer) & (df["s"] == s), f"layer {layer}, s={s} not in the table",
+                     entry)
 
 
 READERS: dict[str, Callable[..., dict | None]] = {

@@ -46,6 +46,12 @@ class PatchResult:
         return (self.patched - self.base[:, None, None]) / (self.source - self.base)[:, None, None]
 
     @staticmethod
+    def empty(method: str, metric: str, direction: str, n_layers: int, n_heads: int) -> "PatchResult":
+        """A result without pairs (an empty shard or corruption still writes its part)."""
+        return PatchResult(method, metric, direction, [], [], np.zeros((0, n_layers, n_heads)), np.zeros(0),
+                           np.zeros(0))
+
+    @staticmethod
     def concat(parts: Sequence["PatchResult"]) -> "PatchResult":
         p0 = parts[0]
         return PatchResult(p0.method, p0.metric, p0.direction, [i for p in parts for i in p.pair_ids],
