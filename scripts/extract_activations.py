@@ -7,40 +7,36 @@ answer_pos) as parquet; row i of every tensor is row i of the index.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
+from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--pairs", required=True, help="pairs (results/<model>/pairs/<dataset>.jsonl)")
     ap.add_argument("--settings", required=True, help="JSON with 'model' and 'activations' (what the rule passes)")
     ap.add_argument("--out", required=True, help="tensors (.safetensors)")
     ap.add_argument("--index", required=True, help="index table (.parquet)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_model_args(ap)
     args = ap.parse_args(argv)
 
     from cotmech.activations import extract_pairs
     from cotmech.io import RecordError, read_jsonl, save_tensors, write_table
-    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+    from cotmech.models import ModelSpecError
 
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         batch = int(settings.get("activations", {}).get("batch_size", 16))
         pairs = read_jsonl(args.pairs)
         if not pairs:
             raise RecordError(f"{args.pairs}: no pairs (no example was solved exactly? see the make_pairs log)")
-        set_threads(args.threads)
-        t0 = time.time()
-        model = load_from_settings(settings)
-        print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
+        model = load_from_args(args, settings)
         t1 = time.time()
         acts, index = extract_pairs(model, pairs, batch_size=batch)
-    except (json.JSONDecodeError, RecordError, ModelSpecError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (RecordError, ModelSpecError, ValueError) as e:
+        return fail(e)
     meta = {"spec": model.spec, "dtype": str(model.dtype), "pairs": str(args.pairs)}
     save_tensors(args.out, acts, metadata=meta)
     write_table(args.index, index)

@@ -7,23 +7,22 @@ Also aggregates per-dataset accuracy tables with --aggregate.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
+from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
 from cotmech.io import RecordError, read_jsonl, read_table, write_jsonl, write_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--tasks", help="task records (results/tasks/<dataset>.jsonl)")
     ap.add_argument("--dataset", help="dataset name (column 'dataset' of the accuracy table)")
     ap.add_argument("--settings", default="{}",
                     help="JSON with 'model', 'prompt', 'generation' sections (what the rule passes)")
     ap.add_argument("--out", help="generation records (JSONL)")
     ap.add_argument("--accuracy", help="one-row accuracy table (CSV)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_model_args(ap)
     ap.add_argument("--aggregate", nargs="+", metavar="CSV", help="concatenate these accuracy tables into --accuracy")
     args = ap.parse_args(argv)
     import pandas as pd
@@ -40,27 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.tasks and args.dataset and args.out and args.accuracy):
         ap.error("give --tasks, --dataset, --out and --accuracy (or --aggregate)")
     from cotmech.generation import accuracy_row, generate_records
-    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+    from cotmech.models import ModelSpecError
 
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         records = read_jsonl(args.tasks)
         if not records:
             raise RecordError(f"{args.tasks}: no task records")
         shots = int(settings.get("prompt", {}).get("shots", 6))
         gen = settings.get("generation", {})
         max_new, batch = int(gen.get("max_new_tokens", 64)), int(gen.get("batch_size", 48))
-    except (json.JSONDecodeError, RecordError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    set_threads(args.threads)
-    t0 = time.time()
-    try:
-        model = load_from_settings(settings)
-    except ModelSpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
+        model = load_from_args(args, settings)
+    except (RecordError, ModelSpecError, ValueError, TypeError) as e:
+        return fail(e)
     t1 = time.time()
     out = generate_records(model, records, shots=shots, max_new_tokens=max_new, batch_size=batch, desc=args.dataset)
     write_jsonl(args.out, out)

@@ -10,44 +10,40 @@ Definitions: cotmech.roles.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
+from cotmech.cli import add_activation_args, add_model_args, fail, load_from_args, parser, read_settings
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", required=True, help="results/<model>/pairs/<dataset>.jsonl")
-    ap.add_argument("--activations", required=True, help="results/<model>/activations/<dataset>.safetensors")
-    ap.add_argument("--index", required=True, help="results/<model>/activations/<dataset>.parquet")
+    ap = parser(__doc__)
+    add_activation_args(ap)
     ap.add_argument("--settings", required=True, help="JSON with 'model', 'roles', 'seed'")
     ap.add_argument("--outdir", required=True, help="output folder (results/<model>/roles/<dataset>)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_model_args(ap)
     args = ap.parse_args(argv)
 
     from cotmech.io import RecordError, write_json, write_table
     from cotmech.lens import LensError, make_unembed
-    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+    from cotmech.models import ModelSpecError
     from cotmech.prior_shift import load_activations
     from cotmech.roles import plot_maps, run_roles
 
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         cfg, seed = settings.get("roles", {}), int(settings.get("seed", 0))
         tensors, index = load_activations(args.pairs, args.activations, args.index,
                                           keys=("resid", "attn_out", "z", "attn"))
-        set_threads(args.threads)
-        model = load_from_settings(settings)
+        model = load_from_args(args, settings)
         lens = make_unembed(model)
         t0 = time.time()
         writers, copy, summary = run_roles(model, lens, tensors, index, cfg.get("max_per_subtask"), seed,
                                            float(cfg.get("top_frac", 0.05)), int(cfg.get("n_boot", 200)),
                                            float(cfg.get("ci", 0.95)))
-    except (json.JSONDecodeError, RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
+        return fail(e)
     out = Path(args.outdir)
     write_table(out / "writers.parquet", writers)
     write_table(out / "copy.parquet", copy)

@@ -8,10 +8,10 @@ corrupted rules). --verify N re-runs N examples with real KV-cached patched deco
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
+
+from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
 
 
 def _require_correct(settings: dict) -> bool:
@@ -23,51 +23,41 @@ def _require_correct(settings: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--generations", required=True, help="results/<model>/generations/<dataset>.jsonl")
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'horizon', 'seed' (what the rule passes)")
-    ap.add_argument("--threads", type=int, default=0)
+    add_model_args(ap)
     ap.add_argument("--table", required=True, help="per-example table (.parquet)")
     ap.add_argument("--summary", required=True, help="per layer and s (.csv)")
     ap.add_argument("--examples", required=True, help="corruptions used (.jsonl)")
     args = ap.parse_args(argv)
     from cotmech import horizon
     from cotmech.io import RecordError, read_jsonl, write_jsonl, write_table
-    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+    from cotmech.models import ModelSpecError
 
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         hs = settings.get("horizon", {})
         records = read_jsonl(args.generations)
         sentences = [int(s) for s in hs.get("sentences", [0, 1, 2, 3, 4])]
         if not sentences or min(sentences) < 0:
             raise ValueError(f"horizon.sentences must be non-negative integers, got {sentences}")
-    except (json.JSONDecodeError, RecordError, ValueError, TypeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    set_threads(args.threads)
-    t0 = time.time()
-    try:
-        model = load_from_settings(settings)
-    except ModelSpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
+        model = load_from_args(args, settings)
+    except (RecordError, ModelSpecError, ValueError, TypeError, OSError) as e:
+        return fail(e)
     layers = hs.get("layers")
     if layers is None:
         layers = list(range(0, model.n_layers, int(hs.get("layer_stride", 1))))
     bad = [x for x in layers if not 0 <= int(x) < model.n_layers]
     if bad:
-        print(f"error: horizon.layers {bad} outside 0..{model.n_layers - 1}", file=sys.stderr)
-        return 2
+        return fail(f"horizon.layers {bad} outside 0..{model.n_layers - 1}")
     t1 = time.time()
     try:
         examples = horizon.prepare_examples(model, records, int(hs.get("n_examples", 2)),
                                             int(settings.get("seed", 0)), int(hs.get("max_new_tokens", 64)),
                                             _require_correct(settings))
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     for e in examples:
         if "skipped" in e:
             print(f"skipped {e['id']}: {e['skipped']}")

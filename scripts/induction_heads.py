@@ -8,18 +8,16 @@ Modes:
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
+from pathlib import Path
+
+from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'patching', 'seed'")
-    ap.add_argument("--model")
-    ap.add_argument("--dtype")
-    ap.add_argument("--device")
+    add_model_args(ap, overrides=True)
     ap.add_argument("--corruption", nargs="+", choices=["class", "subject", "property"],
                     default=["class", "subject", "property"], help="run mode: corruption types")
     ap.add_argument("--raw-dir", help="run mode: folder for <corruption>.safetensors (per-pair values) and "
@@ -27,18 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", nargs="+", help="merge mode: raw files of the corruptions")
     ap.add_argument("--out", help="merge mode: scores table")
     ap.add_argument("--figure", help="merge mode: heat-map stem")
-    ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
 
     from cotmech.io import RecordError, write_jsonl, write_table
-    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+    from cotmech.models import ModelSpecError
     from cotmech.patching import induction as ind
-    from cotmech.patching.exact import exact_sweep
+    from cotmech.patching.exact import PatchResult, exact_sweep
     from cotmech.patching.run import options, sub_seed
     from cotmech.patching.scores import heatmap_figure, load_raw, save_raw, score_table, to_matrix
 
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         opts = options(settings)
         io_ = opts["induction"]
         seed = int(settings.get("seed", 0))
@@ -65,16 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.raw_dir:
             ap.error("run mode needs --raw-dir")
-        from pathlib import Path
-
-        model_cfg = dict(settings.get("model") or {"spec": None})
-        for key in ("model", "dtype", "device"):
-            if getattr(args, key):
-                model_cfg["spec" if key == "model" else key] = getattr(args, key)
-        set_threads(args.threads)
-        t0 = time.time()
-        model = load_from_settings({"model": model_cfg}, where="--settings/--model")
-        print(f"loaded {model.spec} in {time.time() - t0:.1f} s", flush=True)
+        model = load_from_args(args, settings)
         kept = ind.build_pairs(model, io_["n"], shots=io_["shots"], seed=sub_seed(seed, "induction"),
                                require_correct=io_["require_correct"], max_candidates=io_["max_candidates"])
         for kind in args.corruption:
@@ -88,16 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                 res = exact_sweep(model, pairs, metric=opts["metric"], direction=opts["direction"],
                                   head_batch=opts["head_batch"])
             else:
-                import numpy as np
-
-                from cotmech.patching.exact import PatchResult
-                res = PatchResult("exact", opts["metric"], opts["direction"], [], [],
-                                  np.zeros((0, model.n_layers, model.n_heads)), np.zeros(0), np.zeros(0))
+                res = PatchResult.empty("exact", opts["metric"], opts["direction"], model.n_layers, model.n_heads)
             res.info["corruption"] = kind
             save_raw(Path(args.raw_dir) / f"{kind}.safetensors", res)
-    except (json.JSONDecodeError, RecordError, ModelSpecError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (RecordError, ModelSpecError, ValueError) as e:
+        return fail(e)
     return 0
 
 

@@ -10,37 +10,30 @@ operating point). Example (standalone):
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
 from cotmech import circuits
+from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
 from cotmech.io import RecordError, read_jsonl, write_table
-from cotmech.models import ModelSpecError, load_from_settings, set_threads
+from cotmech.models import ModelSpecError
 
 DEFAULTS = dict(subtasks=None, steps=9, threshold=0.9, rank_fraction=0.5, n_examples=None, n_reference=None,
                 batch_size=8)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--clean", required=True, help="clean pairs JSONL (pairs contract)")
     ap.add_argument("--reference", required=True, help="mean-ablation reference pairs JSONL (false ontology)")
     ap.add_argument("--ranking", action="append", default=[], metavar="NAME=SOURCE",
                     help="'builtin' (direct mean-ablation effect) or a head-score table path, '{subtask}' allowed")
     ap.add_argument("--skipped", action="append", default=[], metavar="NAME", help="rankings skipped upstream (logged)")
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'circuits', 'seed' (what the rule passes)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_model_args(ap)
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     t0 = time.time()
-    try:
-        s = json.loads(args.settings)
-    except json.JSONDecodeError as e:
-        print(f"error: --settings: not valid JSON: {e}", file=sys.stderr)
-        return 2
-    cfg = {**DEFAULTS, **{k: v for k, v in s.get("circuits", {}).items() if k in DEFAULTS}}
     rankings = {}
     for r in args.ranking:
         name, sep, source = r.partition("=")
@@ -51,16 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give at least one --ranking")
     for name in args.skipped:
         print(f"note: ranking {name!r} skipped: its upstream rule is not in the workflow")
-    set_threads(args.threads)
     try:
+        s = read_settings(args.settings)
+        cfg = {**DEFAULTS, **{k: v for k, v in s.get("circuits", {}).items() if k in DEFAULTS}}
         clean, ref = read_jsonl(args.clean), read_jsonl(args.reference)
-        model = load_from_settings(s)
-        print(f"model {model.spec}: {model.n_layers}×{model.n_heads} heads, {model.dtype}, {model.device}; "
+        model = load_from_args(args, s)
+        print(f"model {model.spec}: {model.n_layers}×{model.n_heads} heads; "
               f"{len(clean)} clean / {len(ref)} reference pairs; rankings {rankings}")
         out = circuits.run_knockout(model, clean, ref, rankings, seed=int(s.get("seed", 0)), **cfg)
     except (RecordError, ModelSpecError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     write_table(f"{args.out_dir}/curves.parquet", out["curves"])
     write_table(f"{args.out_dir}/operating_points.csv", out["operating_points"])
     write_table(f"{args.out_dir}/heads.parquet", out["heads"])

@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cotmech.cli import fail, parser
+
 
 def _flow(args: argparse.Namespace) -> None:
     from cotmech import figures
@@ -67,7 +69,7 @@ def _horizon(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("flow", help="F-task, F-depth, F-source, F-rift, F-attn, F-flow")
     f.add_argument("--flowdir", required=True)
@@ -83,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         {"flow": _flow, "horizon": _horizon}[args.cmd](args)
     except (ValueError, KeyError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 

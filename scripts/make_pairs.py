@@ -6,14 +6,14 @@ count) as CSV. Only the model's tokenizer is loaded.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
+from cotmech.cli import fail, parser, read_settings
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--generations", required=True, help="generation records (results/<model>/generations/<d>.jsonl)")
     ap.add_argument("--dataset", required=True, help="dataset name (part of every pair's seed)")
     ap.add_argument("--settings", required=True, help="JSON with 'model', 'pairs' and 'seed' (what the rule passes)")
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         cfg = settings.get("pairs", {})
         records = read_jsonl(args.generations)
         chosen = select_examples(records, bool(cfg.get("require_correct", True)), cfg.get("max_examples"),
@@ -38,9 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                                       include_label=bool(cfg.get("include_label", False)))
         for p in pairs:
             check_pair(p)
-    except (json.JSONDecodeError, RecordError, ModelSpecError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (RecordError, ModelSpecError, ValueError) as e:
+        return fail(e)
     write_jsonl(args.out, pairs)
     write_table(args.rejected, pd.DataFrame(rejected, columns=["subtask", "reason", "count"]))
     print(f"{args.dataset}: {len(records)} generations, {len(chosen)} used "

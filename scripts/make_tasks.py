@@ -9,18 +9,17 @@ Two modes:
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
+from cotmech.cli import fail, parser, read_settings
 from cotmech.io import RecordError, write_jsonl
 from cotmech.prontoqa.datasets import build_dataset, verify_all
 from cotmech.prontoqa.importers import import_file
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--dataset", help="dataset name (a key of config 'datasets')")
     ap.add_argument("--settings", help="JSON with 'datasets.<NAME>' and 'seed' (what the rule passes)")
     ap.add_argument("--import", dest="import_file", metavar="FILE", help="foreign file to import and verify")
@@ -40,10 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not (args.dataset and args.settings):
                 ap.error("give --dataset and --settings, or --import FILE")
-            try:
-                settings = json.loads(args.settings)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"--settings: not valid JSON: {e}") from e
+            settings = read_settings(args.settings)
             key = f"datasets.{args.dataset}"
             if key not in settings:
                 raise RecordError(f"--settings: missing key {key!r}")
@@ -51,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             labels = sum(r["label"] for r in kept)
             print(f"{args.dataset}: {len(kept)} verified records (True {labels} / False {len(kept) - labels})")
     except RecordError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     write_jsonl(args.out, kept)
     print(f"wrote {args.out} in {time.time() - t0:.2f} s")
     return 0

@@ -8,28 +8,28 @@ per subtask family (decision, copy, induction) and overlap.png/.pdf.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 from cotmech import circuits
-from cotmech.io import read_table, write_table
+from cotmech.cli import fail, parser, read_settings
+from cotmech.io import RecordError, read_table, write_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--dir", required=True, help="folder with knockout.py's outputs; outputs go here too")
     ap.add_argument("--n-heads-total", type=int, help="heads of the model (default: read from heads.parquet)")
     ap.add_argument("--settings", default="{}", help="JSON with 'circuits.reuse_groups' (what the rule passes)")
     args = ap.parse_args(argv)
-    s = json.loads(args.settings)
-    groups = s.get("circuits.reuse_groups", [[1, 3], [2, 4, 8], [5, 9]])
+    try:
+        groups = read_settings(args.settings).get("circuits.reuse_groups", [[1, 3], [2, 4, 8], [5, 9]])
+    except RecordError as e:
+        return fail(e)
     curves = read_table(f"{args.dir}/curves.parquet")
     ops = read_table(f"{args.dir}/operating_points.csv")
     heads = read_table(f"{args.dir}/heads.parquet")
     if curves.empty:
-        print(f"error: {args.dir}/curves.parquet is empty (no subtask had pairs)", file=sys.stderr)
-        return 2
+        return fail(f"{args.dir}/curves.parquet is empty (no subtask had pairs)")
     n_total = args.n_heads_total or int(heads.groupby(["subtask", "ranking", "scope"]).size().max())
     sets = circuits.circuit_sets(heads)
     ov = circuits.overlap_table(sets, n_total)

@@ -7,14 +7,15 @@ result file is absent say "not run". The HTML page also links every PNG figure f
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
+from cotmech.cli import fail, parser
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--mres", required=True, help="results/<model> folder")
     ap.add_argument("--datasets", nargs="+", required=True, help="dataset names, in preference order")
     ap.add_argument("--model-name", required=True)
@@ -28,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = report.paper_vs_run(args.mres, args.datasets, args.model_name)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     html_dir = Path(args.html).parent
     figs = sorted(os.path.relpath(p, html_dir) for p in Path(args.mres).rglob("*.png"))
     write_table(args.csv, table)

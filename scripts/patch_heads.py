@@ -13,18 +13,16 @@ Standalone example:
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
+from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'patching', 'seed' (what the rule passes)")
-    ap.add_argument("--model", help="model spec (overrides settings model.spec)")
-    ap.add_argument("--dtype", help="model dtype (overrides settings)")
-    ap.add_argument("--device", help="model device (overrides settings)")
+    add_model_args(ap, overrides=True)
     ap.add_argument("--pairs", help="pairs JSONL in the make_pairs format")
     ap.add_argument("--method", choices=["naive", "exact", "atp"], help="default: settings patching.method")
     ap.add_argument("--subtask", type=int, help="only pairs of this subtask (also the table's subtask)")
@@ -36,17 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", nargs="+", help="merge raw shards instead of running a model")
     ap.add_argument("--exact", nargs="+", help="compare mode: exact head tables")
     ap.add_argument("--atp", nargs="+", help="compare mode: AtP head tables")
-    ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
 
     from cotmech.io import RecordError, read_table, write_table
-    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+    from cotmech.models import ModelSpecError
     from cotmech.patching.data import load_pairs
+    from cotmech.patching.exact import PatchResult
     from cotmech.patching.run import options, sweep, write_scores
     from cotmech.patching.scores import load_raw, save_raw, spearman_table
 
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         opts = options(settings)
         seed = int(settings.get("seed", 0))
         if args.exact or args.atp:
@@ -77,40 +75,26 @@ def main(argv: list[str] | None = None) -> int:
         pairs = load_pairs(args.pairs, subtask=args.subtask, limit=opts["n_pairs"], shard=(i, n))
         if not pairs and not args.raw:
             raise RecordError(f"{args.pairs}: no pairs for subtask {args.subtask}")
-        model_cfg = dict(settings.get("model") or {"spec": None})
-        for key in ("model", "dtype", "device"):
-            if getattr(args, key):
-                model_cfg["spec" if key == "model" else key] = getattr(args, key)
-        set_threads(args.threads)
-        t0 = time.time()
-        model = load_from_settings({"model": model_cfg}, where="--settings/--model")
-        print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
+        model = load_from_args(args, settings)
         t1 = time.time()
-        if pairs:
-            res = sweep(model, pairs, method, opts)
-        else:  # an empty shard still writes its (empty) part
-            import numpy as np
-
-            from cotmech.patching.exact import PatchResult
-            L, H = model.n_layers, model.n_heads
-            res = PatchResult(method, opts["metric"], opts["direction"], [], [], np.zeros((0, L, H)),
-                              np.zeros(0), np.zeros(0))
+        # an empty shard still writes its (empty) part
+        res = sweep(model, pairs, method, opts) if pairs else PatchResult.empty(
+            method, opts["metric"], opts["direction"], model.n_layers, model.n_heads)
         print(f"{method}: {len(pairs)} pairs x {model.n_layers * model.n_heads} heads in {time.time() - t1:.1f} s",
               flush=True)
         if args.raw:
             save_raw(args.raw, res)
         if args.atp_raw:
             t2 = time.time()
-            atp = sweep(model, pairs, "atp", opts) if pairs else type(res)("atp", res.metric, res.direction, [], [],
-                                                                               res.patched, res.base, res.source)
+            atp = sweep(model, pairs, "atp", opts) if pairs else PatchResult.empty(
+                "atp", opts["metric"], opts["direction"], model.n_layers, model.n_heads)
             save_raw(args.atp_raw, atp)
             print(f"atp: {len(pairs)} pairs in {time.time() - t2:.1f} s", flush=True)
         if args.out:
             write_scores(res, args.subtask if args.subtask is not None else -1, args.out, args.figure,
                          opts["n_boot"], seed)
-    except (json.JSONDecodeError, RecordError, ModelSpecError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (RecordError, ModelSpecError, ValueError) as e:
+        return fail(e)
     return 0
 
 

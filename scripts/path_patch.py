@@ -7,48 +7,37 @@ into the receivers' queries, keys, values (and all three). Writes one long table
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
+
+from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'patching', 'seed'")
-    ap.add_argument("--model", help="model spec (overrides settings)")
-    ap.add_argument("--dtype")
-    ap.add_argument("--device")
+    add_model_args(ap, overrides=True)
     ap.add_argument("--pairs", required=True, help="pairs JSONL (make_pairs format)")
     ap.add_argument("--tables", nargs="+", required=True,
                     help="activation-patching head tables, one per subtask (their 'subtask' column is used)")
     ap.add_argument("--out", required=True, help="path-patching table (.parquet / .csv)")
     ap.add_argument("--figure", help="figure stem (PNG + PDF)")
-    ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
 
     import pandas as pd
 
     from cotmech.io import RecordError, read_table, write_table
-    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+    from cotmech.models import ModelSpecError
     from cotmech.patching.data import load_pairs
     from cotmech.patching.path import path_figure, path_patch, path_table, pick_heads
     from cotmech.patching.run import options, sub_seed
 
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         opts = options(settings)
         po = opts["path"]
         seed = int(settings.get("seed", 0))
         tables = {int(t["subtask"].iloc[0]): t for t in map(read_table, args.tables)}
-        model_cfg = dict(settings.get("model") or {"spec": None})
-        for key in ("model", "dtype", "device"):
-            if getattr(args, key):
-                model_cfg["spec" if key == "model" else key] = getattr(args, key)
-        set_threads(args.threads)
-        t0 = time.time()
-        model = load_from_settings({"model": model_cfg}, where="--settings/--model")
-        print(f"loaded {model.spec} in {time.time() - t0:.1f} s", flush=True)
+        model = load_from_args(args, settings)
         parts = []
         for k in sorted(tables):
             pairs = load_pairs(args.pairs, subtask=k, limit=po["n_pairs"])
@@ -68,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.figure:
             path_figure(df, args.figure, "path patching")
         print(df.to_string(index=False))
-    except (json.JSONDecodeError, RecordError, ModelSpecError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (RecordError, ModelSpecError, ValueError) as e:
+        return fail(e)
     return 0
 
 

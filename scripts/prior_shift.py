@@ -16,7 +16,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
+
+from cotmech.cli import add_activation_args, add_model_args, fail, load_from_args, parser, read_settings
 
 
 def _dataset(args: argparse.Namespace, settings: dict) -> None:
@@ -24,7 +25,6 @@ def _dataset(args: argparse.Namespace, settings: dict) -> None:
 
     from cotmech.lens import load_tuned_lens, make_unembed
     from cotmech.io import write_table
-    from cotmech.models import load_from_settings, set_threads
     from cotmech.prior_shift import layer_table, load_activations, plot_curves, run_lenses, select_rows
 
     cfg = settings.get("prior_shift", {})
@@ -33,16 +33,13 @@ def _dataset(args: argparse.Namespace, settings: dict) -> None:
     rows = select_rows(index, cfg.get("max_per_subtask"), seed)
     index = index.iloc[rows].reset_index(drop=True)
     resid = tensors["resid"][torch.as_tensor(rows)]
-    set_threads(args.threads)
-    t0 = time.time()
-    model = load_from_settings(settings)
+    model = load_from_args(args, settings)
     lens = make_unembed(model)
     tuned = load_tuned_lens(args.tuned_lens) if args.tuned_lens else None
     if tuned is not None and (tuned.n_layers, tuned.d_model) != (model.n_layers, model.d_model):
         raise ValueError(f"{args.tuned_lens}: tuned lens is for {tuned.n_layers} layers × d {tuned.d_model}, "
                          f"model has {model.n_layers} × {model.d_model}")
-    print(f"model {model.spec} ({model.dtype}) loaded in {time.time() - t0:.1f} s; lens fast path: {lens.fast}; "
-          f"{len(index)} of {len(rows)} rows", flush=True)
+    print(f"lens fast path: {lens.fast}; {len(index)} of {len(rows)} rows", flush=True)
     t1 = time.time()
     frame, facts = run_lenses(model, lens, resid, index, tuned, top_k=int(cfg.get("top_k", 10)),
                               prior_batch_size=int(cfg.get("prior_batch_size", 16)))
@@ -92,18 +89,16 @@ def _rift(args: argparse.Namespace, settings: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dataset", help="lens curves of one dataset")
-    d.add_argument("--pairs", required=True, help="results/<model>/pairs/<dataset>.jsonl")
-    d.add_argument("--activations", required=True, help="results/<model>/activations/<dataset>.safetensors")
-    d.add_argument("--index", required=True, help="results/<model>/activations/<dataset>.parquet")
+    add_activation_args(d)
     d.add_argument("--tuned-lens", default=None, help="translators from train_tuned_lens.py (optional)")
     d.add_argument("--dataset", required=True, help="dataset name (a column of the tables)")
     d.add_argument("--table", required=True, help="per-layer table (.parquet)")
     d.add_argument("--rows", required=True, help="per-(pair, layer) table (.parquet)")
     d.add_argument("--figure", required=True, help="figure stem (PNG + PDF)")
-    d.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_model_args(d)
     r = sub.add_parser("rift", help="rift layer and context-abidance splits over datasets")
     r.add_argument("--rows", nargs="+", required=True, help="per-(pair, layer) tables of the datasets")
     r.add_argument("--out", required=True, help="rift.json")
@@ -117,11 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.models import ModelSpecError
 
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         (_dataset if args.cmd == "dataset" else _rift)(args, settings)
-    except (json.JSONDecodeError, RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
+        return fail(e)
     return 0
 
 

@@ -10,15 +10,14 @@ samples.parquet (the balanced pairs with split and labels) and accuracy.png/.pdf
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
 import pandas as pd
 from cotmech import probing
-from cotmech.io import write_table
-from cotmech.models import ModelSpecError, load_from_settings, set_threads
+from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.io import RecordError, write_table
+from cotmech.models import ModelSpecError
 from cotmech.prontoqa import generate
 from cotmech.prontoqa.prompts import build_prompt
 
@@ -28,33 +27,26 @@ DEFAULTS = dict(n_questions=60, hops=2, ontology="fictional", shots=[0, 2, 4], t
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'probing', 'seed' (what the rule passes)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_model_args(ap)
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     t0 = time.time()
     try:
-        s = json.loads(args.settings)
-    except json.JSONDecodeError as e:
-        print(f"error: --settings: not valid JSON: {e}", file=sys.stderr)
-        return 2
-    unknown = set(s.get("probing", {})) - set(DEFAULTS)
-    if unknown:
-        print(f"error: --settings: unknown probing keys {sorted(unknown)}", file=sys.stderr)
-        return 2
-    cfg = {**DEFAULTS, **s.get("probing", {})}
-    seed = int(s.get("seed", 0))
-    set_threads(args.threads)
-    try:
+        s = read_settings(args.settings)
+        unknown = set(s.get("probing", {})) - set(DEFAULTS)
+        if unknown:
+            raise RecordError(f"--settings: unknown probing keys {sorted(unknown)}")
+        cfg = {**DEFAULTS, **s.get("probing", {})}
+        seed = int(s.get("seed", 0))
         records = generate(cfg["ontology"], int(cfg["hops"]), int(cfg["n_questions"]), style="original",
                            distractors="relevant", ordering="random", seed=seed, id_prefix="probe-")
         splits = probing.split_questions([r["id"] for r in records], cfg["test_fraction"], cfg["val_fraction"], seed)
         samples = probing.sample_table(records, splits, seed)
-        model = load_from_settings(s)
-    except (ModelSpecError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        model = load_from_args(args, s)
+    except (RecordError, ModelSpecError, ValueError) as e:
+        return fail(e)
     print(f"{len(records)} questions ({', '.join(f'{k} {len(v)}' for k, v in splits.items())}); "
           f"balanced pairs per split: {samples.groupby('split').size().to_dict()}; "
           f"relations: {samples.relation.value_counts().to_dict()}")

@@ -8,29 +8,29 @@ head_context.parquet, attention.parquet, summary.json (see cotmech.flow).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
+from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--pairs", required=True, help="results/<model>/pairs/<dataset>.jsonl")
     ap.add_argument("--generations", help="results/<model>/generations/<dataset>.jsonl (prompt parts); optional")
     ap.add_argument("--ranking", help="head-score table (layer, head, score[, subtask]); default: all heads")
     ap.add_argument("--settings", default="{}", help="JSON with 'model' and 'flow' sections (what the rule passes)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_model_args(ap)
     ap.add_argument("--outdir", required=True, help="output folder")
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
     from cotmech import flow
     from cotmech.io import RecordError, read_jsonl, read_table
-    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+    from cotmech.models import ModelSpecError
 
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         fs = settings.get("flow", {})
         cfg = flow.FlowConfig(**{k: fs[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob",
                                                        "prefilter")
@@ -39,17 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen = flow.select_examples(pairs, int(fs.get("n_examples", 1)), fs.get("subtasks"))
         gens = {r["id"]: r for r in read_jsonl(args.generations)} if args.generations else {}
         ranking = read_table(args.ranking) if args.ranking else None
-    except (json.JSONDecodeError, RecordError, ValueError, TypeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    set_threads(args.threads)
-    t0 = time.time()
-    try:
-        model = load_from_settings(settings)
-    except ModelSpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
+        model = load_from_args(args, settings)
+    except (RecordError, ModelSpecError, ValueError, TypeError, OSError) as e:
+        return fail(e)
     important = None
     if ranking is not None:
         top_k = int(fs.get("top_k") or model.n_total_heads)
@@ -65,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             traces += flow.trace_example(model, ex_pairs, cfg, gens.get(ex_id), important)
         except ValueError as e:
-            print(f"error: example {ex_id}: {e}", file=sys.stderr)
-            return 2
+            return fail(f"example {ex_id}: {e}")
     meta = {"model": model.spec, "pairs": args.pairs, "ranking": args.ranking, "config": flow.config_dict(cfg),
             "top_k": fs.get("top_k") if ranking is not None else None, "seconds": round(time.time() - t1, 1)}
     summary = flow.write_outputs(traces, args.outdir, model.tokenizer, {p["pair_id"]: p for p in pairs}, meta)

@@ -11,20 +11,21 @@ on both. With little data (CPU budget) the translators are biased towards these 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
+from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--activations", nargs="+", required=True, help="activation tensors (.safetensors)")
     ap.add_argument("--index", nargs="+", required=True, help="their index tables (.parquet), same order")
     ap.add_argument("--settings", required=True, help="JSON with 'model', 'tuned_lens', 'seed'")
     ap.add_argument("--out", required=True, help="translators (.safetensors)")
     ap.add_argument("--report", required=True, help="training report (.json)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_model_args(ap)
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -32,10 +33,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from cotmech.io import RecordError, load_tensors, read_table, write_json
     from cotmech.lens import LensError, make_unembed, save_tuned_lens, train_tuned_lens
-    from cotmech.models import ModelSpecError, load_from_settings, set_threads
+    from cotmech.models import ModelSpecError
 
     try:
-        settings = json.loads(args.settings)
+        settings = read_settings(args.settings)
         cfg, seed = settings.get("tuned_lens", {}), int(settings.get("seed", 0))
         if len(args.activations) != len(args.index):
             raise ValueError("--activations and --index need the same number of files")
@@ -52,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         n_val = int(round(float(cfg.get("val_frac", 0.25)) * len(uniq))) if len(uniq) > 1 else 0
         val_ex = set(rng.choice(uniq, n_val, replace=False).tolist()) if n_val else set()
         is_val = torch.tensor([g in val_ex for g in groups])
-        set_threads(args.threads)
-        model = load_from_settings(settings)
+        model = load_from_args(args, settings)
         lens = make_unembed(model)
         if not lens.fast:
             raise LensError(f"{model.spec}: the final norm is not RMSNorm/LayerNorm-shaped; tuned lens not supported")
@@ -63,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                                     steps=int(cfg.get("steps", 150)), batch=int(cfg.get("batch", 8)),
                                     lr=float(cfg.get("lr", 1e-3)), seed=seed,
                                     time_limit_s=cfg.get("time_limit_s"), eval_rows=cfg.get("eval_rows"))
-    except (json.JSONDecodeError, RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
+        return fail(e)
     save_tuned_lens(args.out, tl, extra={"spec": model.spec, "seed": str(seed)})
     report = {"n_train": int((~is_val).sum()), "n_val": int(is_val.sum()), "n_examples": int(len(uniq)),
               "n_val_examples": len(val_ex), "rank": "full" if rank is None else rank, "settings": cfg,

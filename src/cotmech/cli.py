@@ -1,0 +1,65 @@
+"""Shared pieces of the scripts' argparse front ends (scripts/<rule>.py).
+
+Importing this module is cheap (no torch), so ``--help`` stays fast; the model is imported only when loaded.
+Nothing here changes what a rule computes: the settings JSON and the model it names come from the rule, and the
+``--model/--dtype/--device`` overrides are for standalone use (rules never pass them).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+OVERRIDES = {"model": "spec", "dtype": "dtype", "device": "device"}  # flag -> key of the settings' ``model``
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser whose description is the script's docstring, line breaks kept."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def read_settings(text: str, where: str = "--settings") -> dict[str, Any]:
+    """The settings JSON object a rule passes; :class:`cotmech.io.RecordError` naming ``where`` if it is not one."""
+    from .io import json_object
+
+    return json_object(text, where)
+
+
+def fail(problem: object) -> int:
+    """Report a bad input (an exception or a message) on stderr as ``error: ...``; the exit status for it (2)."""
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
+
+
+def add_model_args(ap: argparse.ArgumentParser, overrides: bool = False) -> None:
+    """``--threads`` and, with ``overrides``, ``--model/--dtype/--device`` (override the settings' ``model``)."""
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    if overrides:
+        for flag, key in OVERRIDES.items():
+            ap.add_argument(f"--{flag}", help=f"model {key} (overrides settings model.{key})")
+
+
+def add_activation_args(ap: argparse.ArgumentParser) -> None:
+    """The inputs of a script that reads one dataset's activations: ``--pairs``, ``--activations``, ``--index``."""
+    ap.add_argument("--pairs", required=True, help="results/<model>/pairs/<dataset>.jsonl")
+    ap.add_argument("--activations", required=True, help="results/<model>/activations/<dataset>.safetensors")
+    ap.add_argument("--index", required=True, help="results/<model>/activations/<dataset>.parquet")
+
+
+def load_from_args(args: argparse.Namespace, settings: dict[str, Any]) -> Any:
+    """The settings' model (:func:`cotmech.models.load_from_settings`) with the :func:`add_model_args` overrides,
+    on ``args.threads`` CPU threads; prints what was loaded and how long it took."""
+    from .models import load_from_settings, set_threads
+
+    model_cfg, where = settings.get("model"), "--settings"
+    if any(hasattr(args, flag) for flag in OVERRIDES):
+        where = "--settings/--model"
+        given = {key: getattr(args, flag) for flag, key in OVERRIDES.items() if getattr(args, flag, None)}
+        if given:
+            model_cfg = {**(model_cfg if isinstance(model_cfg, dict) else {}), **given}
+    set_threads(getattr(args, "threads", 0))
+    t0 = time.time()
+    model = load_from_settings({"model": model_cfg}, where)
+    print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
+    return model
