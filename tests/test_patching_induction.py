@@ -74,3 +74,50 @@ def test_merge_is_mean_of_normalised_scores():
     np.testing.assert_allclose(df["score"].to_numpy(), want)
     assert (df["subtask"] == -1).all() and {"ci_low", "ci_high", "score_class"} <= set(df.columns)
     assert (df["ci_low"] <= df["ci_high"]).all()
+
+
+def test_two_stage_screen_keeps_what_screening_everything_in_order_keeps(monkeypatch):
+    """build_pairs screens clean inputs first and corrupt inputs only where needed; with a deterministic oracle
+    for the model's top-1 token it must keep exactly the pairs that a plain in-order screen of every candidate
+    and every corruption keeps."""
+    import hashlib
+
+    import torch
+
+    from cotmech.models import load_model
+
+    m = load_model("random:tiny-llama?num_hidden_layers=1", dtype="float32", device="cpu")
+    n, shots, seed, max_cand = 3, 1, 11, 40
+    rng = np.random.default_rng(seed)
+    cands = [c for c in (ind.build_example(m.tokenizer, rng, shots, i) for i in range(max_cand)) if c is not None]
+    answer = {}
+    for c in cands:
+        for k in ind.CORRUPTIONS:
+            answer[tuple(c[k].clean_ids)] = c[k].answer_id
+            answer[tuple(c[k].corrupt_ids)] = c[k].answer_id
+
+    def right(ids) -> bool:  # the oracle: "correct" on about 60% of inputs, fixed per input
+        return hashlib.sha256(str(ids).encode()).digest()[0] < 154
+
+    calls = []
+
+    def fake_last_logits(model, batch):
+        calls.append(batch.input_ids.shape[0])
+        out = torch.zeros(batch.input_ids.shape[0], m.hf.config.vocab_size)
+        for i, ln in enumerate(batch.lengths):
+            ids = tuple(batch.input_ids[i, -ln:].tolist())
+            want = answer[ids]
+            out[i, want if right(ids) else (want + 1) % out.shape[1]] = 1.0
+        return out
+
+    monkeypatch.setattr(ind, "last_logits", fake_last_logits)
+    got = ind.build_pairs(m, n, shots=shots, seed=seed, require_correct=True, max_candidates=max_cand)
+    ref = {k: [] for k in ind.CORRUPTIONS}
+    for c in cands:
+        for k in ind.CORRUPTIONS:
+            if len(ref[k]) < n and right(tuple(c[k].clean_ids)) and not right(tuple(c[k].corrupt_ids)):
+                ref[k].append(c[k])
+    assert any(ref.values())
+    for k in ind.CORRUPTIONS:
+        assert [p.pair_id for p in got[k]] == [p.pair_id for p in ref[k]], k
+    assert sum(calls) < len(cands) * 4  # fewer forwards than screening every row

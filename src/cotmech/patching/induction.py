@@ -100,14 +100,26 @@ def build_example(tokenizer, rng: np.random.Generator, shots: int, index: int, t
 
 def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: bool = True,
                 max_candidates: int | None = None, batch_size: int = 16) -> dict[str, list[Pair]]:
-    """The first ``n`` usable pairs per corruption (see module docstring), drawn from one seeded RNG."""
+    """The first ``n`` usable pairs per corruption (see module docstring), drawn from one seeded RNG.
+
+    Screening is two-stage and sized to what is missing: the clean inputs of a few candidates first
+    (``2 × missing``, at most ``batch_size``), then the corrupt inputs only of candidates the model
+    answers correctly, for corruptions still short of ``n``. The kept pairs are the same as screening
+    every candidate with every corruption in order; only wasted forwards are skipped.
+    """
     rng = np.random.default_rng(seed)
     kept: dict[str, list[Pair]] = {k: [] for k in CORRUPTIONS}
     max_candidates = max_candidates or 20 * n
     index = 0
+    pad = model.tokenizer.pad_token_id
+
+    def top1(seqs: list[list[int]]) -> list[int]:
+        return last_logits(model, left_pad(seqs, pad)).argmax(-1).tolist() if seqs else []
+
     while min(len(v) for v in kept.values()) < n and index < max_candidates:
+        missing = max(n - len(v) for v in kept.values())
         cands = []
-        while len(cands) < batch_size and index < max_candidates:
+        while len(cands) < min(batch_size, 2 * missing) and index < max_candidates:
             ex = build_example(model.tokenizer, rng, shots, index)
             index += 1
             if ex is not None:
@@ -115,19 +127,16 @@ def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: b
         if not cands:
             break
         if require_correct:
-            # rows: every clean input, then every (candidate, corruption) corrupt input
-            seqs = [c[CORRUPTIONS[0]].clean_ids for c in cands] + [c[k].corrupt_ids for c in cands
-                                                                    for k in CORRUPTIONS]
-            top = last_logits(model, left_pad(seqs, model.tokenizer.pad_token_id)).argmax(-1).tolist()
-            clean_top, corrupt_top = top[:len(cands)], top[len(cands):]
+            clean_top = top1([c[CORRUPTIONS[0]].clean_ids for c in cands])
+            rows = [(j, k) for j, c in enumerate(cands) for k in CORRUPTIONS
+                    if len(kept[k]) < n and clean_top[j] == c[k].answer_id]
+            corrupt_top = dict(zip(rows, top1([cands[j][k].corrupt_ids for j, k in rows])))
         for j, c in enumerate(cands):
-            for m, k in enumerate(CORRUPTIONS):
+            for k in CORRUPTIONS:
                 if len(kept[k]) >= n:
                     continue
-                if require_correct:
-                    ok = clean_top[j] == c[k].answer_id and corrupt_top[j * len(CORRUPTIONS) + m] != c[k].answer_id
-                    if not ok:
-                        continue
+                if require_correct and corrupt_top.get((j, k), c[k].answer_id) == c[k].answer_id:
+                    continue  # clean wrong (not screened) or corruption does not change the answer
                 kept[k].append(c[k])
     return kept
 
