@@ -19,8 +19,10 @@ rule extract_activations:
         **model_resources(),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --pairs {input.pairs} --settings {params.settings:q} --threads {threads}"
+        "python {input.script} --pairs {input.pairs} --settings {params.settings:q} --threads {threads}"
         " --out {output.tensors} --index {output.index} > {log} 2>&1"
 
 

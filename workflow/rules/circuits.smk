@@ -7,28 +7,7 @@ _CIRC = config["circuits"]
 _CDIR = f"{MRES}/circuits"
 
 
-def _producible(path):
-    return os.path.exists(path) or any(r.is_producer(path) for r in workflow.rules)
-
-
-def _circuit_rankings():
-    """(name -> source for knockout.py, input files, skipped names); '{subtask}' stays a placeholder."""
-    sources, files, skipped = {}, [], []
-    for name, pattern in _CIRC["rankings"].items():
-        if pattern == "builtin":
-            sources[name] = "builtin"
-            continue
-        path = pattern.format(results=RESULTS, model=MODEL, mres=MRES, dataset=_CIRC["dataset"], subtask="{subtask}")
-        need = [path.format(subtask=k) for k in _CIRC["subtasks"]] if "{subtask}" in path else [path]
-        if all(_producible(p) for p in need):
-            sources[name] = path
-            files.extend(need)
-        else:
-            skipped.append(name)
-    return sources, files, skipped
-
-
-_CSRC, _CFILES, _CSKIP = _circuit_rankings()
+_CSRC, _CFILES, _CSKIP = circuit_rankings(_CIRC)
 
 
 rule knockout:
@@ -47,14 +26,17 @@ rule knockout:
         settings=lambda w: settings("model", "circuits", "seed"),
         rankings=lambda w: " ".join(f"--ranking {shlex.quote(f'{n}={s}')}" for n, s in _CSRC.items()),
         skipped=lambda w: " ".join(f"--skipped {shlex.quote(n)}" for n in _CSKIP),
+        outdir=lambda w, output: os.path.dirname(output.curves),
     log:
         logpath("knockout"),
     threads: 2
     resources:
         **model_resources(weight=2.0),
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --clean {input.clean} --reference {input.reference} {params.rankings} {params.skipped}"
-        " --settings {params.settings:q} --threads {threads} --out-dir {_CDIR} > {log} 2>&1"
+        "python {input.script} --clean {input.clean} --reference {input.reference} {params.rankings} {params.skipped}"
+        " --settings {params.settings:q} --threads {threads} --out-dir {params.outdir} > {log} 2>&1"
 
 
 rule overlap:
@@ -70,10 +52,13 @@ rule overlap:
         code=src("circuits", "plotting"),
     params:
         settings=lambda w: settings("circuits.reuse_groups"),
+        outdir=lambda w, output: os.path.dirname(output.overlap),
     log:
         logpath("overlap"),
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --dir {_CDIR} --settings {params.settings:q} > {log} 2>&1"
+        "python {input.script} --dir {params.outdir} --settings {params.settings:q} > {log} 2>&1"
 
 
 register_targets(rules.knockout.output, rules.overlap.output)

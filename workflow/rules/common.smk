@@ -46,19 +46,19 @@ def all_targets():
     return list(dict.fromkeys(_TARGETS))
 
 
-def python():
-    """The interpreter rules run under: this venv's, or the conda env's `python` with --sdm conda."""
-    try:
-        from snakemake.settings.types import DeploymentMethod
+def _interpreter_first_on_path():
+    """Shell commands call `python`: put the bin folder of the interpreter running Snakemake (this .venv) first on
+    PATH, and this checkout's src/ first on PYTHONPATH, so every job - local, or on SLURM, whose jobs inherit the
+    environment - runs this workflow's code under the same interpreter. With --sdm conda, Snakemake activates the
+    rule's env inside the job, whose `python` then comes first."""
+    env = os.environ
+    for var, path in (("PATH", os.path.dirname(sys.executable)), ("PYTHONPATH", str(Path(workflow.basedir) / "src"))):
+        parts = [p for p in env.get(var, "").split(os.pathsep) if p]
+        if not parts or parts[0] != path:
+            env.update({var: os.pathsep.join([path] + [p for p in parts if p != path])})
 
-        if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-            return "python"
-    except Exception:  # pragma: no cover - older snakemake
-        pass
-    return sys.executable
 
-
-PY = python()
+_interpreter_first_on_path()
 
 
 def src(*modules):
@@ -140,3 +140,86 @@ def model_resources(weight=1.0):
         math.ceil((cl["runtime_base_min"] + cl["runtime_per_b_min"] * size_b) * weight)
     )
     return {"gpu": int(gpus), "mem_mb": int(mem_mb), "runtime": int(runtime)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Input functions and target helpers of the step files (kept here: a rule file holds rules only)
+# --------------------------------------------------------------------------------------------------
+def task_import(w):
+    """The foreign file a dataset imports (config datasets.<name>.import), if any."""
+    path = config["datasets"][w.dataset].get("import")
+    return [path] if path else []
+
+
+def patch_raw(method, shards):
+    """Input function: the raw shard files of one dataset and subtask for a patching method."""
+    return lambda w: expand(
+        f"{MRES}/patching/{w.dataset}/raw/{method}/subtask{w.k}.shard{{i}}.safetensors", i=range(shards)
+    )
+
+
+def producible(path):
+    """Whether `path` exists or a rule defined so far writes it."""
+    return os.path.exists(path) or any(r.is_producer(path) for r in workflow.rules)
+
+
+def circuit_rankings(circ):
+    """Knockout rankings of config section `circ`: (name -> source for knockout.py, input files, skipped names).
+    '{subtask}' stays a placeholder in the sources; a ranking whose table no rule produces is skipped."""
+    sources, files, skipped = {}, [], []
+    for name, pattern in circ["rankings"].items():
+        if pattern == "builtin":
+            sources[name] = "builtin"
+            continue
+        path = pattern.format(results=RESULTS, model=MODEL, mres=MRES, dataset=circ["dataset"], subtask="{subtask}")
+        need = [path.format(subtask=k) for k in circ["subtasks"]] if "{subtask}" in path else [path]
+        if all(producible(p) for p in need):
+            sources[name] = path
+            files.extend(need)
+        else:
+            skipped.append(name)
+    return sources, files, skipped
+
+
+def first_datasets(section):
+    """config <section>.datasets, default the first dataset; unknown names are an error."""
+    chosen = config[section].get("datasets") or DATASETS[:1]
+    unknown = [d for d in chosen if d not in DATASETS]
+    if unknown:
+        raise ValueError(f"config {section}.datasets: unknown dataset(s) {unknown}; known: {DATASETS}")
+    return chosen
+
+
+def flow_ranking(w):
+    """Input function: the head ranking file of config flow.ranking for the dataset, if set."""
+    r = config["flow"].get("ranking")
+    return [r.format(results=RESULTS, model=MODEL, dataset=w.dataset)] if r else []
+
+
+def png_pdf(stem, caption, category, subcategory=None):
+    """A figure's PNG (registered in the Snakemake report) and PDF outputs."""
+    return [report(f"{stem}.png", caption=caption, category=category, subcategory=subcategory), f"{stem}.pdf"]
+
+
+def other_figures(targets, exclude):
+    """name -> PNG path for the .png outputs of the rules not in `exclude` that are part of the DAG: a rule's PNG
+    (with its {dataset} wildcard filled in) is taken only when one of that rule's outputs, for the same dataset, is
+    one of `targets` (so the gallery never adds jobs to the study)."""
+    targets = [str(t) for t in targets]
+    out = {}
+    for r in workflow.rules:
+        if r.name in exclude:
+            continue
+        outs = [str(f) for f in r.output]
+        pngs = [f for f in outs if f.endswith(".png")]
+        if not pngs or any(set(re.findall(r"{(\w+)", f)) - {"dataset"} for f in outs):
+            continue
+        for d in DATASETS:
+            filled = [re.sub(r"{dataset(,[^}]*)?}", d, f) for f in outs]
+            if not any(f in targets for f in filled):
+                continue
+            for f in pngs:
+                p = re.sub(r"{dataset(,[^}]*)?}", d, f)
+                rel = Path(p).relative_to(MRES) if Path(p).is_relative_to(MRES) else Path(p)
+                out["__".join(rel.with_suffix("").parts)] = p
+    return out

@@ -7,17 +7,13 @@ _N_TREES = int(config["figures"]["flow_trees"])
 _FIG_CATEGORY = "Information flow (E9, E10)"
 
 
-def _png_pdf(stem, caption, category, subcategory=None):
-    return [report(f"{stem}.png", caption=caption, category=category, subcategory=subcategory), f"{stem}.pdf"]
-
-
 rule flow_figures:
     """F-task, F-depth, F-source, F-rift, F-attn and F-flow trees of one dataset's traces."""
     output:
         *[f for name in _FLOW_FIGS
-          for f in _png_pdf(f"{_FIG}/{{dataset}}/{name}", f"../report/{name}.rst", _FIG_CATEGORY, "{dataset}")],
+          for f in png_pdf(f"{_FIG}/{{dataset}}/{name}", f"../report/{name}.rst", _FIG_CATEGORY, "{dataset}")],
         *[f for i in range(_N_TREES)
-          for f in _png_pdf(f"{_FIG}/{{dataset}}/flow_tree_{i}", "../report/flow_tree.rst", _FIG_CATEGORY,
+          for f in png_pdf(f"{_FIG}/{{dataset}}/flow_tree_{i}", "../report/flow_tree.rst", _FIG_CATEGORY,
                             "{dataset}")],
     input:
         traces=f"{MRES}/flow/{{dataset}}/traces.jsonl",
@@ -34,15 +30,17 @@ rule flow_figures:
         logpath("flow_figures", "{dataset}"),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} flow --flowdir {params.flowdir} --pairs {input.pairs} --generations {input.generations}"
+        "python {input.script} flow --flowdir {params.flowdir} --pairs {input.pairs} --generations {input.generations}"
         " --outdir {params.outdir} --trees {params.trees} > {log} 2>&1"
 
 
 rule horizon_figure:
     """F-horizon: unchanged continuation and token agreement vs patched layer, one line per prefix length s."""
     output:
-        *_png_pdf(f"{_FIG}/{{dataset}}/horizon", "../report/horizon.rst", "Horizon (E12)", "{dataset}"),
+        *png_pdf(f"{_FIG}/{{dataset}}/horizon", "../report/horizon.rst", "Horizon (E12)", "{dataset}"),
     input:
         summary=f"{MRES}/horizon/{{dataset}}/horizon.csv",
         script="scripts/make_figures.py",
@@ -53,11 +51,16 @@ rule horizon_figure:
         logpath("horizon_figure", "{dataset}"),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} horizon --summary {input.summary} --out {params.stem} > {log} 2>&1"
+        "python {input.script} horizon --summary {input.summary} --out {params.stem} > {log} 2>&1"
 
 
+# Every figure file is a target: an output nobody requires is never checked for being missing, so a new one (e.g.
+# after raising figures.flow_trees) would not make its rule rerun.
 register_targets(
-    expand(f"{_FIG}/{{dataset}}/{{name}}.png", dataset=FLOW_DATASETS, name=_FLOW_FIGS),
-    expand(f"{_FIG}/{{dataset}}/horizon.png", dataset=HORIZON_DATASETS),
+    expand(f"{_FIG}/{{dataset}}/{{name}}.{{ext}}", dataset=FLOW_DATASETS, ext=["png", "pdf"],
+           name=_FLOW_FIGS + [f"flow_tree_{i}" for i in range(_N_TREES)]),
+    expand(f"{_FIG}/{{dataset}}/horizon.{{ext}}", dataset=HORIZON_DATASETS, ext=["png", "pdf"]),
 )

@@ -1,22 +1,9 @@
 # Step: information-flow tracing of answer-writer pathways (study.md E9) and the context-abidance rift (E10).
 
 
-def _first_datasets(section):
-    chosen = config[section].get("datasets") or DATASETS[:1]
-    unknown = [d for d in chosen if d not in DATASETS]
-    if unknown:
-        raise ValueError(f"config {section}.datasets: unknown dataset(s) {unknown}; known: {DATASETS}")
-    return chosen
-
-
-FLOW_DATASETS = _first_datasets("flow")
+FLOW_DATASETS = first_datasets("flow")
 FLOW_TABLES = ["depth_maps.parquet", "depth_summary.csv", "sources.csv", "head_sources.parquet",
                "context_layers.csv", "head_context.parquet", "attention.parquet", "summary.json"]
-
-
-def _flow_ranking(w):
-    r = config["flow"].get("ranking")
-    return [r.format(results=RESULTS, model=MODEL, dataset=w.dataset)] if r else []
 
 
 rule trace_flow:
@@ -27,7 +14,7 @@ rule trace_flow:
     input:
         pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
         generations=f"{MRES}/generations/{{dataset}}.jsonl",
-        ranking=_flow_ranking,
+        ranking=flow_ranking,
         script="scripts/trace_flow.py",
         code=src("flow", "models", "embedded", "generation"),
     params:
@@ -41,8 +28,10 @@ rule trace_flow:
         **model_resources(),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --pairs {input.pairs} --generations {input.generations} {params.ranking}"
+        "python {input.script} --pairs {input.pairs} --generations {input.generations} {params.ranking}"
         " --settings {params.settings:q} --threads {threads} --outdir {params.outdir} > {log} 2>&1"
 
 

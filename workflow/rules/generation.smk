@@ -19,8 +19,10 @@ rule generate_cot:
         **model_resources(),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --tasks {input.tasks} --dataset {wildcards.dataset} --settings {params.settings:q}"
+        "python {input.script} --tasks {input.tasks} --dataset {wildcards.dataset} --settings {params.settings:q}"
         " --threads {threads} --out {output.records} --accuracy {output.accuracy} > {log} 2>&1"
 
 
@@ -34,8 +36,10 @@ rule accuracy:
         code=src("generation"),
     log:
         logpath("accuracy"),
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --aggregate {input.tables} --accuracy {output} > {log} 2>&1"
+        "python {input.script} --aggregate {input.tables} --accuracy {output} > {log} 2>&1"
 
 
 rule make_pairs:
@@ -53,8 +57,10 @@ rule make_pairs:
         logpath("make_pairs", "{dataset}"),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --generations {input.generations} --dataset {wildcards.dataset}"
+        "python {input.script} --generations {input.generations} --dataset {wildcards.dataset}"
         " --settings {params.settings:q} --out {output.pairs} --rejected {output.rejected} > {log} 2>&1"
 
 

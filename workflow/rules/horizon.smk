@@ -1,6 +1,6 @@
 # Step: horizon experiment (study.md E12) - how far a corrupted middle rule reaches, per patched layer and prefix.
 
-HORIZON_DATASETS = _first_datasets("horizon")
+HORIZON_DATASETS = first_datasets("horizon")
 
 
 rule horizon:
@@ -22,8 +22,10 @@ rule horizon:
         **model_resources(),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --generations {input.generations} --settings {params.settings:q} --threads {threads}"
+        "python {input.script} --generations {input.generations} --settings {params.settings:q} --threads {threads}"
         " --table {output.table} --summary {output.summary} --examples {output.examples} > {log} 2>&1"
 
 

@@ -13,12 +13,6 @@ PATH_SUBTASKS = [int(k) for k in PATCH["path"]["subtasks"]]
 INDUCTION_CORRUPTIONS = ["class", "subject", "property"]
 
 
-def _patch_raw(method):
-    return lambda w: expand(
-        f"{MRES}/patching/{w.dataset}/raw/{method}/subtask{w.k}.shard{{i}}.safetensors", i=range(PATCH_SHARDS)
-    )
-
-
 rule patch_heads:
     """Single-head activation patching (config patching.method) and, if enabled, AtP: one subtask, one pair range."""
     output:
@@ -42,8 +36,10 @@ rule patch_heads:
         dataset="[A-Za-z0-9_\-]+",
         k="[0-9]+",
         i="[0-9]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --pairs {input.pairs} --method {params.method} --subtask {wildcards.k}"
+        "python {input.script} --pairs {input.pairs} --method {params.method} --subtask {wildcards.k}"
         " --shard {wildcards.i}/{params.shards} --settings {params.settings:q} --threads {threads}"
         " --raw {output.raw} {params.atp} > {log} 2>&1"
 
@@ -55,7 +51,7 @@ rule merge_patching:
         png=f"{MRES}/patching/{{dataset}}/subtask{{k}}.png",
         pdf=f"{MRES}/patching/{{dataset}}/subtask{{k}}.pdf",
     input:
-        raw=_patch_raw(PATCH["method"]),
+        raw=patch_raw(PATCH["method"], PATCH_SHARDS),
         script="scripts/patch_heads.py",
         code=PATCH_CODE,
     params:
@@ -65,8 +61,10 @@ rule merge_patching:
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
         k="[0-9]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --merge {input.raw} --subtask {wildcards.k} --settings {params.settings:q}"
+        "python {input.script} --merge {input.raw} --subtask {wildcards.k} --settings {params.settings:q}"
         " --out {output.table} --figure {output.png} > {log} 2>&1"
 
 
@@ -77,7 +75,7 @@ rule merge_atp:
         png=f"{MRES}/patching/{{dataset}}/atp/subtask{{k}}.png",
         pdf=f"{MRES}/patching/{{dataset}}/atp/subtask{{k}}.pdf",
     input:
-        raw=_patch_raw("atp"),
+        raw=patch_raw("atp", PATCH_SHARDS),
         script="scripts/patch_heads.py",
         code=PATCH_CODE,
     params:
@@ -87,8 +85,10 @@ rule merge_atp:
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
         k="[0-9]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --merge {input.raw} --subtask {wildcards.k} --settings {params.settings:q}"
+        "python {input.script} --merge {input.raw} --subtask {wildcards.k} --settings {params.settings:q}"
         " --out {output.table} --figure {output.png} > {log} 2>&1"
 
 
@@ -105,8 +105,10 @@ rule atp_vs_exact:
         logpath("atp_vs_exact", "{dataset}"),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --exact {input.exact} --atp {input.atp} --out {output} > {log} 2>&1"
+        "python {input.script} --exact {input.exact} --atp {input.atp} --out {output} > {log} 2>&1"
 
 
 rule path_patch:
@@ -129,8 +131,10 @@ rule path_patch:
         **model_resources(),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --pairs {input.pairs} --tables {input.tables} --settings {params.settings:q}"
+        "python {input.script} --pairs {input.pairs} --tables {input.tables} --settings {params.settings:q}"
         " --threads {threads} --out {output.table} --figure {output.png} > {log} 2>&1"
 
 
@@ -144,14 +148,16 @@ rule induction_cloze:
         code=PATCH_CODE,
     params:
         settings=lambda w: settings("model", "patching", "seed"),
-        folder=f"{MRES}/induction/raw",
+        folder=lambda w, output: os.path.dirname(output.raw[0]),
     log:
         logpath("induction_cloze"),
     threads: 2
     resources:
         **model_resources(),
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --raw-dir {params.folder} --settings {params.settings:q} --threads {threads}"
+        "python {input.script} --raw-dir {params.folder} --settings {params.settings:q} --threads {threads}"
         " > {log} 2>&1"
 
 
@@ -169,8 +175,10 @@ rule induction_heads:
         settings=lambda w: settings("patching", "seed"),
     log:
         logpath("induction_heads"),
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --merge {input.raw} --settings {params.settings:q}"
+        "python {input.script} --merge {input.raw} --settings {params.settings:q}"
         " --out {output.table} --figure {output.png} > {log} 2>&1"
 
 

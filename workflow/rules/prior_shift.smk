@@ -22,8 +22,10 @@ rule train_tuned_lens:
     threads: 2
     resources:
         **model_resources(),
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --activations {input.acts} --index {input.index} --settings {params.settings:q}"
+        "python {input.script} --activations {input.acts} --index {input.index} --settings {params.settings:q}"
         " --threads {threads} --out {output.tensors} --report {output.report} > {log} 2>&1"
 
 
@@ -53,8 +55,10 @@ rule prior_shift:
         **model_resources(),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} dataset --pairs {input.pairs} --activations {input.acts} --index {input.index}"
+        "python {input.script} dataset --pairs {input.pairs} --activations {input.acts} --index {input.index}"
         " {params.tuned} --dataset {wildcards.dataset} --settings {params.settings:q} --threads {threads}"
         " --table {output.table} --rows {output.rows} --figure {params.stem} > {log} 2>&1"
 
@@ -71,11 +75,13 @@ rule rift:
         code=src("prior_shift", "plotting"),
     params:
         settings=lambda w: settings("prior_shift", "seed"),
-        stem=f"{_PS}/rift",
+        stem=lambda w, output: os.path.splitext(output.png)[0],
     log:
         logpath("rift"),
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} rift --rows {input.rows} --settings {params.settings:q} --out {output.json}"
+        "python {input.script} rift --rows {input.rows} --settings {params.settings:q} --out {output.json}"
         " --figure {params.stem} > {log} 2>&1"
 
 
@@ -103,8 +109,10 @@ rule head_roles:
         **model_resources(),
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --pairs {input.pairs} --activations {input.acts} --index {input.index}"
+        "python {input.script} --pairs {input.pairs} --activations {input.acts} --index {input.index}"
         " --settings {params.settings:q} --threads {threads} --outdir {params.outdir} > {log} 2>&1"
 
 

@@ -15,13 +15,16 @@ rule probe:
         code=src("probing", "circuits", "prontoqa", "vocab", "batching", "models", "embedded", "plotting"),
     params:
         settings=lambda w: settings("model", "probing", "seed"),
+        outdir=lambda w, output: os.path.dirname(output.accuracy),
     log:
         logpath("probe"),
     threads: 2
     resources:
         **model_resources(),
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --settings {params.settings:q} --threads {threads} --out-dir {_PDIR} > {log} 2>&1"
+        "python {input.script} --settings {params.settings:q} --threads {threads} --out-dir {params.outdir} > {log} 2>&1"
 
 
 register_targets(rules.probe.output)

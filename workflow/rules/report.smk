@@ -5,32 +5,10 @@ _REP = f"{MRES}/report"
 _UPSTREAM = [t for t in all_targets()]  # everything registered by the steps included before this one
 
 
-def _other_figures():
-    """name -> PNG path for the .png outputs of other steps' rules that are part of the DAG: a rule's PNG (with its
-    {dataset} wildcard filled in) is taken only when one of that rule's outputs, for the same dataset, is a
-    registered target (so the gallery never adds jobs to the study)."""
-    mine = {"flow_figures", "horizon_figure", "report_gallery", "paper_table"}
-    targets = [str(t) for t in _UPSTREAM]
-    out = {}
-    for r in workflow.rules:
-        if r.name in mine:
-            continue
-        outs = [str(f) for f in r.output]
-        pngs = [f for f in outs if f.endswith(".png")]
-        if not pngs or any(set(re.findall(r"{(\w+)", f)) - {"dataset"} for f in outs):
-            continue
-        for d in DATASETS:
-            filled = [re.sub(r"{dataset(,[^}]*)?}", d, f) for f in outs]
-            if not any(f in targets for f in filled):
-                continue
-            for f in pngs:
-                p = re.sub(r"{dataset(,[^}]*)?}", d, f)
-                key = p[len(MRES) + 1:] if p.startswith(MRES + "/") else p
-                out[key.replace("/", "__")[:-4]] = p
-    return out
-
-
-_GALLERY = _other_figures()
+_GALLERY = other_figures(
+    _UPSTREAM,
+    exclude={"flow_figures", "horizon_figure", "report_gallery", "paper_table"},
+)
 
 
 rule report_gallery:
@@ -43,6 +21,8 @@ rule report_gallery:
         logpath("report_gallery", "{name}"),
     wildcard_constraints:
         name="|".join(re.escape(n) for n in _GALLERY) or "NONE",
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
         "cp {input} {output} > {log} 2>&1"
 
@@ -60,10 +40,14 @@ rule paper_table:
     params:
         datasets=" ".join(list(dict.fromkeys(FLOW_DATASETS + DATASETS))),
         spec=config["model"]["spec"],
+        mres=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),
+        model_name=MODEL,
     log:
         logpath("paper_table"),
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --mres {MRES} --datasets {params.datasets} --model-name {MODEL}"
+        "python {input.script} --mres {params.mres} --datasets {params.datasets} --model-name {params.model_name}"
         " --model-spec {params.spec:q} --csv {output.csv} --html {output.html} > {log} 2>&1"
 
 

@@ -1,12 +1,6 @@
 # Step 1: PrOntoQA-style task creation (generator + verifier), one JSONL per dataset in config.yaml.
 
 
-def _task_import(w):
-    """The foreign file a dataset imports (config datasets.<name>.import), if any."""
-    path = config["datasets"][w.dataset].get("import")
-    return [path] if path else []
-
-
 rule make_tasks:
     """Generate (or import) and verify the task examples of one dataset; only verified records are written."""
     output:
@@ -14,7 +8,7 @@ rule make_tasks:
     input:
         code=src("prontoqa", "vocab"),
         script="scripts/make_tasks.py",
-        data=_task_import,
+        data=task_import,
     params:
         settings=lambda w: settings(f"datasets.{w.dataset}", "seed"),
     log:
@@ -22,8 +16,10 @@ rule make_tasks:
     wildcard_constraints:
         dataset="[A-Za-z0-9_\-]+",
     threads: 1
+    conda:
+        "../../envs/cotmech.yaml"
     shell:
-        "{PY} {input.script} --dataset {wildcards.dataset} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "python {input.script} --dataset {wildcards.dataset} --settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
 register_targets(expand(f"{RESULTS}/tasks/{{dataset}}.jsonl", dataset=DATASETS))
