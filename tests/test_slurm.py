@@ -53,7 +53,7 @@ def test_smoke_study_runs_as_slurm_jobs_and_matches_local_run(slurm_conf, tmp_pa
     # this SLURM has no slurmdbd (no sacct, no accounts): poll squeue (MinJobAge is 3600 s there), no account
     run = sr.snakemake(wd, "--profile", "profiles/slurm", "--jobs", "4", "--slurm-no-account",
                        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-                       env=env, timeout=1500)
+                       env=env, timeout=3600)
     log = run.stdout + run.stderr
     local_rules = set(re.findall(r"^localrule (\w+):", log, re.M))
     ext_ids = re.findall(r"has been submitted with SLURM jobid (\d+)", log)

@@ -162,18 +162,42 @@ def _shard_jobs(jobs):
     return rule, by_rule[rule]
 
 
+def _remove_outputs(wd: Path, jobs) -> None:
+    for j in jobs:
+        for o in j.outputs:
+            (wd / o).unlink(missing_ok=True)
+
+
 @e2e
 def test_a_failed_shard_reruns_alone():
+    """A run has to make every shard (their outputs and everything downstream are not there yet); one shard fails
+    for real (its log path is blocked, so its shell command exits non-zero) and, with --keep-going, the others finish.
+    The failed shard leaves no output, the finished ones are kept, and the next run plans exactly the failed shard
+    and what depends on it.
+
+    (Deleting one finished shard of a complete run is not the same situation: Snakemake 9 does not remake a missing
+    intermediate file whose consumers are up to date. After a real failure, the shard's dependents have not run.)"""
     wd = sr.clone_run("shard")
     jobs = sr.recorded_jobs(wd)
     rule, shards = _shard_jobs(jobs)
-    assert rule, "no rule with several independent jobs in the smoke DAG"
+    assert rule and len(shards) >= 2, "no rule with several independent jobs in the smoke DAG"
     victim = shards[len(shards) // 2]
-    for o in victim.outputs:  # Snakemake removes the outputs of a failed job; do the same
-        (wd / o).unlink()
+    _remove_outputs(wd, sr.downstream(jobs, shards))
+    assert _without_all(sr.planned(wd)) == _expected(jobs, shards)
+    assert victim.logs, f"{rule} job has no log"
+    blocked = wd / victim.logs[0]
+    blocked.unlink(missing_ok=True)
+    blocked.mkdir(parents=True)  # `> {log}` now fails before the script starts
+    run = sr.snakemake(wd, "--cores", "2", "--keep-going", check=False)
+    out = run.stdout + run.stderr
+    blocked.rmdir()
+    assert run.returncode != 0 and f"Error in rule {rule}" in out, out[-4000:]
+    assert not any((wd / o).exists() for o in victim.outputs), "a failed shard left output behind"
+    others = [j for j in shards if j is not victim]
+    assert all((wd / o).exists() for j in others for o in j.outputs), "the shards that did not fail are incomplete"
     got = _without_all(sr.planned(wd))
     want = _expected(jobs, [victim])
-    assert got == want, f"after losing one {rule} job: plans {dict(got)}, expected {dict(want)}"
+    assert got == want, f"after one {rule} job failed: plans {dict(got)}, expected {dict(want)}"
     assert got[rule] == 1
 
 
@@ -201,11 +225,10 @@ def test_sigkill_mid_run_is_recovered_by_rerun_incomplete():
     jobs = sr.recorded_jobs(wd)
     rule, shards = _shard_jobs(jobs)
     assert rule and len(shards) >= 2
-    # all shards must be redone (as after a change of their code or config): remove their outputs
-    for j in shards:
-        for o in j.outputs:
-            (wd / o).unlink()
+    # all shards must be made, as in a first run: their outputs and everything downstream of them are not there yet
+    # (Snakemake 9 would not remake the shards' outputs alone while their consumers are up to date)
     want_all = _expected(jobs, shards)
+    _remove_outputs(wd, sr.downstream(jobs, shards))
     env = sr.env_for(wd)
     proc = subprocess.Popen(["nice", "-n", "5", *sr.SNAKEMAKE, "--configfile", sr.SMOKE, "--cores", "1"], cwd=wd,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -215,7 +238,7 @@ def test_sigkill_mid_run_is_recovered_by_rerun_incomplete():
                 and not set(j.outputs) & _incomplete_outputs(wd)]
 
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + 1200
         while time.time() < deadline and proc.poll() is None:
             if done_shards() and _incomplete_outputs(wd):
                 break  # at least one shard finished and another job is running
@@ -288,6 +311,52 @@ def test_model_jobs_ask_for_gpu_memory_and_time_from_the_model_size(dags, config
         assert "runtime" in res and res["runtime"] >= 1, where
         if gpu:  # and within one 80 GB node's share for a 7B model
             assert res["mem_mb"] < 80_000, where
+
+
+# --------------------------------------------------------------------------------------------------
+# The interpreter of the jobs
+def test_jobs_run_under_snakemakes_interpreter_whatever_the_path(tmp_path):
+    """Shell commands call `python`: the workflow puts the bin folder of the interpreter running Snakemake first on
+    PATH (and the checkout's src/ on PYTHONPATH), so a job runs this environment's Python even when the caller's PATH
+    holds no or another Python (here: only the system folders)."""
+    wd = sr.copy_repo(tmp_path / "repo")
+    env = {k: v for k, v in sr.env_for(wd).items() if k != "PYTHONPATH"}
+    env["PATH"] = "/usr/bin:/bin"
+    target = f"{sr.smoke_results_dir()}/tasks/fictional.jsonl"
+    p = subprocess.run([*sr.SNAKEMAKE, "--configfile", sr.SMOKE, "--cores", "1", target], cwd=wd, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"the job did not run under {sys.executable}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    assert "Shell command: python scripts/make_tasks.py" in p.stdout + p.stderr
+    assert (wd / target).stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# snakemake --lint
+def _lint(workdir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*sr.SNAKEMAKE, "--lint", "--nolock"], cwd=workdir, env=sr.env_for(workdir),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_lint_is_clean_on_the_default_config():
+    p = _lint(sr.REPO)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "Lints for" not in out, f"snakemake --lint reports findings:\n{out[-6000:]}"
+    assert "in a good condition" in out, out[-3000:]
+
+
+def test_lint_check_sees_a_linted_rule_file(tmp_path):
+    """The check above can fail: a rule file that mixes a function with rules and a rule that uses a global in its
+    shell command and has no conda env make --lint exit non-zero, naming them."""
+    wd = sr.copy_repo(tmp_path / "repo")
+    f = wd / "workflow" / "rules" / "probing.smk"
+    f.write_text(f.read_text() + '\n\ndef _helper(w):\n    return []\n\n\nrule linted:\n    output:\n'
+                 '        "x.txt",\n    log:\n        "x.log",\n    shell:\n        "echo {MODEL} > {output}"\n')
+    p = _lint(wd)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0, out[-3000:]
+    for finding in ("Mixed rules and functions in same snakefile", "Shell command directly uses variable MODEL",
+                    "Specify a conda environment or container for each rule"):
+        assert finding in out, f"--lint did not report {finding!r}:\n{out[-3000:]}"
 
 
 # --------------------------------------------------------------------------------------------------

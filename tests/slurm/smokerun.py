@@ -55,7 +55,7 @@ def env_for(workdir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 900,
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 3600,
               env: dict[str, str] | None = None, config: str = SMOKE) -> subprocess.CompletedProcess:
     """Run Snakemake on the smoke config (or ``config``) in ``workdir`` (niced); raise with its output on failure."""
     cmd = ["nice", "-n", "5", *SNAKEMAKE, "--configfile", config, *args]
@@ -91,6 +91,7 @@ class Job:
     inputs: list[str]
     shellcmd: str
     settings: dict = field(default_factory=dict)
+    logs: list[str] = field(default_factory=list)
 
 
 def recorded_jobs(workdir: Path) -> list[Job]:
@@ -100,11 +101,11 @@ def recorded_jobs(workdir: Path) -> list[Job]:
     assert lines and lines[0].startswith("output_file"), p.stdout[-3000:]
     jobs: dict[tuple, Job] = {}
     for ln in lines[1:]:
-        out, _date, rule, _log, inputs, shellcmd, _status, _plan = ln.split("\t")[:8]
+        out, _date, rule, logs, inputs, shellcmd, _status, _plan = ln.split("\t")[:8]
         ins = [] if inputs == "-" else inputs.split(",")
         key = (rule, inputs, shellcmd)
         if key not in jobs:
-            jobs[key] = Job(rule, [], ins, shellcmd, _settings_of(shellcmd))
+            jobs[key] = Job(rule, [], ins, shellcmd, _settings_of(shellcmd), [] if logs == "-" else logs.split(","))
         jobs[key].outputs.append(out)
     return list(jobs.values())
 

@@ -14,7 +14,7 @@ rule extract_activations:
         settings=lambda w: settings("model", "activations"),
     log:
         logpath("extract_activations", "{dataset}"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     wildcard_constraints:

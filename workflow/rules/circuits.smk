@@ -29,7 +29,7 @@ rule knockout:
         outdir=lambda w, output: os.path.dirname(output.curves),
     log:
         logpath("knockout"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(weight=2.0),
     conda:

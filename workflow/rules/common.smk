@@ -15,6 +15,7 @@ RESULTS = config["results"]
 MODEL = config["model"]["name"]
 MRES = f"{RESULTS}/{MODEL}"  # per-model results folder
 DATASETS = list(config["datasets"])
+MODEL_THREADS = int(config["cluster"]["threads"])  # threads of each model-running job
 
 # Rule files after tasks.smk, in DAG order; a step whose file exists is included by the Snakefile.
 STEPS = [

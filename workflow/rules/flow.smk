@@ -23,7 +23,7 @@ rule trace_flow:
         outdir=lambda w: f"{MRES}/flow/{w.dataset}",
     log:
         logpath("trace_flow", "{dataset}"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     wildcard_constraints:

@@ -14,7 +14,7 @@ rule generate_cot:
         settings=lambda w: settings("model", "prompt", "generation"),
     log:
         logpath("generate_cot", "{dataset}"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     wildcard_constraints:

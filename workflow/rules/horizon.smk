@@ -17,7 +17,7 @@ rule horizon:
         settings=lambda w: settings("model", "horizon", "seed", "pairs.require_correct"),
     log:
         logpath("horizon", "{dataset}"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     wildcard_constraints:

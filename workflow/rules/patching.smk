@@ -29,7 +29,7 @@ rule patch_heads:
         atp=lambda w, output: f"--atp-raw {output.atp[0]}" if PATCH["atp"] else "",
     log:
         logpath("patch_heads", "{dataset}", "subtask{k}.shard{i}"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     wildcard_constraints:
@@ -126,7 +126,7 @@ rule path_patch:
         settings=lambda w: settings("model", "patching", "seed"),
     log:
         logpath("path_patch", "{dataset}"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     wildcard_constraints:
@@ -151,7 +151,7 @@ rule induction_cloze:
         folder=lambda w, output: os.path.dirname(output.raw[0]),
     log:
         logpath("induction_cloze"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     conda:

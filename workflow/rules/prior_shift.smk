@@ -19,7 +19,7 @@ rule train_tuned_lens:
         settings=lambda w: settings("model", "tuned_lens", "seed"),
     log:
         logpath("train_tuned_lens"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     conda:
@@ -50,7 +50,7 @@ rule prior_shift:
         stem=lambda w: f"{_PS}/{w.dataset}",
     log:
         logpath("prior_shift", "{dataset}"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     wildcard_constraints:
@@ -104,7 +104,7 @@ rule head_roles:
         outdir=lambda w: f"{MRES}/roles/{w.dataset}",
     log:
         logpath("head_roles", "{dataset}"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     wildcard_constraints:

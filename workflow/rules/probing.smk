@@ -18,7 +18,7 @@ rule probe:
         outdir=lambda w, output: os.path.dirname(output.accuracy),
     log:
         logpath("probe"),
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         **model_resources(),
     conda:
