@@ -26,6 +26,24 @@ def test_lens_at_last_layer_equals_model_logits(tiny_model):
         torch.testing.assert_close(lens.logits(res), tiny_model.logits_from_resid(res).float(), atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen2"])
+def test_lens_with_a_real_norm_gain_is_exact_and_leaves_the_model_untouched(preset):
+    """Random-init norms have gain 1; a trained model's does not. Building the lens of an fp32 model with tied
+    embeddings must not change any weight (it once scaled the shared unembedding in place)."""
+    from cotmech.models import load_model
+
+    m = load_model(f"random:{preset}?tie_word_embeddings=true", dtype="float32", device="cpu")
+    with torch.no_grad():
+        m.hf_final_norm().weight.uniform_(0.2, 3.0, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in m.hf.state_dict().items()}
+    lens = make_unembed(m)
+    assert lens.fast, "the linear lens fell back to the module path on an RMSNorm model"
+    for k, v in m.hf.state_dict().items():
+        assert torch.equal(v, before[k]), f"make_unembed changed the model weight {k}"
+    for seq, res in zip(SEQS, capture_resid(m, SEQS, last_n=None, batch_size=2)):
+        torch.testing.assert_close(lens.logits(res[:, -1]), _hf_logits(m, seq), atol=2e-4, rtol=1e-4)
+
+
 def test_fast_and_module_paths_agree(tiny_llama):
     fast = make_unembed(tiny_llama)
     slow = Unembed(None, None, 0.0, False, torch.float32, model_fn=lambda v: tiny_llama.logits_from_resid(v))

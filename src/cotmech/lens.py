@@ -119,7 +119,9 @@ def make_unembed(model: Any, dtype: torch.dtype = torch.float32, check: bool = T
     a, b = norm(p.unsqueeze(0))[0].float().cpu(), norm(-p.unsqueeze(0))[0].float().cpu()
     gain = (a - b) / 2 * math.sqrt(1.0 + eps) * pm
     nbias = (a + b) / 2
-    W = unemb.weight.detach().float().cpu()  # [vocab, d_model]
+    # a copy: on a float32 CPU model .float().cpu() would alias the weights (tied to the embedding in many
+    # models), and the in-place gain below would corrupt the model itself
+    W = unemb.weight.detach().to("cpu", torch.float32, copy=True)  # [vocab, d_model]
     bias = W @ nbias
     G = W.mul_(gain).to(dtype)  # in place: no second vocab × d_model copy
     del W
