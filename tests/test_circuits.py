@@ -32,6 +32,25 @@ def test_no_ablation_is_the_plain_run(tiny_model):
     assert (curve.ci_low <= curve.acc).all() and (curve.acc <= curve.ci_high).all()
 
 
+def test_shared_removal_sets_are_run_once_and_give_the_same_curves(tiny_llama, monkeypatch):
+    """Curves of two rankings share the full-removal run (same head set); cached = uncached, fewer forwards."""
+    seqs = _seqs(tiny_llama)
+    means = C.head_means(tiny_llama, seqs[:2])
+    plain = C.ablated_argmax(tiny_llama, seqs, means, [], batch_size=4)
+    heads = _all_heads(tiny_llama)
+    orders = [heads, heads[::-1]]
+    grid = [0, 5, len(heads)]
+    want = [C.knockout_curve(tiny_llama, seqs, means, o, grid, plain, batch_size=4) for o in orders]
+    calls = []
+    real = C.ablated_argmax
+    monkeypatch.setattr(C, "ablated_argmax", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache: dict = {}
+    got = [C.knockout_curve(tiny_llama, seqs, means, o, grid, plain, batch_size=4, cache=cache) for o in orders]
+    for g, w in zip(got, want):
+        pd.testing.assert_frame_equal(g, w)
+    assert len(calls) == 3  # 5 heads of each order + all heads once
+
+
 def test_full_ablation_with_own_mean_reproduces_reference(tiny_model):
     """Reference set = one example: every head replaced by its own mean is the plain run of that example."""
     seq = _seqs(tiny_model)[1]

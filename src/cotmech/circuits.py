@@ -214,17 +214,23 @@ def step_grid(n_total: int, steps: int | Sequence[int]) -> list[int]:
 
 def knockout_curve(model, seqs: Sequence[Sequence[int]], means: HeadMeans, order: Sequence[Head],
                    steps: Sequence[int], baseline: torch.Tensor, batch_size: int = 8,
-                   progress: bool = False) -> pd.DataFrame:
+                   progress: bool = False, cache: dict | None = None) -> pd.DataFrame:
     """Accuracy after removing the first n heads of ``order`` for every n in ``steps``.
 
-    ``baseline``: unablated argmax per sequence [n]. Returns rows n_removed, n_kept, n, correct, acc, ci_low, ci_high.
+    ``baseline``: unablated argmax per sequence [n]. ``cache``: predictions per removed-head set, shared by the
+    curves of one set of ``seqs`` (e.g. removing all heads is the same run for every ranking).
+    Returns rows n_removed, n_kept, n, correct, acc, ci_low, ci_high.
     """
     rows = []
+    cache = {} if cache is None else cache
     for n_rm in tqdm(steps, desc="knockout", disable=not progress, leave=False):
+        key = frozenset(order[:n_rm])
         if n_rm == 0:
             pred = baseline
+        elif key in cache:
+            pred = cache[key]
         else:
-            pred = ablated_argmax(model, seqs, means, list(order[:n_rm]), batch_size)
+            pred = cache[key] = ablated_argmax(model, seqs, means, list(order[:n_rm]), batch_size)
         k = int((pred == baseline).sum())
         lo, hi = wilson(k, len(seqs))
         rows.append(dict(n_removed=int(n_rm), n_kept=len(order) - int(n_rm), n=len(seqs), correct=k,
@@ -399,8 +405,9 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
             else:
                 orders.append((name, "all_pairs", False, removal_order(table, model.n_layers, model.n_heads),
                                note + "; scores over all pairs, not held out"))
+        seen: dict = {}  # removed-head set -> predictions on eval_seqs, shared by this subtask's curves
         for name, scope, held, order, note in orders:
-            c = knockout_curve(model, eval_seqs, means, order, grid, baseline, batch_size, progress)
+            c = knockout_curve(model, eval_seqs, means, order, grid, baseline, batch_size, progress, cache=seen)
             c.insert(0, "heldout", held)
             c.insert(0, "scope", scope)
             c.insert(0, "ranking", name)
