@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.aggregate:
         if not args.accuracy:
             ap.error("--aggregate needs --accuracy")
-        df = pd.concat([read_table(p) for p in args.aggregate], ignore_index=True)
+        df = pd.concat([read_table(p, dtype={"dataset": str, "ontology": str}) for p in args.aggregate],
+                       ignore_index=True)
         write_table(args.accuracy, df[ACCURACY_COLUMNS])
         print(df.to_string(index=False))
         return 0

@@ -79,3 +79,25 @@ def test_paper_numbers_are_well_formed(tmp_path):
     bad.write_text("- {id: x, claim: c, paper: 1, tag: Q, section: s, reader: accuracy}\n")
     with pytest.raises(ValueError, match="evidence tag"):
         report.load_paper_numbers(bad)
+
+
+def test_false_ontology_accuracy_survives_the_csv_round_trip(tmp_path):
+    """The aggregated accuracy.csv must keep the ontology "false" as text (pandas reads it as a boolean), and the
+    paper table must find the false-ontology row."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    parts = []
+    for ds, ont, k in (("fictional", "fictional", 3), ("falseont", "false", 5)):
+        p = tmp_path / f"{ds}.accuracy.csv"
+        write_table(p, pd.DataFrame([dict(dataset=ds, ontology=ont, hops=2, n=8, correct=k, accuracy=k / 8,
+                                          ci_low=0.1, ci_high=0.9)]))
+        parts.append(str(p))
+    mres = tmp_path / "m"
+    script = Path(__file__).parents[1] / "scripts" / "generate_cot.py"
+    subprocess.run([sys.executable, str(script), "--aggregate", *parts, "--accuracy", str(mres / "accuracy.csv")],
+                   check=True, capture_output=True)
+    assert "false," in (mres / "accuracy.csv").read_text()
+    row = report.read_accuracy(mres, ["fictional", "falseont"], "false")
+    assert row is not None and row["n"] == 8 and row["ours"] == 5 / 8

@@ -97,13 +97,15 @@ def write_table(path: str | os.PathLike, df: Any) -> None:
             raise ValueError(f"{path}: unsupported table format (use .parquet, .csv or .tsv)")
 
 
-def read_table(path: str | os.PathLike) -> Any:
+def read_table(path: str | os.PathLike, dtype: Any = None) -> Any:
+    """A parquet/CSV/TSV table; ``dtype`` (pandas) pins text columns of CSVs, e.g. the ontology "false", which
+    pandas would otherwise read as a boolean."""
     import pandas as pd
 
     path = Path(path)
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
-    return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+    return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=dtype)
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:

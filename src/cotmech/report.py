@@ -71,8 +71,8 @@ def read_accuracy(mres: Path, datasets: Sequence[str], ontology: str) -> dict | 
     p = mres / "accuracy.csv"
     if not p.exists():
         return None
-    df = read_table(p)
-    sub = df[df["ontology"].astype(str) == str(ontology)]
+    df = read_table(p, dtype={"dataset": str, "ontology": str})
+    sub = df[df["ontology"].str.lower() == str(ontology).lower()]  # tables written before the fix say "False"
     if sub.empty:
         return None
     k, n = int(sub["correct"].sum()), int(sub["n"].sum())
