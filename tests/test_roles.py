@@ -73,6 +73,10 @@ def test_writer_components_match_direct_lens(biased_llama):
                                    atol=1e-5)
     # the residual stream adds up as well: resid_mid(l) = resid_pre(l) + attn_out(l)
     assert np.all(comp["p_pre"] > 0) and np.all(comp["p_mid"] <= 1)
+    # row chunking (one row per unembedding product) changes nothing
+    one_row = writer_components(lens, model, resid, attn_out, z, ans, max_bytes=1)
+    for key, val in comp.items():
+        np.testing.assert_allclose(one_row[key], val, rtol=1e-5, atol=1e-7, err_msg=key)
 
 
 def test_copy_components_left_padding_and_missing_positions(tiny_llama):

@@ -50,13 +50,23 @@ def o_bias(model: Any, layer: int) -> torch.Tensor | None:
     return None if b is None else b.detach().float().cpu()
 
 
+def _answer_prob(logits: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)[..., a] for logits [N, ..., V] and answer ids a [N] -> [N, ...] (float64)."""
+    idx = a.view(-1, *([1] * (logits.dim() - 1))).expand(*logits.shape[:-1], 1)
+    return (logits.gather(-1, idx)[..., 0] - torch.logsumexp(logits, -1)).exp().double()
+
+
 @torch.no_grad()
 def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: torch.Tensor, z: torch.Tensor,
-                      answer_id: torch.Tensor, progress: bool = False) -> dict[str, np.ndarray]:
+                      answer_id: torch.Tensor, progress: bool = False,
+                      max_bytes: int = 256 * 2**20) -> dict[str, np.ndarray]:
     """Answer-writer components per row, layer and head (module doc).
 
     resid [N, L+1, d], attn_out [N, L, d], z [N, L, H, d_head], answer_id [N] ->
     ``p_head, p_alone, dla``: [N, L, H]; ``p_pre, p_mid``: [N, L].
+    Per layer, resid_pre, resid_mid and every head's output go through the unembedding in one matrix product
+    (the product reads the whole [vocab, d_model] matrix, so one product per vector would be memory-bound);
+    rows are chunked so one chunk's logits stay under ``max_bytes``.
     """
     if not lens.fast:
         raise ValueError("writer scores need the linear (RMSNorm/LayerNorm) lens; this model's norm is not supported")
@@ -67,25 +77,27 @@ def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: 
     s_final = lens.scale(resid[:, L].float())  # [N]
     out = {k: np.zeros((N, L, H)) for k in ("p_head", "p_alone", "dla")}
     out.update(p_pre=np.zeros((N, L)), p_mid=np.zeros((N, L)))
-    rows = torch.arange(N)
+    step = max(1, int(max_bytes // (3 * (H + 2) * lens.vocab_size * 4)))  # rows per chunk (lin + 2 logit tensors)
     for layer in tqdm(range(L), desc="writers", disable=not progress, leave=False):
-        pre = resid[:, layer].float()
-        mid = pre + attn_out[:, layer].float()
-        x = head_outputs(z[:, layer], model.w_o(layer).detach().cpu())  # [N, H, d]
+        w_o = model.w_o(layer).detach().cpu()
         b = o_bias(model, layer)
-        for name, v in (("p_pre", pre), ("p_mid", mid)):
-            out[name][:, layer] = torch.softmax(lens.logits(v), -1)[rows, a].double().numpy()
-        lin_pre = lens.linear(pre)  # [N, V]
-        if b is not None:
-            lin_pre = lin_pre + lens.linear(b)
-        rebuilt_scale = lens.scale(pre[:, None] + x + (b if b is not None else 0.0))  # [N, H]
-        for h in range(H):
-            lin_x = lens.linear(x[:, h])  # [N, V]
-            p_head = torch.softmax(lens.from_linear(lin_pre + lin_x, rebuilt_scale[:, h]), -1)[rows, a]
-            p_alone = torch.softmax(lens.from_linear(lin_x, lens.scale(x[:, h])), -1)[rows, a]
-            out["p_head"][:, layer, h] = p_head.double().numpy()
-            out["p_alone"][:, layer, h] = p_alone.double().numpy()
-        out["dla"][:, layer] = (torch.einsum("nhd,nd->nh", lens.prep(x), g_centred) / s_final[:, None]).double().numpy()
+        lin_b = lens.linear(b) if b is not None else None  # [V]
+        for r0 in range(0, N, step):
+            r = slice(r0, min(N, r0 + step))
+            pre = resid[r, layer].float()  # [n, d]
+            mid = pre + attn_out[r, layer].float()
+            x = head_outputs(z[r, layer], w_o)  # [n, H, d]
+            lin = lens.linear(torch.cat([pre[:, None], mid[:, None], x], 1))  # [n, H+2, V]: pre, mid, heads
+            lin_x = lin[:, 2:]
+            out["p_pre"][r, layer] = _answer_prob(lens.from_linear(lin[:, 0], lens.scale(pre)), a[r]).numpy()
+            out["p_mid"][r, layer] = _answer_prob(lens.from_linear(lin[:, 1], lens.scale(mid)), a[r]).numpy()
+            lin_pre = lin[:, 0] if lin_b is None else lin[:, 0] + lin_b
+            rebuilt_scale = lens.scale(pre[:, None] + x + (b if b is not None else 0.0))  # [n, H]
+            out["p_head"][r, layer] = _answer_prob(lens.from_linear(lin_pre[:, None] + lin_x, rebuilt_scale),
+                                                   a[r]).numpy()
+            out["p_alone"][r, layer] = _answer_prob(lens.from_linear(lin_x, lens.scale(x)), a[r]).numpy()
+            out["dla"][r, layer] = (torch.einsum("nhd,nd->nh", lens.prep(x), g_centred[r])
+                                    / s_final[r, None]).double().numpy()
     return out
 
 
