@@ -168,3 +168,112 @@ def test_important_mask_from_ranking():
 def test_no_pairs_writes_empty_outputs(tmp_path):
     s = flow.write_outputs([], tmp_path, meta={"model": "m"})
     assert s["n_traces"] == 0 and (tmp_path / "summary.json").exists() and (tmp_path / "depth_maps.parquet").exists()
+
+
+def _reference_trace(scorer, pos, token, cfg):
+    """The depth-first-per-item search as first written: one probs / lens call at a time (no prefetch, no batching)."""
+    nodes, frontier = [], [(pos, token, scorer.acts.z.shape[0], -1, 0)]
+    while frontier:
+        nxt = []
+        for q_pos, t, below, parent, depth in frontier:
+            if below <= 0 or depth > cfg.max_depth:
+                continue
+            l_d, k_d, p_d = cfg.at_depth(depth)
+            pr = scorer.probs(q_pos, t, below)
+            vals, idx = torch.topk(torch.nan_to_num(pr, nan=-1.0).reshape(-1), min(l_d, pr.numel()))
+            for val, i in zip(vals.tolist(), idx.tolist()):
+                if val < 0 or val < cfg.min_prob:
+                    continue
+                layer, head = divmod(i, pr.shape[1])
+                node = {"id": len(nodes), "parent": parent, "depth": depth, "layer": layer, "head": head,
+                        "pos": q_pos, "token": int(t), "text": str(t), "prob": float(val), "reads": []}
+                nodes.append(node)
+                row = scorer.acts.attn[layer, head, q_pos, :q_pos + 1]
+                for k_pos, a in flow._above_median_top(row, k_d, exclude=(0,) if cfg.skip_first and q_pos > 0 else ()):
+                    read = {"pos": k_pos, "attn": a, "tokens": []}
+                    if layer > 0:
+                        for tok, pv in flow._above_median_top(scorer.lens(layer, k_pos), p_d):
+                            read["tokens"].append({"id": tok, "text": str(tok), "prob": pv})
+                            nxt.append((k_pos, tok, layer, node["id"], depth + 1))
+                    node["reads"].append(read)
+        frontier = nxt
+    return nodes
+
+
+def _same_nodes(a, b):
+    """Same nodes, order, ids, parents, heads, positions, reads and tokens; probabilities equal up to float32
+    rounding (a BLAS product of several rows need not round like a product of one)."""
+    def strip(nodes):
+        return [{**n, "prob": None, "reads": [{**r, "tokens": [{**t, "prob": None} for t in r["tokens"]]}
+                                              for r in n["reads"]]} for n in nodes]
+
+    def probs(nodes):
+        return [n["prob"] for n in nodes] + [t["prob"] for n in nodes for r in n["reads"] for t in r["tokens"]]
+
+    assert strip(a) == strip(b)
+    assert probs(a) == pytest.approx(probs(b), rel=1e-5, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def deep_model():
+    """8-layer random tiny-llama and a 24-token input on which the search runs 5 levels deep."""
+    m = load_model("random:tiny-llama?num_hidden_layers=8&seed=5", dtype="float32", device="cpu")
+    ids = torch.randint(10, 500, (24,), generator=torch.Generator().manual_seed(2)).tolist()
+    return m, ids, flow.capture(m, ids)
+
+
+@pytest.mark.parametrize("cfg", [flow.FlowConfig(l=4, k=2, p=2, decay=1),
+                                 flow.FlowConfig(l=4, k=2, p=2, decay=1, prefilter=3, max_depth=3)])
+def test_batched_trace_equals_one_call_at_a_time_reference(deep_model, cfg):
+    """trace / trace_many compute each depth level's normalisers and lens distributions together (and share them
+    across traces); the nodes are those of the one-call-at-a-time search, with far fewer unembedding matmuls."""
+    m, ids, acts = deep_model
+    starts = [(23, ids[5]), (15, ids[3]), (23, ids[20])]
+    ref_scorer = flow.WriterScorer(m, acts, prefilter=cfg.prefilter)
+    refs = [_reference_trace(ref_scorer, pos, tok, cfg) for pos, tok in starts]
+    assert sum(map(len, refs)) > 100 and max(n["depth"] for r in refs for n in r) >= 3  # a real multi-level search
+    scorer = flow.WriterScorer(m, acts, prefilter=cfg.prefilter)
+    assert scorer.chunk == flow.CHUNK_BYTES // (4 * m.vocab_size)
+    many = flow.trace_many(scorer, starts, cfg)
+    for nodes, ref in zip(many, refs):
+        _same_nodes(nodes, ref)
+    # at most one normaliser and one lens matmul per depth level (one chunk holds every row at this vocabulary)
+    n_levels = max(n["depth"] for r in refs for n in r) + 1
+    assert scorer.n_matmuls <= 2 * n_levels < ref_scorer.n_matmuls // 10
+    assert scorer.n_lse == ref_scorer.n_lse  # the same normalisers, each computed once
+    # one trace at a time, in chunks of 7 rows: the same nodes; a repeated trace reuses every cached result
+    small = flow.WriterScorer(m, acts, prefilter=cfg.prefilter, chunk=7)
+    for (pos, tok), ref in zip(starts, refs):
+        _same_nodes(flow.trace(small, pos, tok, cfg), ref)
+    assert small.n_matmuls >= (small.n_lse + small.n_lens) / 7
+    before = small.n_matmuls
+    _same_nodes(flow.trace(small, *starts[1], cfg), refs[1])
+    assert small.n_matmuls == before
+    # lens_top is the top-p (above the median) of lens()
+    for layer, pos, p in [(3, 7, 1), (5, 20, 3), (1, 0, 2)]:
+        assert small.lens_top([(layer, pos, p)])[0] == flow._above_median_top(small.lens(layer, pos), p)
+
+
+def test_trace_example_traces_pairs_sharing_a_forward_together(deep_model):
+    """trace_example: pairs whose inputs are prefixes of one another share one capture, pairs with the same
+    important-head mask share one scorer and are traced together; records come out in subtask order, each with
+    the nodes of a separate trace."""
+    m, ids, acts = deep_model
+    cfg = flow.FlowConfig(l=3, k=1, p=2, decay=1)
+    pairs = [{"pair_id": f"e-{k}", "example_id": "e", "subtask": k, "clean_ids": ids[:n], "answer_id": ids[a]}
+             for k, n, a in [(2, 24, 20), (0, 16, 3), (1, 24, 5)]]
+    half = torch.zeros(m.n_layers, m.n_heads, dtype=torch.bool)
+    half[:, :2] = True
+    masks = {0: half, 1: None, 2: half}
+    recs = flow.trace_example(m, pairs, cfg, important=lambda k: masks[k])
+    assert [r["pair_id"] for r in recs] == ["e-0", "e-1", "e-2"]
+    for r, p in zip(recs, sorted(pairs, key=lambda q: q["subtask"])):
+        ref = _reference_trace(flow.WriterScorer(m, acts, masks[p["subtask"]]), len(p["clean_ids"]) - 1,
+                               p["answer_id"], cfg)
+        _same_nodes([{k: v for k, v in n.items() if k != "in_context"} for n in r["nodes"]],
+                    [{**n, "text": m.tokenizer.decode([n["token"]]),
+                      "reads": [{**rd, "part": None, "tokens": [{**t, "text": m.tokenizer.decode([t["id"]])}
+                                                               for t in rd["tokens"]]} for rd in n["reads"]]}
+                     for n in ref])
+        if masks[p["subtask"]] is not None:
+            assert all(n["head"] < 2 for n in r["nodes"])

@@ -11,7 +11,13 @@ For a start token ``t`` at position ``pos`` (the answer token at the predicting 
 
 ``l, k, p`` shrink by ``decay`` per depth (minimum 1); a branch ends at a head in layer 0. One nnsight forward per
 example captures what the recursion needs (z, resid_pre, attention patterns of every layer); all subtasks of an example
-whose clean inputs are prefixes of the longest one share that forward (causal model: same activations).
+whose clean inputs are prefixes of the longest one share that forward (causal model: same activations), and those
+with the same important heads are traced together.
+
+The search runs one depth level at a time (over all traces of a forward): every full-vocabulary product a level
+needs (normalisers, lens) is issued in a few large matmuls instead of one per position or read — each reads the
+whole unembedding. The result is that of the one-call-at-a-time search (same nodes, order and tokens) up to the
+last float32 bits of the probabilities: a BLAS product of many rows need not round like a product of one.
 
 Deviation (documented): ``skip_first`` ignores key position 0 in Stage II — it is an attention sink in models without
 BOS (Qwen2.5) and would otherwise absorb most traces.
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -86,18 +92,27 @@ def capture(model: Any, ids: Sequence[int]) -> Acts:
     return Acts(list(ids), z, resid, attn)
 
 
+CHUNK_BYTES = 256 << 20  # one unembedding matmul's [rows, vocab] float32 output stays under this
+
+
 class WriterScorer:
-    """Stage I scores ``softmax(W_U norm(z_h W_O))[t]`` at one position for all heads, with cached normalisers.
+    """Stage I scores ``softmax(W_U norm(z_h W_O))[t]`` at one position for all heads, with cached normalisers,
+    and the Stage III logit lens.
 
     ``prefilter=M`` computes the (expensive, full-vocabulary) normaliser only for the M eligible heads with the
     largest raw logit of ``t`` (the normed outputs all have the same RMS, so raw logits are comparable); others get
     NaN. ``None`` = exact over every eligible head.
+
+    Every full-vocabulary product reads the whole unembedding, so :meth:`prefetch` and :meth:`lens_top` take many
+    requests at once and issue one matmul per ``chunk`` rows (default: as many rows as keep a [rows, vocab] float32
+    block under :data:`CHUNK_BYTES`). Counters: ``n_lse`` normaliser rows, ``n_lens`` lens rows, ``n_matmuls``
+    unembedding matmuls.
     """
 
-    def __init__(self, model: Any, acts: Acts, important: torch.Tensor | None = None, chunk: int = 48,
+    def __init__(self, model: Any, acts: Acts, important: torch.Tensor | None = None, chunk: int | None = None,
                  prefilter: int | None = None) -> None:
         L, H = model.n_layers, model.n_heads
-        self.model, self.acts, self.chunk, self.prefilter = model, acts, chunk, prefilter
+        self.model, self.acts, self.prefilter = model, acts, prefilter
         self.important = torch.ones(L, H, dtype=torch.bool) if important is None else important.bool().cpu()
         if tuple(self.important.shape) != (L, H):
             raise ValueError(f"important-head mask has shape {tuple(self.important.shape)}, expected {(L, H)}")
@@ -105,9 +120,13 @@ class WriterScorer:
         unembed = model.hf_unembed()
         self.w_u = unembed.weight.detach().cpu()  # [V, D]
         self.b_u = None if getattr(unembed, "bias", None) is None else unembed.bias.detach().cpu().float()  # [V]
+        self.chunk = int(chunk) if chunk else max(1, CHUNK_BYTES // (4 * self.w_u.shape[0]))
         self._normed: dict[int, torch.Tensor] = {}  # pos -> [L, H, D]
         self._lse: dict[int, torch.Tensor] = {}  # pos -> [L, H], NaN = not computed yet
+        self._tops: dict[tuple[int, int, int], list[tuple[int, float]]] = {}  # (layer, pos, p) -> lens top-p
         self.n_lse = 0  # normalisers computed (cost counter)
+        self.n_lens = 0  # lens distributions computed
+        self.n_matmuls = 0  # full-vocabulary matmuls issued
 
     @torch.no_grad()
     def _normed_at(self, pos: int) -> torch.Tensor:
@@ -119,26 +138,38 @@ class WriterScorer:
         return self._normed[pos]
 
     @torch.no_grad()
-    def _ensure_lse(self, pos: int, heads: torch.Tensor) -> torch.Tensor:
-        """Log-normalisers [L, H] at ``pos``, computed for the flat head indices ``heads`` if missing."""
-        normed = self._normed_at(pos)
-        L, H, D = normed.shape
-        lse = self._lse[pos].reshape(-1)
-        need = heads[torch.isnan(lse[heads])]
-        flat = normed.reshape(L * H, D)
-        for c in range(0, len(need), self.chunk):
-            sel = need[c:c + self.chunk]
-            logits = (flat[sel] @ self.w_u.T).float()  # [chunk, V]
+    def _fill_lse(self, want: Sequence[tuple[int, int]]) -> None:
+        """Log-normalisers of the (pos, flat head index) pairs ``want`` (positions already normed), ``chunk`` rows
+        per matmul, rows of several positions sharing one."""
+        for c in range(0, len(want), self.chunk):
+            sel = want[c:c + self.chunk]
+            groups: dict[int, list[int]] = {}
+            for q, h in sel:
+                groups.setdefault(q, []).append(h)
+            x = torch.cat([self._normed[q].reshape(-1, self._normed[q].shape[-1])[hs] for q, hs in groups.items()])
+            logits = (x @ self.w_u.T).float()  # [rows, V]
             if self.b_u is not None:
                 logits = logits + self.b_u
-            lse[sel] = torch.logsumexp(logits, dim=-1)
+            lse = torch.logsumexp(logits, dim=-1)
+            del logits
+            i = 0
+            for q, hs in groups.items():
+                self._lse[q].view(-1)[hs] = lse[i:i + len(hs)]
+                i += len(hs)
             self.n_lse += len(sel)
-        return lse.reshape(L, H)
+            self.n_matmuls += 1
 
     @torch.no_grad()
-    def probs(self, pos: int, token: int, below: int) -> torch.Tensor:
-        """P(token) from each head's own output at ``pos``: [L, H]; NaN for unimportant heads, layers >= below
-        and (with ``prefilter``) heads outside the pre-selection."""
+    def _ensure_lse(self, pos: int, heads: torch.Tensor) -> torch.Tensor:
+        """Log-normalisers [L, H] at ``pos``, computed for the flat head indices ``heads`` if missing."""
+        self._normed_at(pos)
+        lse = self._lse[pos].reshape(-1)
+        self._fill_lse([(pos, h) for h in heads[torch.isnan(lse[heads])].tolist()])
+        return self._lse[pos]
+
+    @torch.no_grad()
+    def _candidates(self, pos: int, token: int, below: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw logits of ``token`` [L, H] at ``pos`` and the flat indices of the heads that get a probability."""
         normed = self._normed_at(pos)
         logit = normed.float() @ self.w_u[token].float()  # [L, H]
         if self.b_u is not None:
@@ -148,16 +179,56 @@ class WriterScorer:
         cand = torch.nonzero(eligible.reshape(-1)).flatten()
         if self.prefilter is not None and len(cand) > self.prefilter:
             cand = cand[torch.topk(logit.reshape(-1)[cand], self.prefilter).indices]
+        return logit, cand
+
+    @torch.no_grad()
+    def prefetch(self, requests: Iterable[tuple[int, int, int]]) -> None:
+        """Compute, all at once, the normalisers that ``probs(pos, token, below)`` needs for each request."""
+        want: dict[tuple[int, int], None] = {}
+        for pos, token, below in requests:
+            _, cand = self._candidates(pos, token, below)
+            lse = self._lse[pos].reshape(-1)
+            want.update(dict.fromkeys((pos, h) for h in cand[torch.isnan(lse[cand])].tolist()))
+        self._fill_lse(list(want))
+
+    @torch.no_grad()
+    def probs(self, pos: int, token: int, below: int) -> torch.Tensor:
+        """P(token) from each head's own output at ``pos``: [L, H]; NaN for unimportant heads, layers >= below
+        and (with ``prefilter``) heads outside the pre-selection."""
+        logit, cand = self._candidates(pos, token, below)
         lse = self._ensure_lse(pos, cand)
         p = torch.full_like(logit, math.nan).reshape(-1)
         p[cand] = torch.exp(logit.reshape(-1)[cand] - lse.reshape(-1)[cand])
         return p.reshape(logit.shape)
 
     @torch.no_grad()
+    def _lens_rows(self, keys: Sequence[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], torch.Tensor]]:
+        """Logit-lens distributions of resid_pre at the (layer, pos) ``keys``, ``chunk`` rows per matmul."""
+        for c in range(0, len(keys), self.chunk):
+            sel = keys[c:c + self.chunk]
+            x = self.acts.resid[[k[0] for k in sel], [k[1] for k in sel]]  # [rows, D]
+            dist = torch.softmax(self.model.logits_from_resid(x.to(self.model.device)).float().cpu(), dim=-1)
+            self.n_lens += len(sel)
+            self.n_matmuls += 1
+            yield from zip(sel, dist)
+
+    @torch.no_grad()
     def lens(self, layer: int, pos: int) -> torch.Tensor:
         """Logit-lens distribution of resid_pre of ``layer`` at ``pos``: [V] float32."""
-        return torch.softmax(self.model.logits_from_resid(self.acts.resid[layer, pos].to(self.model.device))
-                             .float().cpu(), dim=-1)
+        return next(self._lens_rows([(layer, pos)]))[1]
+
+    @torch.no_grad()
+    def lens_top(self, requests: Sequence[tuple[int, int, int]]) -> list[list[tuple[int, float]]]:
+        """For each (layer, pos, p): the top ``p`` lens tokens above the median, ``[(token, prob)]``. Distributions
+        missing from the (small) result cache are computed together."""
+        need: dict[tuple[int, int], set[int]] = {}
+        for layer, pos, p in requests:
+            if (layer, pos, p) not in self._tops:
+                need.setdefault((layer, pos), set()).add(p)
+        for (layer, pos), dist in self._lens_rows(list(need)):
+            for p in need[(layer, pos)]:
+                self._tops[(layer, pos, p)] = _above_median_top(dist, p)
+        return [self._tops[r] for r in requests]
 
 
 def _above_median_top(values: torch.Tensor, n: int, exclude: Sequence[int] = ()) -> list[tuple[int, float]]:
@@ -175,40 +246,59 @@ def trace(scorer: WriterScorer, pos: int, token: int, cfg: FlowConfig, decode: A
     """Recursive Stage I–III search from ``token`` at ``pos``; returns the nodes (traced heads), parents first.
 
     Node: ``{id, parent, depth, layer, head, pos, token, text, prob, reads: [{pos, attn, tokens: [{id, text, prob}]}]}``
-    where ``token`` is the token the head is found to write at ``pos`` (the carried token).
+    where ``token`` is the token the head is found to write at ``pos`` (the carried token). Nodes are numbered
+    depth by depth, each depth in the order of its frontier. See :func:`trace_many` for how it is computed.
+    """
+    return trace_many(scorer, [(pos, token)], cfg, decode)[0]
+
+
+def trace_many(scorer: WriterScorer, starts: Sequence[tuple[int, int]], cfg: FlowConfig,
+               decode: Any = None) -> list[list[dict]]:
+    """:func:`trace` from each (pos, token) of ``starts`` (same scorer), computed together; one node list each,
+    the same as tracing them one by one.
+
+    One depth at a time over all traces: first the normalisers every frontier entry needs
+    (:meth:`WriterScorer.prefetch`), then the nodes and reads in frontier order, then the lens distributions of all
+    reads (:meth:`WriterScorer.lens_top`), whose top tokens form the next frontier in the same order. So each
+    full-vocabulary product is batched over a whole depth level instead of issued per position or read.
     """
     acts = scorer.acts
     L = acts.z.shape[0]
     decode = decode or (lambda t: str(t))
-    nodes: list[dict] = []
-    frontier = [(pos, token, L, -1, 0)]
-    while frontier:
-        nxt = []
-        for q_pos, t, below, parent, depth in frontier:
-            if below <= 0 or depth > cfg.max_depth:
-                continue
-            l_d, k_d, p_d = cfg.at_depth(depth)
-            pr = scorer.probs(q_pos, t, below)  # [L, H]
-            flat = torch.nan_to_num(pr, nan=-1.0).reshape(-1)
-            vals, idx = torch.topk(flat, min(l_d, flat.numel()))
-            for val, i in zip(vals.tolist(), idx.tolist()):
-                if val < 0 or val < cfg.min_prob:
-                    continue
-                layer, head = divmod(i, pr.shape[1])
-                node = {"id": len(nodes), "parent": parent, "depth": depth, "layer": layer, "head": head,
-                        "pos": q_pos, "token": int(t), "text": decode(t), "prob": float(val), "reads": []}
-                nodes.append(node)
-                row = acts.attn[layer, head, q_pos, :q_pos + 1]  # [q_pos+1]
-                for k_pos, a in _above_median_top(row, k_d, exclude=(0,) if cfg.skip_first and q_pos > 0 else ()):
-                    read = {"pos": k_pos, "attn": a, "tokens": []}
-                    if layer > 0:
-                        lens = scorer.lens(layer, k_pos)
-                        for tok, pv in _above_median_top(lens, p_d):
-                            read["tokens"].append({"id": tok, "text": decode(tok), "prob": pv})
-                            nxt.append((k_pos, tok, layer, node["id"], depth + 1))
-                    node["reads"].append(read)
-        frontier = nxt
-    return nodes
+    out: list[list[dict]] = [[] for _ in starts]
+    frontiers = [[(pos, token, L, -1, 0)] for pos, token in starts]
+    while any(frontiers):
+        live = [[f for f in fr if f[2] > 0 and f[4] <= cfg.max_depth] for fr in frontiers]
+        scorer.prefetch([(q_pos, t, below) for fr in live for q_pos, t, below, _, _ in fr])
+        pending: list[tuple[int, dict, int, int, int, int, int]] = []  # (trace, read, layer, pos, p, node, depth)
+        for j, fr in enumerate(live):
+            nodes = out[j]
+            for q_pos, t, below, parent, depth in fr:
+                l_d, k_d, p_d = cfg.at_depth(depth)
+                pr = scorer.probs(q_pos, t, below)  # [L, H]
+                flat = torch.nan_to_num(pr, nan=-1.0).reshape(-1)
+                vals, idx = torch.topk(flat, min(l_d, flat.numel()))
+                for val, i in zip(vals.tolist(), idx.tolist()):
+                    if val < 0 or val < cfg.min_prob:
+                        continue
+                    layer, head = divmod(i, pr.shape[1])
+                    node = {"id": len(nodes), "parent": parent, "depth": depth, "layer": layer, "head": head,
+                            "pos": q_pos, "token": int(t), "text": decode(t), "prob": float(val), "reads": []}
+                    nodes.append(node)
+                    row = acts.attn[layer, head, q_pos, :q_pos + 1]  # [q_pos+1]
+                    excl = (0,) if cfg.skip_first and q_pos > 0 else ()
+                    for k_pos, a in _above_median_top(row, k_d, exclude=excl):
+                        read = {"pos": k_pos, "attn": a, "tokens": []}
+                        if layer > 0:
+                            pending.append((j, read, layer, k_pos, p_d, node["id"], depth + 1))
+                        node["reads"].append(read)
+        tops = scorer.lens_top([(layer, k_pos, p_d) for _, _, layer, k_pos, p_d, _, _ in pending])
+        frontiers = [[] for _ in starts]
+        for (j, read, layer, k_pos, _, node_id, depth), top in zip(pending, tops):
+            for tok, pv in top:
+                read["tokens"].append({"id": tok, "text": decode(tok), "prob": pv})
+                frontiers[j].append((k_pos, tok, layer, node_id, depth))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,17 +400,25 @@ def trace_example(model: Any, pairs: Sequence[dict], cfg: FlowConfig, generation
     out = []
     for ids, members in _forward_groups(pairs):
         acts = capture(model, ids)
+        members = sorted(members, key=lambda q: int(q["subtask"]))
         scorers: dict[Any, WriterScorer] = {}
-        for p in sorted(members, key=lambda q: int(q["subtask"])):
-            n = len(p["clean_ids"])
+        masks, keys, bounds_of = [], [], []
+        for p in members:
             mask = important(int(p["subtask"])) if callable(important) else important
             key = None if mask is None else tuple(mask.flatten().tolist())
             if key not in scorers:
                 scorers[key] = WriterScorer(model, acts, mask, prefilter=cfg.prefilter)
-            nodes = trace(scorers[key], n - 1, int(p["answer_id"]), cfg, decode=lambda t: tok.decode([t]))
-            bounds = None
-            if generation is not None:
-                bounds = part_bounds(tok, p["clean_ids"], p["clean"], generation["prompt"], generation["question"])
+            masks.append(mask)
+            keys.append(key)
+            bounds_of.append(None if generation is None else part_bounds(
+                tok, p["clean_ids"], p["clean"], generation["prompt"], generation["question"]))
+        traced: dict[int, list[dict]] = {}
+        for key, scorer in scorers.items():  # the pairs sharing a scorer are traced together
+            idx = [i for i, k in enumerate(keys) if k == key]
+            starts = [(len(members[i]["clean_ids"]) - 1, int(members[i]["answer_id"])) for i in idx]
+            traced.update(zip(idx, trace_many(scorer, starts, cfg, decode=lambda t: tok.decode([t]))))
+        for i, p in enumerate(members):
+            n, mask, bounds, nodes = len(p["clean_ids"]), masks[i], bounds_of[i], traced[i]
             context = set(int(t) for t in p["clean_ids"])
             for nd in nodes:
                 nd["in_context"] = nd["token"] in context
