@@ -27,13 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import pandas as pd
 
-    from cotmech.generation import ACCURACY_COLUMNS
+    from cotmech.generation import ACCURACY_COLUMNS, ACCURACY_DTYPES
 
     if args.aggregate:
         if not args.accuracy:
             ap.error("--aggregate needs --accuracy")
-        df = pd.concat([read_table(p, dtype={"dataset": str, "ontology": str}) for p in args.aggregate],
-                       ignore_index=True)
+        df = pd.concat([read_table(p, dtype=ACCURACY_DTYPES) for p in args.aggregate], ignore_index=True)
         write_table(args.accuracy, df[ACCURACY_COLUMNS])
         print(df.to_string(index=False))
         return 0

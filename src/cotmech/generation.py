@@ -234,6 +234,8 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
 
 
 ACCURACY_COLUMNS = ["dataset", "ontology", "hops", "n", "correct", "accuracy", "ci_low", "ci_high"]
+#: Text columns of accuracy CSVs, pinned when reading: pandas would read the ontology "false" as a boolean.
+ACCURACY_DTYPES = {"dataset": str, "ontology": str}
 
 
 def accuracy_row(dataset: str, records: Sequence[dict]) -> dict:

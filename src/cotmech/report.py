@@ -65,13 +65,13 @@ def _rel(p: Path, mres: Path) -> str:
 
 
 def read_accuracy(mres: Path, datasets: Sequence[str], ontology: str) -> dict | None:
-    from .generation import wilson
+    from .generation import ACCURACY_DTYPES, wilson
     from .io import read_table
 
     p = mres / "accuracy.csv"
     if not p.exists():
         return None
-    df = read_table(p, dtype={"dataset": str, "ontology": str})
+    df = read_table(p, dtype=ACCURACY_DTYPES)
     sub = df[df["ontology"].str.lower() == str(ontology).lower()]  # tables written before the fix say "False"
     if sub.empty:
         return None
