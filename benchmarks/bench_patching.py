@@ -4,6 +4,9 @@
 Prints, per method, seconds per full head sweep (per pair), the ratio to naive and max |Δscore| vs naive
 (per-pair normalised KL scores, over the heads naive ran). ``--naive-heads N`` times naive on N heads spread
 evenly over the layers and extrapolates to all heads (documented in the output); 0 = all heads.
+``exact`` attends over the shared prefix with one product for all batch rows (``core.PREFIX_ATTENTION =
+"shared"``, the default); ``exact-concat`` is the same sweep with the prefix copied into every row and the
+model's own attention (the previous implementation), for comparison in the same run.
 
 Cases (see BENCHMARKS.md):
   CPU:  --model embedded:qwen2.5-coder-1.5b-instruct --source paper          (~600-token paper prompts)
@@ -69,6 +72,7 @@ def sync(model) -> None:
 
 
 def bench_case(model, pairs, args, label: str) -> dict:
+    from cotmech.patching import core
     from cotmech.patching.atp import atp_sweep
     from cotmech.patching.exact import exact_sweep, naive_sweep
 
@@ -84,8 +88,12 @@ def bench_case(model, pairs, args, label: str) -> dict:
         t0 = time.perf_counter()
         if name == "naive":
             res[name] = naive_sweep(model, pairs, heads=sample, pair_batch=1, progress=False)
-        elif name == "exact":
-            res[name] = exact_sweep(model, pairs, head_batch=args.head_batch, progress=False)
+        elif name in ("exact", "exact-concat"):
+            core.PREFIX_ATTENTION = "concat" if name == "exact-concat" else "shared"
+            try:
+                res[name] = exact_sweep(model, pairs, head_batch=args.head_batch, progress=False)
+            finally:
+                core.PREFIX_ATTENTION = "shared"
         else:
             res[name] = atp_sweep(model, pairs, pair_batch=1, progress=False)
         sync(model)
@@ -137,12 +145,14 @@ def main(argv=None) -> int:
     ap.add_argument("--source", choices=["paper", "random"], default="paper",
                     help="paper: our generator + 6-shot paper prompt; random: random tokens")
     ap.add_argument("--tokens", type=int, nargs="+", default=[512], help="random source: sequence lengths")
-    ap.add_argument("--diff-from-end", type=int, default=40, help="random source: corruption offset from the end")
+    ap.add_argument("--diff-from-end", type=int, nargs="+", default=[40],
+                    help="random source: corruption offset(s) from the end (the suffix exact recomputes)")
     ap.add_argument("--min-tokens", type=int, default=560, help="paper source: shortest pair kept")
     ap.add_argument("--pairs", type=int, default=1, help="pairs per case")
     ap.add_argument("--naive-heads", type=int, default=0, help="heads naive is timed on (0 = all)")
     ap.add_argument("--head-batch", type=int, default=64)
-    ap.add_argument("--methods", nargs="+", default=["naive", "exact", "atp"])
+    ap.add_argument("--methods", nargs="+", default=["naive", "exact", "atp"],
+                    choices=["naive", "exact", "exact-concat", "atp"])
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
@@ -158,9 +168,10 @@ def main(argv=None) -> int:
     if args.source == "paper":
         results.append(bench_case(model, paper_pairs(model, args.pairs, args.min_tokens, args.seed), args, "paper"))
     else:
-        for T in args.tokens:
-            pairs = random_pairs(model, args.pairs, T, args.diff_from_end, args.seed)
-            results.append(bench_case(model, pairs, args, f"random-{T}"))
+        for d in args.diff_from_end:
+            for T in args.tokens:
+                pairs = random_pairs(model, args.pairs, T, d, args.seed)
+                results.append(bench_case(model, pairs, args, f"random-{T}-suffix{d}"))
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     if args.out:

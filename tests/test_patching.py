@@ -9,7 +9,7 @@ from cotmech.models import build_random_hf, load_model, task_tokenizer, wrap
 from cotmech.patching import core
 from cotmech.patching.atp import atp_sweep
 from cotmech.patching.data import make_pair
-from cotmech.patching.exact import exact_sweep, naive_sweep, pair_runs
+from cotmech.patching.exact import exact_sweep, naive_sweep, pair_runs, patch_suffix
 from cotmech.patching.metrics import METRICS, normalise
 
 # init 0.2 (not 0.02): outputs far from uniform, so KL_noise is not tiny and normalised scores are well defined
@@ -69,6 +69,33 @@ def test_exact_is_invariant_to_head_batch_and_oom_backoff(model, monkeypatch):
     res = exact_sweep(model, pairs, head_batch=64, progress=False)
     assert res.info["head_batch"] == 2  # 64 -> 32 -> ... -> 2 (halving)
     np.testing.assert_allclose(res.patched, ref.patched, atol=1e-5)
+
+
+def test_shared_prefix_attention_equals_concatenated_prefix(model, monkeypatch):
+    """The shared-prefix attention (one product of all rows' queries with the prefix keys, log-sum-exp merge)
+    gives the numbers of copying the prefix into every row and calling the model's own attention, per row,
+    with edits in some rows (MHA and GQA); it is really the function that ran."""
+    assert core.shared_prefix_supported(model)
+    calls = []
+    real = core._shared_prefix_attention
+    monkeypatch.setattr(core, "_shared_prefix_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    from transformers import AttentionInterface
+    monkeypatch.setitem(AttentionInterface._global_mapping, core._SHARED_NAME, core._shared_prefix_attention)
+    for pair in random_pairs(4, shapes=((13, 3), (9, 7))):
+        pr = pair_runs(model, pair)
+        heads = [(lay, h) for lay in range(model.n_layers) for h in (0, model.n_heads - 1)]
+        out = {}
+        for mode in ("concat", "shared"):
+            monkeypatch.setattr(core, "PREFIX_ATTENTION", mode)
+            n0 = len(calls)
+            out[mode] = patch_suffix(model, pr, heads)
+            assert (len(calls) > n0) == (mode == "shared")
+        torch.testing.assert_close(out["shared"], out["concat"], atol=2e-5, rtol=2e-5)
+        # and the shared path reproduces the plain corrupt run when nothing is patched
+        plain = plain_last_logits(model, pair.corrupt_ids)
+        none = core.run_trace(model, pair.ids("corrupt")[pair.first_diff:][None], cache=pr.cache)
+        torch.testing.assert_close(none.logits[0], plain, atol=1e-4, rtol=1e-4)
+    assert core._SHARED_NAME != model.hf.config._attn_implementation  # restored after every trace
 
 
 def test_run_in_batches_reraises_other_errors():

@@ -14,9 +14,10 @@ so only the part of the input after the first clean/corrupt difference is recomp
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,11 +54,13 @@ class PrefixCache:
     values: list[torch.Tensor]
     length: int
 
-    def dynamic(self, rows: int, hf_config: Any) -> Any:
+    def dynamic(self, rows: int, hf_config: Any, shared: bool = False) -> Any:
         """A transformers ``DynamicCache`` that serves the prefix to ``rows`` batch rows without storing them.
 
-        Each layer's ``update`` returns prefix (broadcast to the batch) + new keys/values and keeps nothing,
-        so only one layer's concatenation is alive at a time (memory O(rows x length) for one layer, not all).
+        Each layer's ``update`` keeps nothing. With ``shared`` it returns the new keys/values alone (the
+        attention function :func:`shared_prefix_attention` reads the prefix from this object); otherwise it
+        returns prefix (broadcast to the batch) + new keys/values, so one layer's concatenation
+        [rows, n_kv_heads, length + pos, d_head] is alive at a time.
         """
         from transformers import DynamicCache
 
@@ -71,16 +74,97 @@ class PrefixCache:
                 cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
             return cache
         for lay in layers:
-            lay.update = _read_only_update(lay)
+            lay.update = _read_only_update(lay, shared)
         return cache
 
 
-def _read_only_update(layer: Any) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+def _read_only_update(layer: Any, shared: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     def update(key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if shared:
+            return key_states, value_states
         n = key_states.shape[0]
         return (torch.cat([layer.keys.expand(n, -1, -1, -1), key_states], dim=-2),
                 torch.cat([layer.values.expand(n, -1, -1, -1), value_states], dim=-2))
     return update
+
+
+# --------------------------------------------------------------------------------------------------
+# attention over a shared prefix without copying it per batch row
+# --------------------------------------------------------------------------------------------------
+#: How :func:`run_trace` attends over a :class:`PrefixCache`: ``"shared"`` (one product of every row's queries
+#: with the prefix keys, merged with each row's causal suffix attention by the log-sum-exp rule) or ``"concat"``
+#: (copy the prefix into every row and call the model's own attention). Same numbers up to float rounding.
+PREFIX_ATTENTION = "shared"
+_SHARED_NAME = "cotmech_shared_prefix"
+_active_prefix: list[PrefixCache] = []
+
+
+def _shared_prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: Any, scaling: float | None = None, dropout: float = 0.0,
+                             **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """softmax([q·K_prefix, q·K_suffix]) · [V_prefix; V_suffix] with the prefix shared by all rows.
+
+    query [B, Hq, S, d]; key/value [B, Hkv, S, d] (this call's suffix); the prefix [1, Hkv, P, d] comes from
+    the active :class:`PrefixCache`. Query head h reads key/value head h // (Hq / Hkv) (HF's ``repeat_kv``).
+    Suffix position s sees the whole prefix and suffix positions <= s (no padding: :func:`run_trace` forbids
+    a mask with a prefix cache). Returns ([B, S, Hq, d], None) like the transformers attention functions.
+    """
+    cache = _active_prefix[-1]
+    pk, pv = cache.keys[module.layer_idx], cache.values[module.layer_idx]  # [1, Hkv, P, d]
+    B, Hq, S, d = query.shape
+    Hkv, P = key.shape[1], pk.shape[-2]
+    window = kwargs.get("sliding_window")
+    if window is not None and P + S > window:
+        raise ValueError(f"shared-prefix attention: sequence of {P + S} tokens exceeds the sliding window {window}")
+    g = Hq // Hkv
+    scale = scaling if scaling is not None else d ** -0.5
+    q = query.reshape(B, Hkv, g * S, d)  # row j*S + s = query head kv*g + j at suffix position s
+    # prefix: one product for all batch rows and grouped heads: [Hkv, B*g*S, d] @ [Hkv, d, P]
+    s_pre = torch.matmul(q.transpose(0, 1).reshape(Hkv, B * g * S, d), pk[0].transpose(-1, -2))
+    s_pre = s_pre.view(Hkv, B, g * S, P).transpose(0, 1).float() * scale  # [B, Hkv, gS, P]
+    s_suf = torch.matmul(q, key.transpose(-1, -2)).float() * scale  # [B, Hkv, gS, S]
+    causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril().repeat(g, 1)  # [gS, S]
+    s_suf = s_suf.masked_fill(~causal, float("-inf"))
+    m = torch.maximum(s_pre.amax(-1, keepdim=True), s_suf.amax(-1, keepdim=True))  # [B, Hkv, gS, 1]
+    e_pre, e_suf = torch.exp(s_pre - m), torch.exp(s_suf - m)
+    den = e_pre.sum(-1, keepdim=True) + e_suf.sum(-1, keepdim=True)
+    o_pre = torch.matmul(e_pre.to(query.dtype).transpose(0, 1).reshape(Hkv, B * g * S, P), pv[0])
+    o_pre = o_pre.view(Hkv, B, g * S, d).transpose(0, 1)  # [B, Hkv, gS, d]
+    o_suf = torch.matmul(e_suf.to(query.dtype), value)
+    out = ((o_pre.float() + o_suf.float()) / den).to(query.dtype)
+    return out.view(B, Hkv, g, S, d).reshape(B, Hq, S, d).transpose(1, 2).contiguous(), None
+
+
+def shared_prefix_supported(model) -> bool:
+    """Whether the model's attention can be served by :func:`_shared_prefix_attention`: llama-family blocks
+    (q/k/v projections, ``layer_idx``, rotary positions) without logit soft-capping."""
+    cfg = model.hf.config
+    return (model.arch.layers == "model.layers" and getattr(cfg, "attn_logit_softcapping", None) is None
+            and hasattr(getattr(model.hf_layers()[0], model.arch.attn), "layer_idx"))
+
+
+def _shared_ok(model) -> bool:
+    if "_shared_prefix_ok" not in model.info:
+        model.info["_shared_prefix_ok"] = shared_prefix_supported(model)
+    return model.info["_shared_prefix_ok"]
+
+
+@contextlib.contextmanager
+def _serve_prefix(model, cache: PrefixCache) -> Iterator[None]:
+    """Use the shared-prefix attention for ``cache`` during the block; restore the model's own afterwards."""
+    from transformers import AttentionInterface
+
+    if _SHARED_NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(_SHARED_NAME, _shared_prefix_attention)
+    cfg = model.hf.config
+    prev = cfg._attn_implementation
+    _active_prefix.append(cache)
+    cfg._attn_implementation = _SHARED_NAME
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = prev
+        _active_prefix.pop()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,8 +253,9 @@ def run_trace(model, ids: torch.Tensor, *, attention_mask: torch.Tensor | None =
     dev = model.device
     save = set(save)
     kwargs: dict[str, Any] = {"input_ids": ids.to(dev), "logits_to_keep": 1, "use_cache": cache is not None}
+    shared = cache is not None and PREFIX_ATTENTION == "shared" and _shared_ok(model)
     if cache is not None:
-        kwargs[_cache_kwarg(model)] = cache.dynamic(R, model.hf.config)
+        kwargs[_cache_kwarg(model)] = cache.dynamic(R, model.hf.config, shared=shared)
         if position_ids is None:
             position_ids = torch.arange(cache.length, cache.length + S, device=dev)[None].expand(R, -1)
     if position_ids is not None:
@@ -200,7 +285,8 @@ def run_trace(model, ids: torch.Tensor, *, attention_mask: torch.Tensor | None =
                                         requires_grad=True)
     saved: dict[tuple[str, int], Any] = {}
     ctx = torch.enable_grad() if grad else torch.no_grad()
-    with ctx, model.lm.trace(**kwargs):
+    serve = _serve_prefix(model, cache) if shared else contextlib.nullcontext()
+    with ctx, serve, model.lm.trace(**kwargs):
         for layer in range(model.n_layers):
             if layer < start_layer:
                 model.layer(layer).skip(skip_value)
