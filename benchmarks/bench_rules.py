@@ -255,18 +255,19 @@ class Bench:
     def __init__(self, model: Any, study: Study, args: argparse.Namespace):
         self.model, self.study, self.cfg, self.args = model, study, study.cfg, args
         self.seed = study.seed
-        self._lens: Any = None
-        self._lens_s: float = 0.0
+        self._lens: dict[str, tuple[Any, float]] = {}
         self._acts: dict[str, tuple[list[str], dict, Any]] = {}
 
     # shared pieces -------------------------------------------------------------------------------
-    def lens(self) -> tuple[Any, float]:
-        """The logit lens (make_unembed) and the seconds it took (built once, timed once)."""
-        if self._lens is None:
+    def lens(self, device: str = "cpu") -> tuple[Any, float]:
+        """The logit lens (make_unembed) on ``device`` and the seconds it took (built once per device, timed
+        once): head_roles builds it on the model's device, the other lens rules on the CPU, as their scripts do."""
+        key = str(device)
+        if key not in self._lens:
             from cotmech.lens import make_unembed
 
-            self._lens_s, self._lens = timed(self.model, lambda: make_unembed(self.model))
-        return self._lens, self._lens_s
+            self._lens[key] = timed(self.model, lambda: make_unembed(self.model, device=device))[::-1]
+        return self._lens[key]
 
     def activations(self, d: str, recs: list[dict]) -> tuple[dict, Any]:
         """Activations and the joined index (as prior_shift.load_activations returns) of pair records ``recs``;
@@ -288,10 +289,10 @@ class Bench:
             index[f] = [by_id[i].get(f) for i in index["pair_id"]]
         return {k: v[torch.as_tensor(pos)] for k, v in have[1].items()}, index
 
-    def lens_row(self, rule: str, jobs: int) -> Row:
-        _, s = self.lens()
+    def lens_row(self, rule: str, jobs: int, device: str = "cpu") -> Row:
+        _, s = self.lens(device)
         return Row(rule, "make_unembed", "job (lens built once per job)", 1, s, jobs,
-                   "final norm + unembedding copied to a CPU float32 lens, once per job")
+                   f"final norm + unembedding copied to a float32 lens on {device}, once per job")
 
     # rules ---------------------------------------------------------------------------------------
     def generate_cot(self, s: int) -> list[Row]:
@@ -508,16 +509,17 @@ class Bench:
         if not recs:
             raise ValueError(f"head_roles: no sample pairs in {dsets[0]}")
         tensors, index = self.activations(dsets[0], recs)
-        lens, _ = self.lens()
+        dev = str(self.model.device)
+        lens, _ = self.lens(dev)
         args = (self.seed, float(rc["top_frac"]))
         run_roles(self.model, lens, {k: v[:1] for k, v in tensors.items()}, index.iloc[:1], None, *args, n_boot=2)
         t, _ = timed(self.model, lambda: run_roles(self.model, lens, tensors, index, None, *args,
                                                    n_boot=int(rc["n_boot"]), ci=float(rc["ci"])))
         units = st.capped(dsets, None, rc["max_per_subtask"])
-        return [self.lens_row("head_roles", len(dsets)),
+        return [self.lens_row("head_roles", len(dsets), dev),
                 Row("head_roles", "run_roles", "row (pair)", len(recs), t, units,
                     f"Σ over {dsets} and subtasks of min(max_per_subtask {rc['max_per_subtask']}, pairs) = {units}; "
-                    f"includes the {rc['n_boot']}-draw bootstrap; CPU (the lens runs on the host)")]
+                    f"includes the {rc['n_boot']}-draw bootstrap; lens on {dev}")]
 
     def trace_flow(self, s: int) -> list[Row]:
         import numpy as np
@@ -646,7 +648,8 @@ class Bench:
         if not tl["enabled"]:
             return []
         model = self.model
-        lens, _ = self.lens()
+        dev = str(model.device)
+        lens, _ = self.lens(dev)
         L, d = model.n_layers, model.d_model
         n_rows = sum(st.total_pairs(x) for x in st.datasets)
         n_ex = sum(st.used[x] for x in st.datasets)
@@ -665,14 +668,14 @@ class Bench:
                                                             eval_rows=tl["eval_rows"], **kw))
         note = (f"{n_train} train / {n_val} held-out residual rows (all pairs of every dataset), {tl['steps']} steps "
                 f"of batch {tl['batch']}, {hist['steps']} done (time_limit_s {tl['time_limit_s']}"
-                f"{': hit' if hist['time_limit_hit'] else ''}); random residuals; CPU; loading the activation files "
+                f"{': hit' if hist['time_limit_hit'] else ''}); random residuals; lens on {dev}; loading the activation files "
                 f"not timed")
         if scale < 1:
-            return [self.lens_row("train_tuned_lens", 1),
+            return [self.lens_row("train_tuned_lens", 1, dev),
                     Row("train_tuned_lens", "train", "residual row", tr + va, t, n_rows,
                         note + f"; measured on {tr + va} rows (--max-lens-gib {self.args.max_lens_gib}) and scaled "
                                f"by rows (overestimate: steps and evaluations do not grow with rows)")]
-        return [self.lens_row("train_tuned_lens", 1),
+        return [self.lens_row("train_tuned_lens", 1, dev),
                 Row("train_tuned_lens", "train", "run at config scale", 1, t, 1, note + "; measured at full size")]
 
     def prior_shift(self, s: int) -> list[Row]:
@@ -697,7 +700,7 @@ class Bench:
                 Row("prior_shift", "run_lenses", "row (pair)", len(recs), t, units,
                     f"Σ over {st.datasets} and subtasks of min(max_per_subtask {ps['max_per_subtask']}, pairs) = "
                     f"{units}; context-free prior forwards + logit{' and tuned' if tuned else ''} lens statistics "
-                    f"(CPU); bootstrap tables not timed")]
+                    f"(lens on the CPU, as scripts/prior_shift.py builds it); bootstrap tables not timed")]
 
     def jobs(self, rules: Sequence[str]) -> dict[str, int]:
         """Model-loading jobs of each selected rule at config scale (one load per job)."""

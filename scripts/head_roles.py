@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         tensors, index = load_activations(args.pairs, args.activations, args.index,
                                           keys=("resid", "attn_out", "z", "attn"))
         model = load_from_args(args, settings)
-        lens = make_unembed(model)
+        lens = make_unembed(model, device=model.device)  # the writer scan runs where the model runs
         t0 = time.time()
         writers, copy, summary = run_roles(model, lens, tensors, index, cfg.get("max_per_subtask"), seed,
                                            float(cfg.get("top_frac", 0.05)), int(cfg.get("n_boot", 200)),

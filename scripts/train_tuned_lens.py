@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         val_ex = set(rng.choice(uniq, n_val, replace=False).tolist()) if n_val else set()
         is_val = torch.tensor([g in val_ex for g in groups])
         model = load_from_args(args, settings)
-        lens = make_unembed(model)
+        lens = make_unembed(model, device=model.device)  # trains where the model runs (its GPU, if any)
         if not lens.fast:
             raise LensError(f"{model.spec}: the final norm is not RMSNorm/LayerNorm-shaped; tuned lens not supported")
         t0 = time.time()
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"n_train": int((~is_val).sum()), "n_val": int(is_val.sum()), "n_examples": int(len(uniq)),
               "n_val_examples": len(val_ex), "rank": "full" if rank is None else rank, "settings": cfg,
               "data": "residual stream at the predicting positions of the task inputs (one per pair)",
-              "note": "trained on few positions on CPU: biased towards these inputs, indicative only", **hist}
+              "note": "trained on few positions: biased towards these inputs, indicative only", **hist}
     write_json(args.report, report)
     kl = {k: float(np.mean(hist[k][:-1])) for k in hist if k.startswith("kl_")}
     print(f"{hist['steps']} steps in {time.time() - t0:.1f} s (time limit hit: {hist['time_limit_hit']}); "

@@ -118,8 +118,9 @@ class WriterScorer:
             raise ValueError(f"important-head mask has shape {tuple(self.important.shape)}, expected {(L, H)}")
         self.w_o = torch.stack([model.w_o(i).detach().cpu() for i in range(L)])  # [L, H, dh, D]
         unembed = model.hf_unembed()
-        self.w_u = unembed.weight.detach().cpu()  # [V, D]
-        self.b_u = None if getattr(unembed, "bias", None) is None else unembed.bias.detach().cpu().float()  # [V]
+        # the full-vocabulary products run where the model is (its GPU, if any); results come back to the CPU
+        self.w_u = unembed.weight.detach()  # [V, D] on the model's device
+        self.b_u = None if getattr(unembed, "bias", None) is None else unembed.bias.detach().float()  # [V]
         self.chunk = int(chunk) if chunk else max(1, CHUNK_BYTES // (4 * self.w_u.shape[0]))
         self._normed: dict[int, torch.Tensor] = {}  # pos -> [L, H, D]
         self._lse: dict[int, torch.Tensor] = {}  # pos -> [L, H], NaN = not computed yet
@@ -147,10 +148,10 @@ class WriterScorer:
             for q, h in sel:
                 groups.setdefault(q, []).append(h)
             x = torch.cat([self._normed[q].reshape(-1, self._normed[q].shape[-1])[hs] for q, hs in groups.items()])
-            logits = (x @ self.w_u.T).float()  # [rows, V]
+            logits = (x.to(self.w_u.device, self.w_u.dtype) @ self.w_u.T).float()  # [rows, V]
             if self.b_u is not None:
                 logits = logits + self.b_u
-            lse = torch.logsumexp(logits, dim=-1)
+            lse = torch.logsumexp(logits, dim=-1).cpu()
             del logits
             i = 0
             for q, hs in groups.items():
@@ -171,9 +172,9 @@ class WriterScorer:
     def _candidates(self, pos: int, token: int, below: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw logits of ``token`` [L, H] at ``pos`` and the flat indices of the heads that get a probability."""
         normed = self._normed_at(pos)
-        logit = normed.float() @ self.w_u[token].float()  # [L, H]
+        logit = normed.float() @ self.w_u[token].float().cpu()  # [L, H]
         if self.b_u is not None:
-            logit = logit + self.b_u[token]
+            logit = logit + float(self.b_u[token])
         eligible = self.important.clone()
         eligible[below:] = False
         cand = torch.nonzero(eligible.reshape(-1)).flatten()

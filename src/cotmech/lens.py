@@ -96,8 +96,12 @@ def _norm_eps(norm: nn.Module) -> float | None:
 
 
 @torch.no_grad()
-def make_unembed(model: Any, dtype: torch.dtype = torch.float32, check: bool = True) -> Unembed:
-    """Build the logit lens of a :class:`~cotmech.models.LoadedModel`.
+def make_unembed(model: Any, dtype: torch.dtype = torch.float32, check: bool = True,
+                 device: str | torch.device = "cpu") -> Unembed:
+    """Build the logit lens of a :class:`~cotmech.models.LoadedModel`, its matrices on ``device``.
+
+    Callers keep their inputs on ``device`` too (``lens.G.device``); :func:`cotmech.roles.writer_components`
+    does, so the answer-writer scan runs on the model's GPU where there is one.
 
     The gain and bias of the final norm are read off the module by probing it with ±1 vectors, so
     variants such as Gemma's ``(1 + w)`` need no special case; the result is verified against
@@ -129,12 +133,13 @@ def make_unembed(model: Any, dtype: torch.dtype = torch.float32, check: bool = T
     if ub is not None:
         bias = bias + ub.detach().float().cpu()
     has_bias = bool(bias.abs().max() > 0)
-    lens = Unembed(G, bias.to(dtype) if has_bias else None, eps, center, dtype)
+    dev = torch.device(device)
+    lens = Unembed(G.to(dev), bias.to(dev, dtype) if has_bias else None, eps, center, dtype)
     if check:
         gen = torch.Generator().manual_seed(0)
         v = torch.randn(4, d, generator=gen) * 3.0
         ref = model.logits_from_resid(v.to(model.device)).float().cpu()
-        got = lens.logits(v.to(model.dtype).float()).float()
+        got = lens.logits(v.to(model.dtype).float().to(dev)).float().cpu()
         tol = 1e-3 if model.dtype == torch.float32 else 0.1
         err = float((ref - got).abs().max() / ref.abs().max().clamp(min=1e-6))
         if err > tol:
@@ -299,6 +304,10 @@ def load_tuned_lens(path: Any) -> TunedLens:
     return tl
 
 
+def _device(lens: Unembed) -> torch.device:
+    return lens.G.device if lens.G is not None else torch.device("cpu")
+
+
 def _layer_kl(lens: Unembed, tl: TunedLens, resid: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
     """KL(final ‖ tuned lens_ℓ) per layer 0..L-1, mean over rows: resid [n, L+1, d] -> [L]."""
     L = tl.n_layers
@@ -311,10 +320,11 @@ def _layer_kl(lens: Unembed, tl: TunedLens, resid: torch.Tensor, target_logp: to
 def eval_kl(lens: Unembed, tl: TunedLens, resid: torch.Tensor, chunk: int = 4) -> np.ndarray:
     """Mean KL(final ‖ lens_ℓ) in nats per layer 0..L on ``resid`` [N, L+1, d] (0 at layer L)."""
     tot = torch.zeros(tl.n_layers, dtype=torch.float64)
+    dev = _device(lens)
     for s in range(0, resid.shape[0], chunk):
-        r = resid[s:s + chunk].float()
+        r = resid[s:s + chunk].float().to(dev)
         target = torch.log_softmax(lens.logits(r[:, -1]), -1)
-        tot += _layer_kl(lens, tl, r, target).double() * r.shape[0]
+        tot += _layer_kl(lens, tl, r, target).double().cpu() * r.shape[0]
     return np.append((tot / resid.shape[0]).numpy(), 0.0)
 
 
@@ -329,12 +339,15 @@ def train_tuned_lens(lens: Unembed, train: torch.Tensor, val: torch.Tensor | Non
     safety stop (it makes the result depend on machine speed; the history says whether it fired).
     Returns the lens and a history: per-layer KL of the identity (logit lens) and the tuned lens on
     ``train`` and ``val`` (their first ``eval_rows`` rows; None = all), the loss curve, steps done and wall time.
+    Runs on the lens's device (batches move there; ``train``/``val`` stay where they are); the lens returned is
+    on the CPU.
     """
     if train.ndim != 3 or train.shape[0] < 1:
         raise LensError(f"tuned lens: training residuals must be [N>0, L+1, d_model], got {tuple(train.shape)}")
     n_layers, d_model = train.shape[1] - 1, train.shape[2]
     torch.manual_seed(seed)
-    tl = TunedLens(n_layers, d_model, rank, seed=seed)
+    dev = _device(lens)
+    tl = TunedLens(n_layers, d_model, rank, seed=seed).to(dev)
     gen = torch.Generator().manual_seed(seed)
     ev_train = train[:eval_rows]
     ev_val = val[:eval_rows] if val is not None and len(val) else None
@@ -342,13 +355,13 @@ def train_tuned_lens(lens: Unembed, train: torch.Tensor, val: torch.Tensor | Non
     if ev_val is not None:
         hist["kl_logit_val"] = eval_kl(lens, tl, ev_val).tolist()
     with torch.no_grad():
-        targets = torch.cat([torch.log_softmax(lens.logits(train[s:s + 16, -1].float()), -1)
-                             for s in range(0, train.shape[0], 16)])  # [N, vocab]
+        targets = torch.cat([torch.log_softmax(lens.logits(train[s:s + 16, -1].float().to(dev)), -1)
+                             for s in range(0, train.shape[0], 16)])  # [N, vocab] on dev
     opt = torch.optim.Adam(tl.parameters(), lr=lr, weight_decay=weight_decay)
     losses, t0, stopped = [], time.time(), False
     for _ in tqdm(range(steps), desc="tuned lens", leave=False):
         idx = torch.randint(0, train.shape[0], (min(batch, train.shape[0]),), generator=gen)
-        loss = _layer_kl(lens, tl, train[idx], targets[idx]).mean()
+        loss = _layer_kl(lens, tl, train[idx].to(dev), targets[idx.to(dev)]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -361,6 +374,7 @@ def train_tuned_lens(lens: Unembed, train: torch.Tensor, val: torch.Tensor | Non
                 kl_tuned_train=eval_kl(lens, tl, ev_train).tolist())
     if ev_val is not None:
         hist["kl_tuned_val"] = eval_kl(lens, tl, ev_val).tolist()
+    tl = tl.cpu()
     for p in tl.parameters():
         p.requires_grad_(False)
     return tl, hist

@@ -50,6 +50,11 @@ def o_bias(model: Any, layer: int) -> torch.Tensor | None:
     return None if b is None else b.detach().float().cpu()
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    """float64 numpy copy of a tensor on any device."""
+    return t.detach().double().cpu().numpy()
+
+
 def _answer_prob(logits: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """softmax(logits)[..., a] for logits [N, ..., V] and answer ids a [N] -> [N, ...] (float64)."""
     idx = a.view(-1, *([1] * (logits.dim() - 1))).expand(*logits.shape[:-1], 1)
@@ -59,45 +64,49 @@ def _answer_prob(logits: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: torch.Tensor, z: torch.Tensor,
                       answer_id: torch.Tensor, progress: bool = False,
-                      max_bytes: int = 256 * 2**20) -> dict[str, np.ndarray]:
+                      max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Answer-writer components per row, layer and head (module doc).
 
     resid [N, L+1, d], attn_out [N, L, d], z [N, L, H, d_head], answer_id [N] ->
     ``p_head, p_alone, dla``: [N, L, H]; ``p_pre, p_mid``: [N, L].
     Per layer, resid_pre, resid_mid and every head's output go through the unembedding in one matrix product
     (the product reads the whole [vocab, d_model] matrix, so one product per vector would be memory-bound);
-    rows are chunked so one chunk's logits stay under ``max_bytes``.
+    rows are chunked so one chunk's logits stay under ``max_bytes`` (default 256 MiB on the CPU, 2 GiB on a GPU).
+    Runs on the lens's device (``lens.G.device``).
     """
     if not lens.fast:
         raise ValueError("writer scores need the linear (RMSNorm/LayerNorm) lens; this model's norm is not supported")
     N, L, H, _ = z.shape
-    a = answer_id.long()
+    dev = lens.G.device  # inputs move there chunk by chunk; results come back as numpy
+    a = answer_id.long().to(dev)
     g_a = lens.direction(a).float()  # [N, d]
     g_centred = g_a - lens.G.float().mean(0)
-    s_final = lens.scale(resid[:, L].float())  # [N]
+    s_final = lens.scale(resid[:, L].float().to(dev))  # [N]
     out = {k: np.zeros((N, L, H)) for k in ("p_head", "p_alone", "dla")}
     out.update(p_pre=np.zeros((N, L)), p_mid=np.zeros((N, L)))
+    if max_bytes is None:
+        max_bytes = (256 if dev.type == "cpu" else 2048) * 2**20
     step = max(1, int(max_bytes // (3 * (H + 2) * lens.vocab_size * 4)))  # rows per chunk (lin + 2 logit tensors)
     for layer in tqdm(range(L), desc="writers", disable=not progress, leave=False):
-        w_o = model.w_o(layer).detach().cpu()
+        w_o = model.w_o(layer).detach().to(dev)
         b = o_bias(model, layer)
+        b = b.to(dev) if b is not None else None
         lin_b = lens.linear(b) if b is not None else None  # [V]
         for r0 in range(0, N, step):
             r = slice(r0, min(N, r0 + step))
-            pre = resid[r, layer].float()  # [n, d]
-            mid = pre + attn_out[r, layer].float()
-            x = head_outputs(z[r, layer], w_o)  # [n, H, d]
+            pre = resid[r, layer].float().to(dev)  # [n, d]
+            mid = pre + attn_out[r, layer].float().to(dev)
+            x = head_outputs(z[r, layer].to(dev), w_o)  # [n, H, d]
             lin = lens.linear(torch.cat([pre[:, None], mid[:, None], x], 1))  # [n, H+2, V]: pre, mid, heads
             lin_x = lin[:, 2:]
-            out["p_pre"][r, layer] = _answer_prob(lens.from_linear(lin[:, 0], lens.scale(pre)), a[r]).numpy()
-            out["p_mid"][r, layer] = _answer_prob(lens.from_linear(lin[:, 1], lens.scale(mid)), a[r]).numpy()
+            out["p_pre"][r, layer] = _np(_answer_prob(lens.from_linear(lin[:, 0], lens.scale(pre)), a[r]))
+            out["p_mid"][r, layer] = _np(_answer_prob(lens.from_linear(lin[:, 1], lens.scale(mid)), a[r]))
             lin_pre = lin[:, 0] if lin_b is None else lin[:, 0] + lin_b
             rebuilt_scale = lens.scale(pre[:, None] + x + (b if b is not None else 0.0))  # [n, H]
-            out["p_head"][r, layer] = _answer_prob(lens.from_linear(lin_pre[:, None] + lin_x, rebuilt_scale),
-                                                   a[r]).numpy()
-            out["p_alone"][r, layer] = _answer_prob(lens.from_linear(lin_x, lens.scale(x)), a[r]).numpy()
-            out["dla"][r, layer] = (torch.einsum("nhd,nd->nh", lens.prep(x), g_centred[r])
-                                    / s_final[r, None]).double().numpy()
+            out["p_head"][r, layer] = _np(_answer_prob(lens.from_linear(lin_pre[:, None] + lin_x, rebuilt_scale),
+                                                       a[r]))
+            out["p_alone"][r, layer] = _np(_answer_prob(lens.from_linear(lin_x, lens.scale(x)), a[r]))
+            out["dla"][r, layer] = _np(torch.einsum("nhd,nd->nh", lens.prep(x), g_centred[r]) / s_final[r, None])
     return out
 
 
@@ -116,12 +125,13 @@ def copy_components(lens: Unembed, model: Any, z: torch.Tensor, attn: torch.Tens
         if not 0 <= col < S or int(pos) >= int(length[i]) - 1:
             raise ValueError(f"row {i}: answer_pos {pos} is outside the clean input (length {length[i]})")
         a_col[i] = attn[i, :, :, col].double().numpy()
-    g_a = lens.direction(answer_id.long()).float()
+    dev = lens.G.device
+    g_a = lens.direction(answer_id.long().to(dev)).float()
     unit = g_a / g_a.norm(dim=-1, keepdim=True)
     proj = np.zeros((N, L, H))
     for layer in range(L):
-        x = head_outputs(z[:, layer], model.w_o(layer).detach().cpu())
-        proj[:, layer] = torch.einsum("nhd,nd->nh", lens.prep(x), unit).double().numpy()
+        x = head_outputs(z[:, layer].to(dev), model.w_o(layer).detach().to(dev))
+        proj[:, layer] = _np(torch.einsum("nhd,nd->nh", lens.prep(x), unit))
     return {"attn": a_col, "proj": proj}
 
 
