@@ -71,27 +71,49 @@ def sync(model) -> None:
         torch.cuda.synchronize()
 
 
+def profile_exact(model, pairs, head_batch: int, rows: int = 25) -> None:
+    """One more exact sweep under torch.profiler (not timed): the operators that take the time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cotmech.patching.exact import exact_sweep
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        exact_sweep(model, pairs, head_batch=head_batch, progress=False)
+        sync(model)
+    key = "cuda_time_total" if model.device.type == "cuda" else "cpu_time_total"
+    print(f"-- profile of one exact sweep (head batch {head_batch}), top {rows} by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60))
+
+
 def bench_case(model, pairs, args, label: str) -> dict:
     from cotmech.patching import core
     from cotmech.patching.atp import atp_sweep
-    from cotmech.patching.exact import exact_sweep, naive_sweep
+    from cotmech.patching.exact import all_heads, exact_sweep, naive_sweep
 
     n_heads = model.n_layers * model.n_heads
     sample = spread_heads(model, args.naive_heads)
-    # warm-up (kernels, allocator, nnsight) on the first pair, two heads
+    # warm-up (kernels, allocator, nnsight) on the first pair: two naive heads, one full exact batch, AtP
     naive_sweep(model, pairs[:1], heads=sample[:2], progress=False)
-    exact_sweep(model, pairs[:1], heads=sample[:2], head_batch=2, progress=False)
+    exact_sweep(model, pairs[:1], heads=all_heads(model)[:max(args.head_batch)], head_batch=max(args.head_batch),
+                progress=False)
     atp_sweep(model, pairs[:1], pair_batch=1, progress=False)
+    runs = []  # (label, method, head batch)
+    for m in args.methods:
+        if m.startswith("exact"):
+            runs += [(m if len(args.head_batch) == 1 else f"{m}/b{hb}", m, hb) for hb in args.head_batch]
+        else:
+            runs.append((m, m, None))
     res, secs = {}, {}
-    for name in args.methods:
+    for name, method, hb in runs:
         sync(model)
         t0 = time.perf_counter()
-        if name == "naive":
+        if method == "naive":
             res[name] = naive_sweep(model, pairs, heads=sample, pair_batch=1, progress=False)
-        elif name in ("exact", "exact-concat"):
-            core.PREFIX_ATTENTION = "concat" if name == "exact-concat" else "shared"
+        elif method in ("exact", "exact-concat"):
+            core.PREFIX_ATTENTION = "concat" if method == "exact-concat" else "shared"
             try:
-                res[name] = exact_sweep(model, pairs, head_batch=args.head_batch, progress=False)
+                res[name] = exact_sweep(model, pairs, head_batch=hb, progress=False)
             finally:
                 core.PREFIX_ATTENTION = "shared"
         else:
@@ -116,7 +138,7 @@ def bench_case(model, pairs, args, label: str) -> dict:
     norm = float(np.min(np.abs(next(iter(res.values())).source - next(iter(res.values())).base)))
     out["min_abs_normaliser"] = norm
     print(f"smallest |m_source - m_base| (score normaliser, KL_noise for kl): {norm:.3e}")
-    print(f"{'method':8s} {'s/sweep':>10s} {'× naive':>9s} {'max|Δscore|':>12s} {'max|Δmetric|':>13s}")
+    print(f"{'method':16s} {'s/sweep':>10s} {'× naive':>9s} {'max|Δscore|':>12s} {'max|Δmetric|':>13s}")
     for name, r in res.items():
         delta = dmetric = float("nan")
         if ref is not None:
@@ -126,11 +148,14 @@ def bench_case(model, pairs, args, label: str) -> dict:
         speed = secs["naive"] / secs[name] if "naive" in secs else float("nan")
         out["methods"][name] = {"seconds_per_sweep": secs[name], "speedup_vs_naive": speed, "max_abs_dscore": delta,
                                 "max_abs_dmetric": dmetric, "head_batch": r.info.get("head_batch")}
-        print(f"{name:8s} {secs[name]:10.3f} {speed:9.1f} {delta:12.2e} {dmetric:13.2e}")
-    if "exact" in res and "atp" in res:
+        print(f"{name:16s} {secs[name]:10.3f} {speed:9.1f} {delta:12.2e} {dmetric:13.2e}")
+    exact_key = next((k for k in res if k.split("/")[0] == "exact"), None)
+    if args.profile and exact_key:
+        profile_exact(model, pairs, next(hb for k, _, hb in runs if k == exact_key))
+    if exact_key and "atp" in res:
         from scipy.stats import spearmanr
 
-        rho = spearmanr(res["exact"].per_pair_scores().mean(0).ravel(), res["atp"].per_pair_scores().mean(0).ravel())
+        rho = spearmanr(res[exact_key].per_pair_scores().mean(0).ravel(), res["atp"].per_pair_scores().mean(0).ravel())
         out["atp_spearman_vs_exact"] = float(rho.statistic)
         print(f"AtP vs exact Spearman (mean per-pair score): {rho.statistic:.3f}")
     return out
@@ -150,11 +175,13 @@ def main(argv=None) -> int:
     ap.add_argument("--min-tokens", type=int, default=560, help="paper source: shortest pair kept")
     ap.add_argument("--pairs", type=int, default=1, help="pairs per case")
     ap.add_argument("--naive-heads", type=int, default=0, help="heads naive is timed on (0 = all)")
-    ap.add_argument("--head-batch", type=int, default=64)
+    ap.add_argument("--head-batch", type=int, nargs="+", default=[64],
+                    help="heads per exact forward; several values time exact once per value (labelled /bN)")
     ap.add_argument("--methods", nargs="+", default=["naive", "exact", "atp"],
                     choices=["naive", "exact", "exact-concat", "atp"])
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave)")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of one exact sweep per case")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
     if args.threads:

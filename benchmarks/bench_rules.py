@@ -30,6 +30,7 @@ import platform
 import shlex
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -822,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     study = Study(model, cfg, correct, args.count_examples)
     bench = Bench(model, study, args)
     rows: list[Row] = []
+    failed: list[str] = []
     rules = [r for r in RULES if r in args.rules]
     if "load_model" in rules:
         jobs = bench.jobs(rules)
@@ -835,7 +837,15 @@ def main(argv: list[str] | None = None) -> int:
         if model.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(model.device)
         t1 = time.perf_counter()
-        got = getattr(bench, rule)(sample[rule])
+        try:
+            got = getattr(bench, rule)(sample[rule])
+        except Exception:  # noqa: BLE001 - one rule's failure must not lose the others' measurements
+            failed.append(rule)
+            print(f"{rule}: FAILED after {time.perf_counter() - t1:.1f} s\n{traceback.format_exc()}", flush=True)
+            continue
+        finally:
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
         peak = torch.cuda.max_memory_allocated(model.device) / 2**30 if model.device.type == "cuda" else None
         for r in got:
             r.peak_gib = peak
@@ -850,6 +860,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         write_csv(args.out, rows, meta)
         print(f"wrote {args.out}")
+    if failed:
+        print(f"FAILED rules (not in the table): {', '.join(failed)}")
+        return 1
     return 0
 
 
