@@ -81,6 +81,23 @@ def profile_exact(model, pairs, head_batch: int, rows: int = 25) -> None:
     with profile(activities=acts) as prof:
         exact_sweep(model, pairs, head_batch=head_batch, progress=False)
         sync(model)
+    if model.device.type == "cuda":  # where the host waits for the GPU during one exact batch
+        import warnings
+        from collections import Counter
+
+        from cotmech.patching.exact import all_heads
+
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                exact_sweep(model, pairs[:1], heads=all_heads(model)[:head_batch], head_batch=head_batch,
+                            progress=False)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        where = Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+        print(f"-- host-device synchronisations in one exact batch incl. its pair runs: {sum(where.values())}; "
+              f"by caller: {where.most_common(12)}")
     key = "cuda_time_total" if model.device.type == "cuda" else "cpu_time_total"
     print(f"-- profile of one exact sweep (head batch {head_batch}), top {rows} by {key}")
     print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cotmech.lens import make_unembed
-from cotmech.models import load_model
+from cotmech.models import load_model, wrap
 from cotmech.patching import core
 from cotmech.patching.exact import exact_sweep, naive_sweep
 from cotmech.roles import copy_components, writer_components
@@ -23,8 +23,11 @@ SPECS = {"mha": "random:tiny-llama?initializer_range=0.2&num_hidden_layers=3",
 
 @pytest.fixture(scope="module", params=list(SPECS))
 def models(request):
-    spec = SPECS[request.param]
-    return load_model(spec, dtype="float32", device="cpu"), load_model(spec, dtype="float32", device="cuda")
+    """The same weights on the CPU and on the GPU (a random model initialised on the GPU draws other weights)."""
+    import copy
+
+    cpu = load_model(SPECS[request.param], dtype="float32", device="cpu")
+    return cpu, wrap(cpu.spec, copy.deepcopy(cpu.hf).to("cuda"), cpu.tokenizer)
 
 
 def test_exact_equals_naive_on_gpu_both_prefix_attentions(models):

@@ -118,20 +118,17 @@ def _shared_prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor
         raise ValueError(f"shared-prefix attention: sequence of {P + S} tokens exceeds the sliding window {window}")
     g = Hq // Hkv
     scale = scaling if scaling is not None else d ** -0.5
-    q = query.reshape(B, Hkv, g * S, d)  # row j*S + s = query head kv*g + j at suffix position s
+    q = (query * scale).reshape(B, Hkv, g * S, d)  # row j*S + s = query head kv*g + j at suffix position s
     # prefix: one product for all batch rows and grouped heads: [Hkv, B*g*S, d] @ [Hkv, d, P]
     s_pre = torch.matmul(q.transpose(0, 1).reshape(Hkv, B * g * S, d), pk[0].transpose(-1, -2))
-    s_pre = s_pre.view(Hkv, B, g * S, P).transpose(0, 1).float() * scale  # [B, Hkv, gS, P]
-    s_suf = torch.matmul(q, key.transpose(-1, -2)).float() * scale  # [B, Hkv, gS, S]
+    s_pre = s_pre.view(Hkv, B, g * S, P).transpose(0, 1)  # [B, Hkv, gS, P]
+    s_suf = torch.matmul(q, key.transpose(-1, -2))  # [B, Hkv, gS, S]
     causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril().repeat(g, 1)  # [gS, S]
     s_suf = s_suf.masked_fill(~causal, float("-inf"))
-    m = torch.maximum(s_pre.amax(-1, keepdim=True), s_suf.amax(-1, keepdim=True))  # [B, Hkv, gS, 1]
-    e_pre, e_suf = torch.exp(s_pre - m), torch.exp(s_suf - m)
-    den = e_pre.sum(-1, keepdim=True) + e_suf.sum(-1, keepdim=True)
-    o_pre = torch.matmul(e_pre.to(query.dtype).transpose(0, 1).reshape(Hkv, B * g * S, P), pv[0])
-    o_pre = o_pre.view(Hkv, B, g * S, d).transpose(0, 1)  # [B, Hkv, gS, d]
-    o_suf = torch.matmul(e_suf.to(query.dtype), value)
-    out = ((o_pre.float() + o_suf.float()) / den).to(query.dtype)
+    # softmax in float32 over prefix and suffix together, probabilities cast back (as eager attention does)
+    w = torch.softmax(torch.cat([s_pre, s_suf], dim=-1), dim=-1, dtype=torch.float32).to(query.dtype)
+    o_pre = torch.matmul(w[..., :P].transpose(0, 1).reshape(Hkv, B * g * S, P), pv[0])
+    out = o_pre.view(Hkv, B, g * S, d).transpose(0, 1) + torch.matmul(w[..., P:], value)  # [B, Hkv, gS, d]
     return out.view(B, Hkv, g, S, d).reshape(B, Hq, S, d).transpose(1, 2).contiguous(), None
 
 
@@ -264,7 +261,7 @@ def run_trace(model, ids: torch.Tensor, *, attention_mask: torch.Tensor | None =
         if attention_mask is not None:
             raise ValueError("run_trace: attention_mask together with a prefix cache is not supported")
         # explicit mask over prefix + suffix (nnsight would otherwise add a suffix-only mask)
-        attention_mask = torch.ones(R, cache.length + S, dtype=torch.long)
+        attention_mask = torch.ones(R, cache.length + S, dtype=torch.long, device=dev)
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask.to(dev)
     if start_layer > 0:
@@ -273,11 +270,13 @@ def run_trace(model, ids: torch.Tensor, *, attention_mask: torch.Tensor | None =
         skip_value = start_resid.to(dev, model.dtype).expand(R, -1, -1)
         if layer_returns_tuple(model):
             skip_value = (skip_value,)
-    by_key: dict[tuple[str, int], list[Edit]] = {}
+    # every tensor goes to the device before the forward: a host-to-device copy inside it would stall the host
+    # until the GPU has caught up (no overlap of kernel launches and kernels)
+    by_key: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}  # -> [(mask [R,1,U,1], value)]
     for e in edits:
         if e.layer < start_layer:
             raise ValueError(f"edit at layer {e.layer} lies below start_layer {start_layer}")
-        by_key.setdefault((e.site, e.layer), []).append(e)
+        by_key.setdefault((e.site, e.layer), []).append((e.mask.to(dev)[:, None, :, None], e.value.to(dev)))
     deltas = {}
     if grad:
         for layer in range(start_layer, model.n_layers):
@@ -301,9 +300,8 @@ def run_trace(model, ids: torch.Tensor, *, attention_mask: torch.Tensor | None =
                 new = cur
                 if key in by_key:
                     new = cur.reshape(R, S, U, model.d_head)
-                    for e in by_key[key]:
-                        m = e.mask.to(dev)[:, None, :, None]
-                        new = torch.where(m, e.value.to(dev, new.dtype), new)
+                    for m, value in by_key[key]:
+                        new = torch.where(m, value.to(new.dtype), new)
                     new = new.reshape(shape)
                 if grad and site == "z":
                     new = new + deltas[layer]

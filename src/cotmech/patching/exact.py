@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..batching import left_pad
-from .core import Edit, prefix_cache, run_in_batches, run_trace
+from .core import Edit, TraceOut, prefix_cache, run_in_batches, run_trace
 from .data import Pair
 from .metrics import PairRef, get_metric
 
@@ -136,11 +136,15 @@ class PairRuns:
 
 
 def pair_runs(model, pair: Pair) -> PairRuns:
-    """Prefix KV cache (once) plus one clean and one corrupt suffix forward saving z and the residual stream."""
+    """Prefix KV cache (once) plus the clean and corrupt suffixes in one 2-row forward saving z and the residual
+    stream (``runs[w]``: a batch-1 :class:`TraceOut` per input)."""
     p = pair.first_diff
     cache = prefix_cache(model, pair.ids("clean")[:p])
     want = [("z", lay) for lay in range(model.n_layers)] + [("resid", lay) for lay in range(model.n_layers)]
-    runs = {w: run_trace(model, pair.ids(w)[p:][None], cache=cache, save=want) for w in ("clean", "corrupt")}
+    names = ("clean", "corrupt")
+    both = run_trace(model, torch.stack([pair.ids(w)[p:] for w in names]), cache=cache, save=want)
+    runs = {w: TraceOut(both.logits[i:i + 1], {k: v[i:i + 1] for k, v in both.saved.items()})
+            for i, w in enumerate(names)}
     return PairRuns(pair, cache, runs, pair_ref(pair, runs["clean"].logits[0], runs["corrupt"].logits[0]))
 
 
