@@ -616,7 +616,13 @@ class Bench:
                                    else range(0, L, int(hs.get("layer_stride", 1))))]
         sentences = [int(x) for x in hs["sentences"]]
         mx = int(hs.get("max_new_tokens", 64))
-        recs = st.gens[hds[0]][:s]
+        # the sample: the first s records that give an example (records without an equal-token-count corruption
+        # are skipped by the rule and cost nothing); found untimed
+        pool = st.gens[hds[0]][:max(40, 4 * s)]
+        ok = {e["id"] for e in hz.prepare_examples(self.model, pool, len(pool), self.seed, mx, req) if "skipped" not in e}
+        recs = [r for r in pool if r.get("id") in ok][:s]
+        if not recs:
+            raise ValueError(f"horizon: none of the first {len(pool)} records of {hds[0]} gives an example")
         ex = hz.prepare_examples(self.model, recs[:1], 1, self.seed, mx, req)
         hz.divergence_table(self.model, ex, layers[:1], sentences)
 
@@ -624,6 +630,10 @@ class Bench:
             e = hz.prepare_examples(self.model, recs, s, self.seed, mx, req)
             return e, hz.divergence_table(self.model, e, layers, sentences)
         t, (examples, _) = timed(self.model, run)
+        skipped = [e["skipped"] for e in examples if "skipped" in e]
+        if len(examples) - len(skipped) < 1:
+            raise ValueError(f"horizon: none of the {len(recs)} sample record(s) gave an example "
+                             f"({len(examples)} prepared, skipped: {skipped or 'none'}); nothing was timed")
         units = sum(min(int(hs["n_examples"]), st.correct[d] if req else st.n[d]) for d in hds)
         rows = [Row("horizon", "divergence_table", f"example ({len(layers) + 1} patched rows)", len(recs), t, units,
                     f"Σ over {hds} of min(n_examples {hs['n_examples']}, {'correct' if req else 'all'} examples) = "
