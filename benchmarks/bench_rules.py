@@ -719,7 +719,7 @@ class Bench:
         n = {"generate_cot": len(st.datasets), "extract_activations": len(st.datasets),
              "patch_heads": len(pc["datasets"]) * len(pc["subtasks"]) * int(pc["shards"]),
              "path_patch": len(pc["datasets"]) if pc["path"]["subtasks"] else 0, "induction_cloze": 1,
-             "knockout": 1, "head_roles": len(cfg["roles"]["datasets"] or st.datasets),
+             "knockout": len(cfg["circuits"]["subtasks"]), "head_roles": len(cfg["roles"]["datasets"] or st.datasets),
              "trace_flow": len(cfg["flow"].get("datasets") or st.datasets[:1]), "probe": 1,
              "horizon": len(cfg["horizon"].get("datasets") or st.datasets[:1]),
              "train_tuned_lens": 1 if cfg["tuned_lens"]["enabled"] else 0, "prior_shift": len(st.datasets)}

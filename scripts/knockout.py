@@ -3,7 +3,8 @@
 next-token agreement with the unablated run; operating point nearest the threshold.
 
 Writes into --out-dir: curves.parquet, operating_points.csv, heads.parquet (removal order + kept flag per
-operating point). Example (standalone):
+operating point); empty tables for a subtask without enough pairs. The workflow runs one job per subtask
+(--subtask K) and merges them with knockout_merge.py. Example (standalone, every subtask in one job):
   knockout.py --clean results/M/pairs/fictional.jsonl --reference results/M/pairs/falseont.jsonl \
       --ranking direct=builtin --ranking patching='results/M/patching/fictional/subtask{subtask}.parquet' \
       --settings '{"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"}}' --out-dir out/
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="'builtin' (direct mean-ablation effect) or a head-score table path, '{subtask}' allowed")
     ap.add_argument("--skipped", action="append", default=[], metavar="NAME", help="rankings skipped upstream (logged)")
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'circuits', 'seed' (what the rule passes)")
+    ap.add_argument("--subtask", type=int, action="append", default=None, metavar="K",
+                    help="knock out only these subtasks (the workflow runs one job per subtask); default: "
+                         "circuits.subtasks of --settings, else every subtask in --clean")
     add_model_args(ap)
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s = read_settings(args.settings)
         cfg = {**DEFAULTS, **{k: v for k, v in s.get("circuits", {}).items() if k in DEFAULTS}}
+        if args.subtask is not None:
+            cfg["subtasks"] = args.subtask
         clean, ref = read_jsonl(args.clean), read_jsonl(args.reference)
         model = load_from_args(args, s)
         print(f"model {model.spec}: {model.n_layers}×{model.n_heads} heads; "
@@ -54,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         out = circuits.run_knockout(model, clean, ref, rankings, seed=int(s.get("seed", 0)), **cfg)
     except (RecordError, ModelSpecError, ValueError, FileNotFoundError) as e:
         return fail(e)
-    write_table(f"{args.out_dir}/curves.parquet", out["curves"])
-    write_table(f"{args.out_dir}/operating_points.csv", out["operating_points"])
-    write_table(f"{args.out_dir}/heads.parquet", out["heads"])
-    print(out["operating_points"].to_string(index=False))
+    for name, ext in zip(circuits.KNOCKOUT_TABLES, ("parquet", "csv", "parquet")):
+        write_table(f"{args.out_dir}/{name}.{ext}", out[name])
+    print(out["operating_points"].to_string(index=False) if len(out["operating_points"]) else "no subtask knocked out")
     print(f"done in {time.time() - t0:.1f} s")
     return 0
 

@@ -115,9 +115,10 @@ def test_every_rule_on_a_tiny_model(tmp_path):
     assert q % n_shots == 0 and 0 < q <= TINY["probing"]["n_questions"] * n_shots
     assert units("train_tuned_lens", "train") == 1  # measured at full size
     assert units("train_tuned_lens", "make_unembed") == 1 and units("prior_shift", "make_unembed") == 2
-    # one load per job: 2 generate + 2 extract + 2 subtasks × 2 shards + path + induction + knockout
-    # + roles (fictional) + flow + probe + horizon + tuned lens + 2 prior_shift
-    assert units("load_model", "load") == 2 + 2 + 4 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 2
+    # one load per job: 2 generate + 2 extract + 2 subtasks × 2 shards + path + induction + knockout (1 job per
+    # subtask) + roles (fictional) + flow + probe + horizon + tuned lens + 2 prior_shift
+    n_ko = len(TINY["circuits"]["subtasks"])
+    assert units("load_model", "load") == 2 + 2 + 4 + 1 + 1 + n_ko + 1 + 1 + 1 + 1 + 1 + 2
     peak = {r["peak_gpu_gib"] for r in rows.values()}
     assert peak == {""}  # CPU run: no GPU memory column
 

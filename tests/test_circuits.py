@@ -223,6 +223,17 @@ def test_run_knockout_and_scripts(tiny_llama, tmp_path):
     rc = script("knockout").main(["--clean", str(tmp_path / "clean.jsonl"), "--reference", str(tmp_path / "ref.jsonl"),
                                   "--ranking", "direct=builtin", "--settings", settings, "--out-dir", str(tmp_path)])
     assert rc == 0
+    # the workflow's sharding: one job per subtask (5 has no pairs: empty tables), merged = the single run above
+    common = ["--clean", str(tmp_path / "clean.jsonl"), "--reference", str(tmp_path / "ref.jsonl"),
+              "--ranking", "direct=builtin", "--settings", settings]
+    parts = []
+    for k in (1, 5, 0):
+        parts += ["--part", str(tmp_path / f"part{k}")]
+        assert script("knockout").main(common + ["--subtask", str(k), "--out-dir", str(tmp_path / f"part{k}")]) == 0
+    assert script("knockout_merge").main(parts + ["--out-dir", str(tmp_path / "merged")]) == 0
+    for f in ("curves.parquet", "operating_points.csv", "heads.parquet"):
+        pd.testing.assert_frame_equal(read_table(tmp_path / "merged" / f), read_table(tmp_path / f))
+    assert script("knockout_merge").main(["--part", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path)]) == 2
     assert script("overlap").main(["--dir", str(tmp_path), "--n-heads-total", "16"]) == 0
     ov = read_table(tmp_path / "overlap.parquet")
     assert len(ov) == 1 and 0 <= ov.jaccard.iloc[0] <= 1

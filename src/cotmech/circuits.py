@@ -358,6 +358,8 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
     """Knockout curves for every subtask and ranking (E6).
 
     ``rankings``: name -> :data:`BUILTIN` or a table path with an optional ``{subtask}`` placeholder.
+    Subtasks are independent (each draws its samples from its own seed ``[seed, k]``), so the workflow runs one
+    job per subtask and concatenates the tables (:func:`merge_knockout`).
     Curves are measured on the evaluation split; ``scope`` says what the ranking was computed on:
     ``rank_split`` (held out), ``eval_split`` (in sample) or ``all_pairs`` (an upstream table computed on every
     pair, so the evaluation examples were part of it: not held out). Returns tables ``curves``,
@@ -365,13 +367,13 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
     """
     _check_pairs(clean, "clean pairs")
     _check_pairs(reference, "reference pairs")
-    rng = np.random.default_rng(seed)
     have = sorted({int(p["subtask"]) for p in clean})
     subtasks = have if subtasks is None else [int(k) for k in subtasks]
     n_total = model.n_total_heads
     grid = step_grid(n_total, steps)
     curves, ops, heads = [], [], []
     for k in subtasks:
+        rng = np.random.default_rng([seed, k])  # per subtask: a subtask's sample does not depend on the others
         ck = _take([p for p in clean if int(p["subtask"]) == k], n_examples, rng)
         rk = _take([p for p in reference if int(p["subtask"]) == k], n_reference, rng)
         if len(ck) < 2 or not rk:
@@ -427,6 +429,19 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
             log(f"  {name}/{scope}: operating point {int(op.n_removed)} removed, acc {op.acc:.2f}")
     return {"curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
             "operating_points": pd.DataFrame(ops), "heads": pd.DataFrame(heads)}
+
+
+KNOCKOUT_TABLES = ("curves", "operating_points", "heads")
+
+
+def merge_knockout(parts: Sequence[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Concatenate per-subtask :func:`run_knockout` results (empty parts = skipped subtasks), ordered by subtask."""
+    out = {}
+    for name in KNOCKOUT_TABLES:
+        frames = [p[name] for p in parts if name in p and len(p[name])]
+        t = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        out[name] = t.sort_values("subtask", kind="stable", ignore_index=True) if "subtask" in t else t
+    return out
 
 
 def circuit_sets(heads: pd.DataFrame, prefer: Sequence[str] = ("rank_split", "all_pairs")) -> dict[tuple, set[Head]]:

@@ -182,6 +182,11 @@ def circuit_rankings(circ):
     return sources, files, skipped
 
 
+def circuit_ranking_files(sources, k):
+    """The ranking tables (of `circuit_rankings`' sources) that the knockout of subtask `k` reads."""
+    return [s.format(subtask=k) if "{subtask}" in s else s for s in sources.values() if s != "builtin"]
+
+
 def first_datasets(section):
     """config <section>.datasets, default the first dataset; unknown names are an error."""
     chosen = config[section].get("datasets") or DATASETS[:1]
