@@ -6,7 +6,8 @@ Prints, per method, seconds per full head sweep (per pair), the ratio to naive a
 evenly over the layers and extrapolates to all heads (documented in the output); 0 = all heads.
 ``exact`` attends over the shared prefix with one product for all batch rows (``core.PREFIX_ATTENTION =
 "shared"``, the default); ``exact-concat`` is the same sweep with the prefix copied into every row and the
-model's own attention (the previous implementation), for comparison in the same run.
+model's own attention (the previous implementation), for comparison in the same run; likewise ``atp`` works on
+the suffix with the shared prefix cache and ``atp-full`` on the whole inputs (the previous implementation).
 
 Cases (see BENCHMARKS.md):
   CPU:  --model embedded:qwen2.5-coder-1.5b-instruct --source paper          (~600-token paper prompts)
@@ -133,8 +134,8 @@ def bench_case(model, pairs, args, label: str) -> dict:
                 res[name] = exact_sweep(model, pairs, head_batch=hb, progress=False)
             finally:
                 core.PREFIX_ATTENTION = "shared"
-        else:
-            res[name] = atp_sweep(model, pairs, pair_batch=1, progress=False)
+        else:  # atp: on the suffix after first_diff (the default); atp-full: the whole inputs
+            res[name] = atp_sweep(model, pairs, pair_batch=1, progress=False, suffix=method == "atp")
         sync(model)
         dt = time.perf_counter() - t0
         per_pair = dt / len(pairs)
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--head-batch", type=int, nargs="+", default=[64],
                     help="heads per exact forward; several values time exact once per value (labelled /bN)")
     ap.add_argument("--methods", nargs="+", default=["naive", "exact", "atp"],
-                    choices=["naive", "exact", "exact-concat", "atp"])
+                    choices=["naive", "exact", "exact-concat", "atp", "atp-full"])
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of one exact sweep per case")

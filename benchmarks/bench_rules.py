@@ -48,7 +48,7 @@ DEFAULT_SAMPLE = {"generate_cot": 1, "extract_activations": 1, "patch_heads": 3,
                   "induction_cloze": 3, "knockout": 0, "head_roles": 8, "trace_flow": 1, "probe": 1, "horizon": 1,
                   "train_tuned_lens": 1, "prior_shift": 16}
 SAMPLE_UNIT = {"generate_cot": "generation batches", "extract_activations": "forward batches",
-               "patch_heads": "pairs (AtP: at least patching.pair_batch)", "path_patch": "pairs",
+               "patch_heads": "pairs (exact and AtP on the same sample)", "path_patch": "pairs",
                "induction_cloze": "cloze pairs (screening: batches of 16 candidates)",
                "knockout": "sequences per part (default 0 = one batch of circuits.batch_size)", "head_roles": "rows",
                "trace_flow": "examples", "probe": "batches per shot count (fits: 5 epochs per sample)",
@@ -365,12 +365,11 @@ class Bench:
         rows = [Row("patch_heads", opts["method"], "pair (all heads)", len(pairs), t, units,
                     f"{where}; sample: subtasks {[p.subtask for p in pairs]}, {tokens:.0f} tokens, suffix after "
                     f"first_diff {suf:.0f}, head_batch {opts['head_batch']}")]
-        if opts["atp"]:
-            ap = self._patch_pairs(subtasks, max(s, int(opts["pair_batch"])))
-            atp_sweep(self.model, ap[:1], pair_batch=1, progress=False)
-            t, _ = timed(self.model, lambda: sweep(self.model, ap, "atp", opts, progress=False))
-            rows.append(Row("patch_heads", "atp", "pair", len(ap), t, units,
-                            f"{where}; sample: {len(ap)} pairs, pair_batch {opts['pair_batch']}"))
+        if opts["atp"]:  # AtP works pair by pair on the suffix after first_diff: the exact sample serves
+            atp_sweep(self.model, pairs[:1], progress=False)
+            t, _ = timed(self.model, lambda: sweep(self.model, pairs, "atp", opts, progress=False))
+            rows.append(Row("patch_heads", "atp", "pair", len(pairs), t, units,
+                            f"{where}; sample: the same {len(pairs)} pairs, suffix after first_diff {suf:.0f}"))
         return rows
 
     def path_patch(self, s: int) -> list[Row]:

@@ -153,20 +153,32 @@ def test_atp_exact_on_linear_model():
     m = linear_model()
     pairs = random_pairs(4, shapes=((12, 5), (9, 2)))
     ex = exact_sweep(m, pairs, metric="logit_diff", progress=False)
-    at = atp_sweep(m, pairs, metric="logit_diff", pair_batch=2, progress=False)
     effect = np.abs(ex.patched - ex.base[:, None, None]).max()
     assert effect > 1e-2
-    assert np.abs(at.patched - ex.patched).max() <= 1e-4 * max(1.0, effect)
+    for suffix in (True, False):
+        at = atp_sweep(m, pairs, metric="logit_diff", pair_batch=2, progress=False, suffix=suffix)
+        assert np.abs(at.patched - ex.patched).max() <= 1e-4 * max(1.0, effect), suffix
     # for a non-linear metric AtP is only first order: it must differ somewhere
     ex_kl = exact_sweep(m, pairs, metric="kl", progress=False)
     at_kl = atp_sweep(m, pairs, metric="kl", pair_batch=2, progress=False)
     assert np.abs(at_kl.patched - ex_kl.patched).max() > 1e-4
 
 
-def test_atp_batched_equals_unbatched(model):
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_atp_suffix_equals_full_sequence_and_batching(model, direction):
+    """AtP on the suffix after first_diff (shared prefix cache) = AtP on the whole left-padded inputs, batched
+    or not: z_source - z_base vanishes before first_diff."""
     pairs = random_pairs(5)
-    a = atp_sweep(model, pairs, pair_batch=3, progress=False)
-    b = atp_sweep(model, pairs, pair_batch=1, progress=False)
-    np.testing.assert_allclose(a.patched, b.patched, atol=1e-4)
-    np.testing.assert_allclose(a.base, b.base, atol=1e-5)
-    assert np.abs(a.patched - a.base[:, None, None]).max() > 1e-3  # attributions are not all zero
+    a = atp_sweep(model, pairs, direction=direction, pair_batch=3, progress=False, suffix=False)
+    b = atp_sweep(model, pairs, direction=direction, pair_batch=1, progress=False, suffix=False)
+    c = atp_sweep(model, pairs, direction=direction, progress=False)  # suffix (the default)
+    assert c.info["suffix"] and not a.info["suffix"]
+    for r in (b, c):
+        np.testing.assert_allclose(r.patched, a.patched, atol=1e-4)
+        np.testing.assert_allclose(r.base, a.base, atol=1e-5)
+        np.testing.assert_allclose(r.source, a.source, atol=1e-5)
+    effect = np.abs(a.patched - a.base[:, None, None]).max()
+    if direction == "denoise":
+        assert effect > 1e-3  # attributions are not all zero
+    else:  # noising: base = clean, where -KL(clean || .) is at its maximum, so its gradient (and AtP) vanishes
+        assert effect < 1e-6
