@@ -58,7 +58,7 @@ class PrefixCache:
         """A transformers ``DynamicCache`` that serves the prefix to ``rows`` batch rows without storing them.
 
         Each layer's ``update`` keeps nothing. With ``shared`` it returns the new keys/values alone (the
-        attention function :func:`shared_prefix_attention` reads the prefix from this object); otherwise it
+        attention function :func:`_shared_prefix_attention` reads the prefix from this object); otherwise it
         returns prefix (broadcast to the batch) + new keys/values, so one layer's concatenation
         [rows, n_kv_heads, length + pos, d_head] is alive at a time.
         """
@@ -92,8 +92,9 @@ def _read_only_update(layer: Any, shared: bool) -> Callable[..., tuple[torch.Ten
 # attention over a shared prefix without copying it per batch row
 # --------------------------------------------------------------------------------------------------
 #: How :func:`run_trace` attends over a :class:`PrefixCache`: ``"shared"`` (one product of every row's queries
-#: with the prefix keys, merged with each row's causal suffix attention by the log-sum-exp rule) or ``"concat"``
+#: with the prefix keys, then one float32 softmax over each row's [prefix, causal suffix] scores) or ``"concat"``
 #: (copy the prefix into every row and call the model's own attention). Same numbers up to float rounding.
+#: Models that :func:`shared_prefix_supported` rejects always use ``"concat"``.
 PREFIX_ATTENTION = "shared"
 _SHARED_NAME = "cotmech_shared_prefix"
 _active_prefix: list[PrefixCache] = []
