@@ -103,3 +103,18 @@ def test_tuned_lens_training_on_gpu_matches_cpu(models):
         np.testing.assert_allclose(res["gpu"][1][k], res["cpu"][1][k], rtol=1e-3, atol=1e-5, err_msg=k)
     for (k, a), b in zip(res["cpu"][0].state_dict().items(), res["gpu"][0].state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=k)
+
+
+def test_atp_on_gpu_equals_cpu_suffix_and_full(models):
+    """AtP on the GPU (suffix with the shared prefix cache, and whole inputs) gives the CPU's attributions."""
+    from test_patching import random_pairs
+
+    from cotmech.patching.atp import atp_sweep
+
+    cpu, gpu = models
+    pairs = random_pairs(6)
+    ref = atp_sweep(cpu, pairs, progress=False, suffix=False)
+    for suffix in (True, False):
+        got = atp_sweep(gpu, pairs, progress=False, suffix=suffix)
+        np.testing.assert_allclose(got.patched, ref.patched, atol=1e-4, err_msg=f"suffix={suffix}")
+        np.testing.assert_allclose(got.base, ref.base, atol=1e-5)
