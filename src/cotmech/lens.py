@@ -54,6 +54,11 @@ class Unembed:
         return int(self.G.shape[0]) if self.G is not None else -1
 
     @property
+    def device(self) -> torch.device:
+        """Where the lens computes (its matrices' device; the CPU on the fallback path)."""
+        return self.G.device if self.G is not None else torch.device("cpu")
+
+    @property
     def fast(self) -> bool:
         return self.G is not None
 
@@ -100,7 +105,7 @@ def make_unembed(model: Any, dtype: torch.dtype = torch.float32, check: bool = T
                  device: str | torch.device = "cpu") -> Unembed:
     """Build the logit lens of a :class:`~cotmech.models.LoadedModel`, its matrices on ``device``.
 
-    Callers keep their inputs on ``device`` too (``lens.G.device``); :func:`cotmech.roles.writer_components`
+    Callers keep their inputs on ``device`` too (``lens.device``); :func:`cotmech.roles.writer_components`
     does, so the answer-writer scan runs on the model's GPU where there is one.
 
     The gain and bias of the final norm are read off the module by probing it with ±1 vectors, so
@@ -304,10 +309,6 @@ def load_tuned_lens(path: Any) -> TunedLens:
     return tl
 
 
-def _device(lens: Unembed) -> torch.device:
-    return lens.G.device if lens.G is not None else torch.device("cpu")
-
-
 def _layer_kl(lens: Unembed, tl: TunedLens, resid: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
     """KL(final ‖ tuned lens_ℓ) per layer 0..L-1, mean over rows: resid [n, L+1, d] -> [L]."""
     L = tl.n_layers
@@ -320,7 +321,7 @@ def _layer_kl(lens: Unembed, tl: TunedLens, resid: torch.Tensor, target_logp: to
 def eval_kl(lens: Unembed, tl: TunedLens, resid: torch.Tensor, chunk: int = 4) -> np.ndarray:
     """Mean KL(final ‖ lens_ℓ) in nats per layer 0..L on ``resid`` [N, L+1, d] (0 at layer L)."""
     tot = torch.zeros(tl.n_layers, dtype=torch.float64)
-    dev = _device(lens)
+    dev = lens.device
     for s in range(0, resid.shape[0], chunk):
         r = resid[s:s + chunk].float().to(dev)
         target = torch.log_softmax(lens.logits(r[:, -1]), -1)
@@ -346,7 +347,7 @@ def train_tuned_lens(lens: Unembed, train: torch.Tensor, val: torch.Tensor | Non
         raise LensError(f"tuned lens: training residuals must be [N>0, L+1, d_model], got {tuple(train.shape)}")
     n_layers, d_model = train.shape[1] - 1, train.shape[2]
     torch.manual_seed(seed)
-    dev = _device(lens)
+    dev = lens.device
     tl = TunedLens(n_layers, d_model, rank, seed=seed).to(dev)
     gen = torch.Generator().manual_seed(seed)
     ev_train = train[:eval_rows]

@@ -72,12 +72,12 @@ def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: 
     Per layer, resid_pre, resid_mid and every head's output go through the unembedding in one matrix product
     (the product reads the whole [vocab, d_model] matrix, so one product per vector would be memory-bound);
     rows are chunked so one chunk's logits stay under ``max_bytes`` (default 256 MiB on the CPU, 2 GiB on a GPU).
-    Runs on the lens's device (``lens.G.device``).
+    Runs on the lens's device (``lens.device``).
     """
     if not lens.fast:
         raise ValueError("writer scores need the linear (RMSNorm/LayerNorm) lens; this model's norm is not supported")
     N, L, H, _ = z.shape
-    dev = lens.G.device  # inputs move there chunk by chunk; results come back as numpy
+    dev = lens.device  # inputs move there chunk by chunk; results come back as numpy
     a = answer_id.long().to(dev)
     g_a = lens.direction(a).float()  # [N, d]
     g_centred = g_a - lens.G.float().mean(0)
@@ -125,7 +125,7 @@ def copy_components(lens: Unembed, model: Any, z: torch.Tensor, attn: torch.Tens
         if not 0 <= col < S or int(pos) >= int(length[i]) - 1:
             raise ValueError(f"row {i}: answer_pos {pos} is outside the clean input (length {length[i]})")
         a_col[i] = attn[i, :, :, col].double().numpy()
-    dev = lens.G.device
+    dev = lens.device
     g_a = lens.direction(answer_id.long().to(dev)).float()
     unit = g_a / g_a.norm(dim=-1, keepdim=True)
     proj = np.zeros((N, L, H))

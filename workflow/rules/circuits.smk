@@ -7,7 +7,7 @@ _CIRC = config["circuits"]
 _CDIR = f"{MRES}/circuits"
 
 
-_CSRC, _CFILES, _CSKIP = circuit_rankings(_CIRC)
+_CSRC, _CSKIP = circuit_rankings(_CIRC)
 
 
 rule knockout_subtask:

@@ -165,9 +165,10 @@ def producible(path):
 
 
 def circuit_rankings(circ):
-    """Knockout rankings of config section `circ`: (name -> source for knockout.py, input files, skipped names).
-    '{subtask}' stays a placeholder in the sources; a ranking whose table no rule produces is skipped."""
-    sources, files, skipped = {}, [], []
+    """Knockout rankings of config section `circ`: (name -> source for knockout.py, skipped names).
+    '{subtask}' stays a placeholder in the sources; a ranking whose table no rule produces for every subtask is
+    skipped. `circuit_ranking_files` gives one subtask's input files."""
+    sources, skipped = {}, []
     for name, pattern in circ["rankings"].items():
         if pattern == "builtin":
             sources[name] = "builtin"
@@ -176,10 +177,9 @@ def circuit_rankings(circ):
         need = [path.format(subtask=k) for k in circ["subtasks"]] if "{subtask}" in path else [path]
         if all(producible(p) for p in need):
             sources[name] = path
-            files.extend(need)
         else:
             skipped.append(name)
-    return sources, files, skipped
+    return sources, skipped
 
 
 def circuit_ranking_files(sources, k):
