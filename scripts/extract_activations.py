@@ -7,10 +7,11 @@ answer_pos) as parquet; row i of every tensor is row i of the index.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
-from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,17 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.models import ModelSpecError
 
     try:
+        check_tables(args, "--index")
         settings = read_settings(args.settings)
         batch = int(settings.get("activations", {}).get("batch_size", 16))
         pairs = read_jsonl(args.pairs)
         if not pairs:
             raise RecordError(f"{args.pairs}: no pairs (no example was solved exactly? see the make_pairs log)")
         model = load_from_args(args, settings)
+        check_pair_ids(model, pairs, args.pairs)
         t1 = time.time()
         acts, index = extract_pairs(model, pairs, batch_size=batch)
     except (RecordError, ModelSpecError, ValueError) as e:
         return fail(e)
-    meta = {"spec": model.spec, "dtype": str(model.dtype), "pairs": str(args.pairs)}
+    # the pairs file relative to the output's folder: the same bytes wherever the results folder lies
+    meta = {"spec": model.spec, "dtype": str(model.dtype),
+            "pairs": os.path.relpath(os.path.abspath(args.pairs), os.path.dirname(os.path.abspath(args.out)))}
     save_tensors(args.out, acts, metadata=meta)
     write_table(args.index, index)
     print(f"{len(pairs)} pairs: " + ", ".join(f"{k} {list(v.shape)}" for k, v in acts.items())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_model_args, check_tables, fail, load_from_args, parser, read_settings
 from cotmech.io import RecordError, read_jsonl, read_table, write_jsonl, write_table
 
 
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.models import ModelSpecError
 
     try:
+        check_tables(args, "--accuracy")
         settings = read_settings(args.settings)
         records = read_jsonl(args.tasks)
         if not records:

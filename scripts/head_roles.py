@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from cotmech.cli import add_activation_args, add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_activation_args, add_model_args, check_pair_ids, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         tensors, index = load_activations(args.pairs, args.activations, args.index,
                                           keys=("resid", "attn_out", "z", "attn"))
         model = load_from_args(args, settings)
+        check_pair_ids(model, index.to_dict("records"), args.pairs)
         lens = make_unembed(model, device=model.device)  # the writer scan runs where the model runs
         t0 = time.time()
         writers, copy, summary = run_roles(model, lens, tensors, index, cfg.get("max_per_subtask"), seed,

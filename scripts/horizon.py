@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_model_args, check_tables, fail, load_from_args, parser, read_settings
 
 
 def _require_correct(settings: dict) -> bool:
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.models import ModelSpecError
 
     try:
+        check_tables(args, "--table", "--summary")
         settings = read_settings(args.settings)
         hs = settings.get("horizon", {})
         records = read_jsonl(args.generations)

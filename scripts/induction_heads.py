@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_model_args, check_tables, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.patching.scores import heatmap_figure, load_raw, save_raw, score_table, to_matrix
 
     try:
+        check_tables(args, "--out")
         settings = read_settings(args.settings)
         opts = options(settings)
         io_ = opts["induction"]

@@ -15,7 +15,7 @@ import sys
 import time
 
 from cotmech import circuits
-from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_model_args, check_pair_ids, fail, load_from_args, parser, read_settings
 from cotmech.io import RecordError, read_jsonl, write_table
 from cotmech.models import ModelSpecError
 
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg["subtasks"] = args.subtask
         clean, ref = read_jsonl(args.clean), read_jsonl(args.reference)
         model = load_from_args(args, s)
+        check_pair_ids(model, clean, args.clean)
+        check_pair_ids(model, ref, args.reference)
         print(f"model {model.spec}: {model.n_layers}×{model.n_heads} heads; "
               f"{len(clean)} clean / {len(ref)} reference pairs; rankings {rankings}")
         out = circuits.run_knockout(model, clean, ref, rankings, seed=int(s.get("seed", 0)), **cfg)

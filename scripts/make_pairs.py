@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from cotmech.cli import fail, parser, read_settings
+from cotmech.cli import check_tables, fail, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     try:
+        check_tables(args, "--rejected")
         settings = read_settings(args.settings)
         cfg = settings.get("pairs", {})
         records = read_jsonl(args.generations)

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from cotmech.cli import fail, parser
+from cotmech.cli import check_tables, fail, parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.io import write_table, write_text
 
     try:
+        check_tables(args, "--csv")
         table = report.paper_vs_run(args.mres, args.datasets, args.model_name)
     except (ValueError, OSError) as e:
         return fail(e)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 
-from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.patching.scores import load_raw, save_raw, spearman_table
 
     try:
+        check_tables(args, "--out")
         settings = read_settings(args.settings)
         opts = options(settings)
         seed = int(settings.get("seed", 0))
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if not pairs and not args.raw:
             raise RecordError(f"{args.pairs}: no pairs for subtask {args.subtask}")
         model = load_from_args(args, settings)
+        check_pair_ids(model, pairs, args.pairs)
         t1 = time.time()
         # an empty shard still writes its (empty) part
         res = sweep(model, pairs, method, opts) if pairs else PatchResult.empty(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.patching.run import options, sub_seed
 
     try:
+        check_tables(args, "--out")
         settings = read_settings(args.settings)
         opts = options(settings)
         po = opts["path"]
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             pairs = load_pairs(args.pairs, subtask=k, limit=po["n_pairs"])
             if not pairs:
                 raise RecordError(f"{args.pairs}: no pairs for subtask {k}")
+            check_pair_ids(model, pairs, args.pairs)
             senders, receivers = pick_heads(tables[k], model.n_layers, po["n_senders"], po["n_receivers"])
             print(f"subtask {k}: senders {senders}, receivers {receivers}", flush=True)
             vals = path_patch(model, pairs, senders, receivers, paths=po["paths"], metric=opts["metric"],

