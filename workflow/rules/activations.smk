@@ -22,8 +22,8 @@ rule extract_activations:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --pairs {input.pairs} --settings {params.settings:q} --threads {threads}"
-        " --out {output.tensors} --index {output.index} > {log} 2>&1"
+        "python {input.script:q} --pairs {input.pairs:q} --settings {params.settings:q} --threads {threads}"
+        " --out {output.tensors:q} --index {output.index:q} > {log:q} 2>&1"
 
 
 register_targets(expand(f"{MRES}/activations/{{dataset}}.safetensors", dataset=DATASETS))

@@ -1,8 +1,6 @@
 # Step: knockout circuits (study.md E6/E7): mean-ablation knockout curves per subtask and ranking, operating points,
 # overlap of the kept-head sets. Rankings (config circuits.rankings) whose table no rule produces are skipped (noted
 # in the log).
-import shlex
-
 _CIRC = config["circuits"]
 _CDIR = f"{MRES}/circuits"
 
@@ -38,9 +36,10 @@ rule knockout_subtask:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --clean {input.clean} --reference {input.reference} {params.rankings} {params.skipped}"
-        " --subtask {wildcards.k} --settings {params.settings:q} --threads {threads} --out-dir {params.outdir}"
-        " > {log} 2>&1"
+        "python {input.script:q} --clean {input.clean:q} --reference {input.reference:q}"
+        " {params.rankings} {params.skipped}"
+        " --subtask {wildcards.k} --settings {params.settings:q} --threads {threads} --out-dir {params.outdir:q}"
+        " > {log:q} 2>&1"
 
 
 rule knockout:
@@ -61,7 +60,7 @@ rule knockout:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} {params.parts} --out-dir {params.outdir} > {log} 2>&1"
+        "python {input.script:q} {params.parts} --out-dir {params.outdir:q} > {log:q} 2>&1"
 
 
 rule overlap:
@@ -83,7 +82,7 @@ rule overlap:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --dir {params.outdir} --settings {params.settings:q} > {log} 2>&1"
+        "python {input.script:q} --dir {params.outdir:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 register_targets(rules.knockout.output, rules.overlap.output)

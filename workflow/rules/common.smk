@@ -3,13 +3,24 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # this checkout's cotmech (as the jobs use, see below)
+from cotmech import configcheck  # noqa: E402
 
+
+# Checked before any job starts: nested --config strings read as YAML, one line naming the key for a schema
+# violation, then Snakemake's validation (fills in defaults), datasets with enabled: false dropped, cross-key ranges.
+_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+configcheck.coerce(config, configcheck.load_schema(_SCHEMA))
+configcheck.check_schema(config, configcheck.load_schema(_SCHEMA))
 validate(config, "../schemas/config.schema.yaml")
+config["datasets"] = configcheck.enabled_datasets(config)
+configcheck.check_cross(config)
 
 RESULTS = config["results"]
 MODEL = config["model"]["name"]

@@ -33,8 +33,9 @@ rule flow_figures:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} flow --flowdir {params.flowdir} --pairs {input.pairs} --generations {input.generations}"
-        " --outdir {params.outdir} --trees {params.trees} > {log} 2>&1"
+        "python {input.script:q} flow --flowdir {params.flowdir:q} --pairs {input.pairs:q}"
+        " --generations {input.generations:q}"
+        " --outdir {params.outdir:q} --trees {params.trees} > {log:q} 2>&1"
 
 
 rule horizon_figure:
@@ -54,7 +55,7 @@ rule horizon_figure:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} horizon --summary {input.summary} --out {params.stem} > {log} 2>&1"
+        "python {input.script:q} horizon --summary {input.summary:q} --out {params.stem:q} > {log:q} 2>&1"
 
 
 # Every figure file is a target: an output nobody requires is never checked for being missing, so a new one (e.g.

@@ -19,7 +19,7 @@ rule trace_flow:
         code=src("flow", "models", "embedded", "generation"),
     params:
         settings=lambda w: settings("model", "flow"),
-        ranking=lambda w, input: f"--ranking {input.ranking}" if input.ranking else "",
+        ranking=lambda w, input: f"--ranking {shlex.quote(input.ranking[0])}" if input.ranking else "",
         outdir=lambda w: f"{MRES}/flow/{w.dataset}",
     log:
         logpath("trace_flow", "{dataset}"),
@@ -31,8 +31,8 @@ rule trace_flow:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --pairs {input.pairs} --generations {input.generations} {params.ranking}"
-        " --settings {params.settings:q} --threads {threads} --outdir {params.outdir} > {log} 2>&1"
+        "python {input.script:q} --pairs {input.pairs:q} --generations {input.generations:q} {params.ranking}"
+        " --settings {params.settings:q} --threads {threads} --outdir {params.outdir:q} > {log:q} 2>&1"
 
 
 register_targets(expand(f"{MRES}/flow/{{dataset}}/summary.json", dataset=FLOW_DATASETS))

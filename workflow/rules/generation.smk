@@ -22,8 +22,8 @@ rule generate_cot:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --tasks {input.tasks} --dataset {wildcards.dataset} --settings {params.settings:q}"
-        " --threads {threads} --out {output.records} --accuracy {output.accuracy} > {log} 2>&1"
+        "python {input.script:q} --tasks {input.tasks:q} --dataset {wildcards.dataset} --settings {params.settings:q}"
+        " --threads {threads} --out {output.records:q} --accuracy {output.accuracy:q} > {log:q} 2>&1"
 
 
 rule accuracy:
@@ -39,7 +39,7 @@ rule accuracy:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --aggregate {input.tables} --accuracy {output} > {log} 2>&1"
+        "python {input.script:q} --aggregate {input.tables:q} --accuracy {output:q} > {log:q} 2>&1"
 
 
 rule make_pairs:
@@ -60,8 +60,8 @@ rule make_pairs:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --generations {input.generations} --dataset {wildcards.dataset}"
-        " --settings {params.settings:q} --out {output.pairs} --rejected {output.rejected} > {log} 2>&1"
+        "python {input.script:q} --generations {input.generations:q} --dataset {wildcards.dataset}"
+        " --settings {params.settings:q} --out {output.pairs:q} --rejected {output.rejected:q} > {log:q} 2>&1"
 
 
 register_targets(

@@ -25,8 +25,8 @@ rule horizon:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --generations {input.generations} --settings {params.settings:q} --threads {threads}"
-        " --table {output.table} --summary {output.summary} --examples {output.examples} > {log} 2>&1"
+        "python {input.script:q} --generations {input.generations:q} --settings {params.settings:q} --threads {threads}"
+        " --table {output.table:q} --summary {output.summary:q} --examples {output.examples:q} > {log:q} 2>&1"
 
 
 register_targets(expand(f"{MRES}/horizon/{{dataset}}/horizon.csv", dataset=HORIZON_DATASETS))

@@ -26,7 +26,7 @@ rule patch_heads:
         settings=lambda w: settings("model", "patching", "seed"),
         shards=PATCH_SHARDS,
         method=PATCH["method"],
-        atp=lambda w, output: f"--atp-raw {output.atp[0]}" if PATCH["atp"] else "",
+        atp=lambda w, output: f"--atp-raw {shlex.quote(output.atp[0])}" if PATCH["atp"] else "",
     log:
         logpath("patch_heads", "{dataset}", "subtask{k}.shard{i}"),
     threads: MODEL_THREADS
@@ -39,9 +39,9 @@ rule patch_heads:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --pairs {input.pairs} --method {params.method} --subtask {wildcards.k}"
+        "python {input.script:q} --pairs {input.pairs:q} --method {params.method} --subtask {wildcards.k}"
         " --shard {wildcards.i}/{params.shards} --settings {params.settings:q} --threads {threads}"
-        " --raw {output.raw} {params.atp} > {log} 2>&1"
+        " --raw {output.raw:q} {params.atp} > {log:q} 2>&1"
 
 
 rule merge_patching:
@@ -64,8 +64,8 @@ rule merge_patching:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --merge {input.raw} --subtask {wildcards.k} --settings {params.settings:q}"
-        " --out {output.table} --figure {output.png} > {log} 2>&1"
+        "python {input.script:q} --merge {input.raw:q} --subtask {wildcards.k} --settings {params.settings:q}"
+        " --out {output.table:q} --figure {output.png:q} > {log:q} 2>&1"
 
 
 rule merge_atp:
@@ -88,8 +88,8 @@ rule merge_atp:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --merge {input.raw} --subtask {wildcards.k} --settings {params.settings:q}"
-        " --out {output.table} --figure {output.png} > {log} 2>&1"
+        "python {input.script:q} --merge {input.raw:q} --subtask {wildcards.k} --settings {params.settings:q}"
+        " --out {output.table:q} --figure {output.png:q} > {log:q} 2>&1"
 
 
 rule atp_vs_exact:
@@ -108,7 +108,7 @@ rule atp_vs_exact:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --exact {input.exact} --atp {input.atp} --out {output} > {log} 2>&1"
+        "python {input.script:q} --exact {input.exact:q} --atp {input.atp:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule path_patch:
@@ -134,8 +134,8 @@ rule path_patch:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --pairs {input.pairs} --tables {input.tables} --settings {params.settings:q}"
-        " --threads {threads} --out {output.table} --figure {output.png} > {log} 2>&1"
+        "python {input.script:q} --pairs {input.pairs:q} --tables {input.tables:q} --settings {params.settings:q}"
+        " --threads {threads} --out {output.table:q} --figure {output.png:q} > {log:q} 2>&1"
 
 
 rule induction_cloze:
@@ -157,8 +157,8 @@ rule induction_cloze:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --raw-dir {params.folder} --settings {params.settings:q} --threads {threads}"
-        " > {log} 2>&1"
+        "python {input.script:q} --raw-dir {params.folder:q} --settings {params.settings:q} --threads {threads}"
+        " > {log:q} 2>&1"
 
 
 rule induction_heads:
@@ -178,8 +178,8 @@ rule induction_heads:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --merge {input.raw} --settings {params.settings:q}"
-        " --out {output.table} --figure {output.png} > {log} 2>&1"
+        "python {input.script:q} --merge {input.raw:q} --settings {params.settings:q}"
+        " --out {output.table:q} --figure {output.png:q} > {log:q} 2>&1"
 
 
 register_targets(

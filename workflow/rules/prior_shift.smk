@@ -25,8 +25,8 @@ rule train_tuned_lens:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --activations {input.acts} --index {input.index} --settings {params.settings:q}"
-        " --threads {threads} --out {output.tensors} --report {output.report} > {log} 2>&1"
+        "python {input.script:q} --activations {input.acts:q} --index {input.index:q} --settings {params.settings:q}"
+        " --threads {threads} --out {output.tensors:q} --report {output.report:q} > {log:q} 2>&1"
 
 
 rule prior_shift:
@@ -46,7 +46,7 @@ rule prior_shift:
         code=src("lens", "prior_shift", "models", "embedded", "batching", "plotting", "vocab"),
     params:
         settings=lambda w: settings("model", "prior_shift", "seed"),
-        tuned=lambda w, input: f"--tuned-lens {input.tuned[0]}" if input.tuned else "",
+        tuned=lambda w, input: f"--tuned-lens {shlex.quote(input.tuned[0])}" if input.tuned else "",
         stem=lambda w: f"{_PS}/{w.dataset}",
     log:
         logpath("prior_shift", "{dataset}"),
@@ -58,9 +58,9 @@ rule prior_shift:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} dataset --pairs {input.pairs} --activations {input.acts} --index {input.index}"
+        "python {input.script:q} dataset --pairs {input.pairs:q} --activations {input.acts:q} --index {input.index:q}"
         " {params.tuned} --dataset {wildcards.dataset} --settings {params.settings:q} --threads {threads}"
-        " --table {output.table} --rows {output.rows} --figure {params.stem} > {log} 2>&1"
+        " --table {output.table:q} --rows {output.rows:q} --figure {params.stem:q} > {log:q} 2>&1"
 
 
 rule rift:
@@ -81,8 +81,8 @@ rule rift:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} rift --rows {input.rows} --settings {params.settings:q} --out {output.json}"
-        " --figure {params.stem} > {log} 2>&1"
+        "python {input.script:q} rift --rows {input.rows:q} --settings {params.settings:q} --out {output.json:q}"
+        " --figure {params.stem:q} > {log:q} 2>&1"
 
 
 rule head_roles:
@@ -112,8 +112,8 @@ rule head_roles:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --pairs {input.pairs} --activations {input.acts} --index {input.index}"
-        " --settings {params.settings:q} --threads {threads} --outdir {params.outdir} > {log} 2>&1"
+        "python {input.script:q} --pairs {input.pairs:q} --activations {input.acts:q} --index {input.index:q}"
+        " --settings {params.settings:q} --threads {threads} --outdir {params.outdir:q} > {log:q} 2>&1"
 
 
 register_targets(

@@ -24,7 +24,7 @@ rule report_gallery:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "cp {input} {output} > {log} 2>&1"
+        "cp {input:q} {output:q} > {log:q} 2>&1"
 
 
 rule paper_table:
@@ -47,8 +47,8 @@ rule paper_table:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --mres {params.mres} --datasets {params.datasets} --model-name {params.model_name}"
-        " --model-spec {params.spec:q} --csv {output.csv} --html {output.html} > {log} 2>&1"
+        "python {input.script:q} --mres {params.mres:q} --datasets {params.datasets} --model-name {params.model_name:q}"
+        " --model-spec {params.spec:q} --csv {output.csv:q} --html {output.html:q} > {log:q} 2>&1"
 
 
 register_targets(f"{_REP}/paper_vs_run.csv")
