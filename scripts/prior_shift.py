@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.models import ModelSpecError
 
     try:
-        check_tables(args, "--table", "--rows")
+        if args.cmd == "dataset":
+            check_tables(args, "--table", "--rows")
         settings = read_settings(args.settings)
         (_dataset if args.cmd == "dataset" else _rift)(args, settings)
     except (RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:

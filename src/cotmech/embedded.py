@@ -162,7 +162,8 @@ def cache_problem(target: Path, entry: EmbeddedModel, full: bool = False) -> str
         if file_sha256(f) != digest:
             return f"{f}: sha256 differs from the one recorded at conversion (damaged)"
     if to_hash:
-        os.utime(stamp)  # verified: the files are no longer newer than the stamp
+        with contextlib.suppress(OSError):  # verified: re-stamp so the next load skips the hashes (if writable)
+            os.utime(stamp)
     return None
 
 
