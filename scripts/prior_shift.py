@@ -17,7 +17,8 @@ import json
 import sys
 import time
 
-from cotmech.cli import add_activation_args, add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
+from cotmech.cli import (add_activation_args, add_model_args, check_pair_ids, check_tables, fail, load_from_args,
+                         parser, read_settings)
 
 
 def _dataset(args: argparse.Namespace, settings: dict) -> None:

@@ -167,7 +167,8 @@ def test_hostile_results_path_runs_make_tasks_and_executes_nothing(repo):
     """The issue's example, `--config 'results=out;touch PWNED;echo'`, and a path with a space and quotes: the
     make_tasks job runs, writes under that exact folder, and no command named in the path is executed."""
     # (Snakemake's --config parser drops a trailing '"', so the second path comes in a config file)
-    for results, how in [("out;touch PWNED;echo", ["--configfile", sr.SMOKE, "--config", "results=out;touch PWNED;echo"]),
+    issue = "out;touch PWNED;echo"
+    for results, how in [(issue, ["--configfile", sr.SMOKE, "--config", f"results={issue}"]),
                          (HOSTILE, ["--configfile", _overlay(repo, "hostile.yaml", results=HOSTILE)])]:
         target = f"{results}/tasks/fictional.jsonl"
         p = _smk(repo, *how, "--cores", "1", target)
@@ -201,7 +202,8 @@ def test_nested_config_numbers_arrive_as_numbers(repo):
     settings = [sr._settings_of(line) for line in out.splitlines() if "scripts/patch_heads.py --pairs" in line]
     assert settings and all(s["patching"]["n_pairs"] == 3 and s["patching"]["subtasks"] == [0, 5] for s in settings)
     p = _smk(repo, "--configfile", cfg, "--config", "patching={n_pairs: lots}", "--dry-run", "--nolock")
-    assert p.returncode != 0 and "config patching.n_pairs: 'lots' is not of type 'integer', 'null'" in p.stdout + p.stderr
+    msg = "config patching.n_pairs: 'lots' is not of type 'integer', 'null'"
+    assert p.returncode != 0 and msg in p.stdout + p.stderr
 
 
 def test_an_overlay_removes_a_dataset_with_enabled_false(repo):
@@ -214,4 +216,5 @@ def test_an_overlay_removes_a_dataset_with_enabled_false(repo):
     # still referenced by circuits.reference: named before anything runs
     (repo / "config" / "drop2.yaml").write_text("datasets:\n  falseont:\n    enabled: false\n")
     p = _smk(repo, "--configfile", "config/drop2.yaml", "--dry-run", "--nolock")
-    assert p.returncode != 0 and "config circuits.reference: 'falseont' is not an enabled dataset" in p.stdout + p.stderr
+    msg = "config circuits.reference: 'falseont' is not an enabled dataset"
+    assert p.returncode != 0 and msg in p.stdout + p.stderr

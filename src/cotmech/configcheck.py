@@ -116,7 +116,8 @@ def _datasets(config: dict, key: str, names: Any) -> list[str]:
     known = list(config["datasets"])
     for n in names:
         if n not in known:
-            raise ConfigError(f"config {key}: {n!r} is not an enabled dataset of config 'datasets' ({', '.join(known)})")
+            raise ConfigError(f"config {key}: {n!r} is not an enabled dataset of config 'datasets' "
+                              f"({', '.join(known)})")
     return names
 
 

@@ -24,7 +24,8 @@ rule probe:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script:q} --settings {params.settings:q} --threads {threads} --out-dir {params.outdir:q} > {log:q} 2>&1"
+        "python {input.script:q} --settings {params.settings:q} --threads {threads} --out-dir {params.outdir:q}"
+        " > {log:q} 2>&1"
 
 
 register_targets(rules.probe.output)

@@ -19,7 +19,8 @@ rule make_tasks:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script:q} --dataset {wildcards.dataset} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
+        "python {input.script:q} --dataset {wildcards.dataset} --settings {params.settings:q} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 register_targets(expand(f"{RESULTS}/tasks/{{dataset}}.jsonl", dataset=DATASETS))
