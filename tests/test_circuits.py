@@ -218,25 +218,41 @@ def test_run_knockout_and_scripts(tiny_llama, tmp_path):
 
     write_jsonl(tmp_path / "clean.jsonl", clean)
     write_jsonl(tmp_path / "ref.jsonl", ref)
+    e7 = {"isolation": {"main": "direct", "others": ["table"]},
+          "cross_removal": {"base": "direct", "others": ["table"], "steps": [2, 4], "stop": 0.0}}
     settings = json.dumps({"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"},
-                           "circuits": {"steps": 3, "batch_size": 4}, "seed": 3})
-    rc = script("knockout").main(["--clean", str(tmp_path / "clean.jsonl"), "--reference", str(tmp_path / "ref.jsonl"),
-                                  "--ranking", "direct=builtin", "--settings", settings, "--out-dir", str(tmp_path)])
-    assert rc == 0
-    # the workflow's sharding: one job per subtask (5 has no pairs: empty tables), merged = the single run above
+                           "circuits": {"steps": 3, "batch_size": 4, "primary": "direct", **e7}, "seed": 3})
     common = ["--clean", str(tmp_path / "clean.jsonl"), "--reference", str(tmp_path / "ref.jsonl"),
-              "--ranking", "direct=builtin", "--settings", settings]
+              "--ranking", "direct=builtin", "--ranking", f"table={tmp_path / 't.parquet'}", "--settings", settings]
+    assert script("knockout").main(common + ["--out-dir", str(tmp_path)]) == 0
+    iso, cross = read_table(tmp_path / "isolation.csv"), read_table(tmp_path / "cross_removal.csv")
+    assert len(iso) == 2 * len(C.ISOLATION_CATEGORIES) and set(iso.scope) == {"rank_split+all_pairs"}
+    assert set(zip(cross.subtask, cross.direction)) == {(k, d) for k in (0, 1) for d in ("ascending", "descending")}
+    heads_all = read_table(tmp_path / "heads.parquet")
+    prim = heads_all[heads_all.primary]
+    assert set(zip(prim.ranking, prim.scope)) == {("direct", "rank_split")} and len(prim) == 2 * 16
+    # the workflow's sharding: one job per subtask (5 has no pairs: empty tables), merged = the single run above
     parts = []
     for k in (1, 5, 0):
         parts += ["--part", str(tmp_path / f"part{k}")]
         assert script("knockout").main(common + ["--subtask", str(k), "--out-dir", str(tmp_path / f"part{k}")]) == 0
     assert script("knockout_merge").main(parts + ["--out-dir", str(tmp_path / "merged")]) == 0
-    for f in ("curves.parquet", "operating_points.csv", "heads.parquet"):
+    for f in C.KNOCKOUT_FILES.values():
         pd.testing.assert_frame_equal(read_table(tmp_path / "merged" / f), read_table(tmp_path / f))
+    # E7 across subtasks from the merged circuits
+    assert script("knockout").main(common[:4] + ["--settings", settings, "--circuits",
+                                                 str(tmp_path / "merged" / "heads.parquet"), "--out-dir",
+                                                 str(tmp_path / "x")]) == 0
+    xs = read_table(tmp_path / "x" / "cross_subtask.csv")
+    assert sorted(set(xs.subtask)) == [0, 1] and len(xs) == 2 * (2 * 2 + 2)
+    own = xs[(xs["mode"] == "isolate") & (xs.source == xs.subtask)].set_index("subtask")
+    ops_m = read_table(tmp_path / "merged" / "operating_points.csv")
+    for r in ops_m[ops_m.primary].itertuples():  # a subtask's own circuit isolated = its operating point
+        assert own.loc[r.subtask, "acc"] == pytest.approx(r.acc) and own.loc[r.subtask, "n_kept"] == r.n_kept
     assert script("knockout_merge").main(["--part", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path)]) == 2
     assert script("overlap").main(["--dir", str(tmp_path), "--n-heads-total", "16"]) == 0
     ov = read_table(tmp_path / "overlap.parquet")
-    assert len(ov) == 1 and 0 <= ov.jaccard.iloc[0] <= 1
+    assert len(ov) == 6 and ((0 <= ov.jaccard) & (ov.jaccard <= 1)).all()  # 2 subtasks × 2 rankings
     for stem in ("knockout_decision", "knockout_copy", "knockout_induction", "overlap"):
         assert (tmp_path / f"{stem}.png").stat().st_size > 0 and (tmp_path / f"{stem}.pdf").exists()
     bad = tmp_path / "bad.jsonl"
