@@ -12,9 +12,25 @@ masked out of the mean and the reference set is the whole false-ontology pair se
 Accuracy. Share of evaluation examples whose ablated argmax next token equals the *unablated* argmax at the
 predicting position (§5), with a Wilson 95% interval over examples.
 
-Rankings. Any head-score table (higher = more important) orders the heads; the least important are removed first.
-The built-in ranking ``direct`` (direct mean-ablation effect) is computed here per example, so it can be ranked on
-one split and evaluated on the other (held out) or on the evaluation split itself (in sample, as the original did).
+Rankings and procedures (E6). Any head-score table (higher = more important) orders the heads. As the authors'
+scripts: decision/copy-type rankings remove the n lowest scores for every n of a grid (:func:`sorted_plan`); the
+induction ranking removes the heads inside a widening window around the modal Freedman–Diaconis bin of its scores
+(:func:`fd_windows`, :func:`window_plan`), keeping both tails.
+
+Held out. The examples are split once for the whole dataset (:func:`split_examples`), so an example ranks heads
+for every subtask or evaluates them for every subtask. Every ranking is computed on the ranking split and its
+curve measured on the evaluation split (scope ``rank_split``): the built-in direct mean-ablation effect, the E4
+answer-writer and E5 copy scores (:mod:`cotmech.roles`, ``builtin:writers`` / ``builtin:copy``), raw per-pair
+patching shards and per-example tables; a table computed on other data (the induction cloze) is ``other_data``.
+The in-sample curve (ranked on the evaluation split itself, as the original did) is a second line, ``eval_split``.
+
+E7. :func:`isolation` keeps only categories of several head types' circuits (``isolatedHeadsAccuracy.py``),
+:func:`cross_removal` removes another type's heads from a circuit (``removeCopyHeads.py``), :func:`cross_subtask`
+keeps or removes one subtask's circuit on another subtask, and the union / intersection of all
+(``combinedHeadsAccuracy.py``). Each row has a Wilson interval over the evaluation examples.
+
+The circuit of subtask k (the operating point of the ``primary`` ranking at its held-out scope): the rows of
+heads.parquet with ``subtask == k``, ``primary`` and ``kept`` (:func:`primary_circuits`).
 """
 from __future__ import annotations
 
@@ -656,6 +672,8 @@ def _rankings_for(model, d: SubtaskData, rankings: dict[str, str], means: HeadMe
     out: list[Ranking] = []
     roles = None
     for name, source in rankings.items():
+        if source.startswith("builtin") and source not in BUILTINS:
+            raise ValueError(f"ranking {name!r}: unknown built-in {source!r} (known: {', '.join(BUILTINS)})")
         if source in BUILTINS:
             what = BUILTINS[source]
             if what == "direct":
