@@ -450,18 +450,23 @@ class Bench:
         # rankings: builtin = 2 orderings (ranking and evaluation split); a table = 1 (no per-example scores), if
         # the rule producing it is in the workflow (as common.smk's circuit_rankings decides)
         pcfg = self.cfg["patching"]
-        builtin, tables, skipped = 0, [], []
+        # builtins and per-pair patching shards rank on each split (2 orderings); the FD-window rankings have at
+        # most window_widths removed sets, the others the inner grid steps
+        builtin, tables, skipped, n_direct, n_window = 0, [], [], 0, 0
         for name, src in cc["rankings"].items():
-            if src == "builtin":
+            if src.startswith("builtin"):
                 builtin += 1
+                n_direct += C.BUILTINS.get(src) == "direct"
             elif "patching/" in src and not (clean_d in pcfg["datasets"] and set(subtasks) <= set(pcfg["subtasks"])):
                 skipped.append(name)
             else:
-                tables.append(name)
+                tables += [name] * (2 if "{shard}" in src else 1)
+                n_window += name in cc["window_rankings"]
         n_orders = 2 * builtin + len(tables)
         grid = C.step_grid(n_total, cc["steps"])
         inner = [g for g in grid if 0 < g < n_total]
-        distinct = n_orders * len(inner) + (1 if n_total in grid else 0)
+        distinct = ((n_orders - n_window) * len(inner) + n_window * int(cc["window_widths"])
+                    + (1 if n_total in grid else 0))
         u_means = u_direct = u_ablate = 0
         for k in subtasks:
             ck = st.pairs_k(clean_d, k) if cc["n_examples"] is None else min(cc["n_examples"], st.pairs_k(clean_d, k))
@@ -470,7 +475,7 @@ class Bench:
                 continue
             _, ev = C.split_examples([f"e{i}" for i in range(ck)], cc["rank_fraction"], self.seed + k)
             u_means += rk
-            u_direct += ck * builtin
+            u_direct += ck * n_direct
             u_ablate += len(ev) * (1 + distinct)
         clean = [p["clean_ids"] for p in spread(st.pairs[clean_d], subtasks, s or bs)]
         ref = [p["clean_ids"] for p in spread(st.pairs[ref_d], subtasks, s or bs)]
@@ -486,12 +491,12 @@ class Bench:
         t_m, means = timed(model, lambda: C.head_means(model, ref, bs))
         rows = [Row("knockout", "reference means", "reference sequence", len(ref), t_m, u_means,
                     f"Σ over subtasks {subtasks} of {ref_d} pairs (n_reference {cc['n_reference']}) = {u_means}")]
-        if builtin:
+        if n_direct:
             C.direct_scores(model, [clean[0][:WARM]], w, 1)
             t_d, _ = timed(model, lambda: C.direct_scores(model, clean, means, bs))
             rows.append(Row("knockout", "direct scores", "clean sequence", len(clean), t_d, u_direct,
-                            f"builtin ranking on every clean pair: Σ min(n_examples {cc['n_examples']}, {clean_d} "
-                            f"pairs of the subtask) × {builtin} = {u_direct}"))
+                            f"builtin direct ranking on every clean pair: Σ min(n_examples {cc['n_examples']}, "
+                            f"{clean_d} pairs of the subtask) × {n_direct} = {u_direct} (E4/E5 builtins not timed)"))
         t_a, _ = timed(model, lambda: C.ablated_argmax(model, clean, means, removed, bs))
         rows.append(Row("knockout", "ablated forwards", "evaluation sequence × removed set", len(clean), t_a, u_ablate,
                         f"per subtask: evaluation split × (1 baseline + {distinct} distinct removed sets = {n_orders} "
@@ -718,7 +723,7 @@ class Bench:
         n = {"generate_cot": len(st.datasets), "extract_activations": len(st.datasets),
              "patch_heads": len(pc["datasets"]) * len(pc["subtasks"]) * int(pc["shards"]),
              "path_patch": len(pc["datasets"]) if pc["path"]["subtasks"] else 0, "induction_cloze": 1,
-             "knockout": len(cfg["circuits"]["subtasks"]), "head_roles": len(cfg["roles"]["datasets"] or st.datasets),
+             "knockout": len(cfg["circuits"]["subtasks"]) + bool(cfg["circuits"].get("cross_subtask")), "head_roles": len(cfg["roles"]["datasets"] or st.datasets),
              "trace_flow": len(cfg["flow"].get("datasets") or st.datasets[:1]), "probe": 1,
              "horizon": len(cfg["horizon"].get("datasets") or st.datasets[:1]),
              "train_tuned_lens": 1 if cfg["tuned_lens"]["enabled"] else 0, "prior_shift": len(st.datasets)}

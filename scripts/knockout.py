@@ -3,7 +3,8 @@
 next-token agreement with the unablated run; operating point nearest the threshold.
 
 Writes into --out-dir: curves.parquet, operating_points.csv, heads.parquet (removal order + kept flag per
-operating point); empty tables for a subtask without enough pairs. The workflow runs one job per subtask
+operating point; the rows with primary = True and kept = True are the subtask's circuit), isolation.csv and
+cross_removal.csv (E7, within the subtask); empty tables for a subtask without enough pairs. The workflow runs one job per subtask
 (--subtask K) and merges them with knockout_merge.py. Example (standalone, every subtask in one job):
   knockout.py --clean results/M/pairs/fictional.jsonl --reference results/M/pairs/falseont.jsonl \
       --ranking direct=builtin --ranking patching='results/M/patching/fictional/subtask{subtask}.parquet' \
@@ -16,11 +17,12 @@ import time
 
 from cotmech import circuits
 from cotmech.cli import add_model_args, check_pair_ids, fail, load_from_args, parser, read_settings
-from cotmech.io import RecordError, read_jsonl, write_table
+from cotmech.io import RecordError, read_jsonl, read_table, write_table
 from cotmech.models import ModelSpecError
 
 DEFAULTS = dict(subtasks=None, steps=9, threshold=0.9, rank_fraction=0.5, n_examples=None, n_reference=None,
-                batch_size=8)
+                batch_size=8, window_rankings=[], window_widths=10, other_data=[], primary=None, isolation=None,
+                cross_removal=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,12 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clean", required=True, help="clean pairs JSONL (pairs contract)")
     ap.add_argument("--reference", required=True, help="mean-ablation reference pairs JSONL (false ontology)")
     ap.add_argument("--ranking", action="append", default=[], metavar="NAME=SOURCE",
-                    help="'builtin' (direct mean-ablation effect) or a head-score table path, '{subtask}' allowed")
+                    help="'builtin' (direct mean-ablation effect), 'builtin:writers' / 'builtin:copy' (E4/E5 scores on "
+                         "each split), a head-score table path or comma-separated raw patching shards "
+                         "(.safetensors); '{subtask}' allowed")
     ap.add_argument("--skipped", action="append", default=[], metavar="NAME", help="rankings skipped upstream (logged)")
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'circuits', 'seed' (what the rule passes)")
     ap.add_argument("--subtask", type=int, action="append", default=None, metavar="K",
                     help="knock out only these subtasks (the workflow runs one job per subtask); default: "
                          "circuits.subtasks of --settings, else every subtask in --clean")
+    ap.add_argument("--circuits", metavar="HEADS", help="cross-subtask mode (E7): heads.parquet of the merged "
+                    "knockout; writes --out-dir/cross_subtask.csv (every subtask's circuit isolated / removed, "
+                    "evaluated on each subtask's evaluation split) instead of the knockout tables")
     add_model_args(ap)
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
@@ -44,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not name or not source:
             ap.error(f"--ranking {r!r}: expected NAME=SOURCE")
         rankings[name] = source
-    if not rankings:
+    if not rankings and not args.circuits:
         ap.error("give at least one --ranking")
     for name in args.skipped:
         print(f"note: ranking {name!r} skipped: its upstream rule is not in the workflow")
@@ -57,13 +64,22 @@ def main(argv: list[str] | None = None) -> int:
         model = load_from_args(args, s)
         check_pair_ids(model, clean, args.clean)
         check_pair_ids(model, ref, args.reference)
+        if args.circuits:
+            keep = ("subtasks", "rank_fraction", "n_examples", "n_reference", "batch_size")
+            t = circuits.run_cross_subtask(model, clean, ref, read_table(args.circuits), seed=int(s.get("seed", 0)),
+                                           **{k: cfg[k] for k in keep})
+            write_table(f"{args.out_dir}/cross_subtask.csv", t)
+            print(t.to_string(index=False) if len(t) else "no subtask evaluated")
+            print(f"done in {time.time() - t0:.1f} s")
+            return 0
         print(f"model {model.spec}: {model.n_layers}×{model.n_heads} heads; "
               f"{len(clean)} clean / {len(ref)} reference pairs; rankings {rankings}")
+        cfg["isolation_spec"], cfg["cross_spec"] = cfg.pop("isolation"), cfg.pop("cross_removal")
         out = circuits.run_knockout(model, clean, ref, rankings, seed=int(s.get("seed", 0)), **cfg)
     except (RecordError, ModelSpecError, ValueError, FileNotFoundError) as e:
         return fail(e)
-    for name, ext in zip(circuits.KNOCKOUT_TABLES, ("parquet", "csv", "parquet")):
-        write_table(f"{args.out_dir}/{name}.{ext}", out[name])
+    for name, file in circuits.KNOCKOUT_FILES.items():
+        write_table(f"{args.out_dir}/{file}", out[name])
     print(out["operating_points"].to_string(index=False) if len(out["operating_points"]) else "no subtask knocked out")
     print(f"done in {time.time() - t0:.1f} s")
     return 0

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Merge the per-subtask knockout results (one knockout.py job per subtask) into one set of tables.
 
-Reads curves.parquet, operating_points.csv and heads.parquet from every --part folder (a subtask without enough
-pairs left empty tables) and writes the three tables, ordered by subtask, into --out-dir. Example:
+Reads curves.parquet, operating_points.csv, heads.parquet, isolation.csv and cross_removal.csv from every --part
+folder (a subtask without enough pairs left empty tables) and writes them, ordered by subtask, into --out-dir:
   knockout_merge.py --part results/M/circuits/parts/subtask0 --part results/M/circuits/parts/subtask1 \
       --out-dir results/M/circuits
 """
@@ -15,7 +15,7 @@ from cotmech import circuits
 from cotmech.cli import fail, parser
 from cotmech.io import write_table
 
-FILES = dict(zip(circuits.KNOCKOUT_TABLES, ("curves.parquet", "operating_points.csv", "heads.parquet")))
+FILES = circuits.KNOCKOUT_FILES
 
 
 def read_part(folder: Path) -> dict:

@@ -100,11 +100,13 @@ def test_every_rule_on_a_tiny_model(tmp_path):
     assert units("induction_cloze", "exact") == 3 * min(pc["induction"]["n"], pc["induction"]["max_candidates"])
     assert ("induction_cloze", "screen") not in rows  # require_correct false: no screening forwards
     # knockout: 4 clean pairs per subtask, split 2 ranking / 2 evaluation; 3 reference pairs per subtask;
-    # rankings of config.yaml: direct (builtin: 2 orderings) + patching + induction = 4 orderings;
-    # grid 0, 8, 16 of 16 heads -> 1 inner step per ordering + "all heads" once = 5 removed sets + 1 baseline
+    # rankings of config.yaml: direct, decision, copy (builtins) and patching (per-pair shards): 2 orderings each
+    # (ranking and evaluation split) + induction (FD windows: at most window_widths 10 removed sets);
+    # grid 0, 8, 16 of 16 heads -> 1 inner step per sorted ordering + "all heads" once = 8 + 10 + 1 removed sets
+    # + 1 baseline
     assert units("knockout", "reference means") == len(cc["subtasks"]) * cc["n_reference"]
     assert units("knockout", "direct scores") == len(cc["subtasks"]) * cc["n_examples"]
-    assert units("knockout", "ablated forwards") == len(cc["subtasks"]) * 2 * (1 + 4 * 1 + 1)
+    assert units("knockout", "ablated forwards") == len(cc["subtasks"]) * 2 * (1 + 8 * 1 + 10 + 1)
     assert units("head_roles", "run_roles") == sum(min(2, n) for n in c["fictional"].values())
     assert units("prior_shift", "run_lenses") == sum(min(2, n) for x in c.values() for n in x.values())
     assert units("trace_flow", "trace_example") == 1
@@ -116,8 +118,8 @@ def test_every_rule_on_a_tiny_model(tmp_path):
     assert units("train_tuned_lens", "train") == 1  # measured at full size
     assert units("train_tuned_lens", "make_unembed") == 1 and units("prior_shift", "make_unembed") == 2
     # one load per job: 2 generate + 2 extract + 2 subtasks × 2 shards + path + induction + knockout (1 job per
-    # subtask) + roles (fictional) + flow + probe + horizon + tuned lens + 2 prior_shift
-    n_ko = len(TINY["circuits"]["subtasks"])
+    # subtask, + 1 cross_subtask) + roles (fictional) + flow + probe + horizon + tuned lens + 2 prior_shift
+    n_ko = len(TINY["circuits"]["subtasks"]) + 1
     assert units("load_model", "load") == 2 + 2 + 4 + 1 + 1 + n_ko + 1 + 1 + 1 + 1 + 1 + 2
     peak = {r["peak_gpu_gib"] for r in rows.values()}
     assert peak == {""}  # CPU run: no GPU memory column

@@ -218,28 +218,261 @@ def test_run_knockout_and_scripts(tiny_llama, tmp_path):
 
     write_jsonl(tmp_path / "clean.jsonl", clean)
     write_jsonl(tmp_path / "ref.jsonl", ref)
+    e7 = {"isolation": {"main": "direct", "others": ["table"]},
+          "cross_removal": {"base": "direct", "others": ["table"], "steps": [2, 4], "stop": 0.0}}
     settings = json.dumps({"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"},
-                           "circuits": {"steps": 3, "batch_size": 4}, "seed": 3})
-    rc = script("knockout").main(["--clean", str(tmp_path / "clean.jsonl"), "--reference", str(tmp_path / "ref.jsonl"),
-                                  "--ranking", "direct=builtin", "--settings", settings, "--out-dir", str(tmp_path)])
-    assert rc == 0
-    # the workflow's sharding: one job per subtask (5 has no pairs: empty tables), merged = the single run above
+                           "circuits": {"steps": 3, "batch_size": 4, "primary": "direct", **e7}, "seed": 3})
     common = ["--clean", str(tmp_path / "clean.jsonl"), "--reference", str(tmp_path / "ref.jsonl"),
-              "--ranking", "direct=builtin", "--settings", settings]
+              "--ranking", "direct=builtin", "--ranking", f"table={tmp_path / 't.parquet'}", "--settings", settings]
+    assert script("knockout").main(common + ["--out-dir", str(tmp_path)]) == 0
+    iso, cross = read_table(tmp_path / "isolation.csv"), read_table(tmp_path / "cross_removal.csv")
+    assert len(iso) == 2 * len(C.ISOLATION_CATEGORIES) and set(iso.scope) == {"rank_split+all_pairs"}
+    assert set(zip(cross.subtask, cross.direction)) == {(k, d) for k in (0, 1) for d in ("ascending", "descending")}
+    heads_all = read_table(tmp_path / "heads.parquet")
+    prim = heads_all[heads_all.primary]
+    assert set(zip(prim.ranking, prim.scope)) == {("direct", "rank_split")} and len(prim) == 2 * 16
+    # the workflow's sharding: one job per subtask (5 has no pairs: empty tables), merged = the single run above
     parts = []
     for k in (1, 5, 0):
         parts += ["--part", str(tmp_path / f"part{k}")]
         assert script("knockout").main(common + ["--subtask", str(k), "--out-dir", str(tmp_path / f"part{k}")]) == 0
     assert script("knockout_merge").main(parts + ["--out-dir", str(tmp_path / "merged")]) == 0
-    for f in ("curves.parquet", "operating_points.csv", "heads.parquet"):
+    for f in C.KNOCKOUT_FILES.values():
         pd.testing.assert_frame_equal(read_table(tmp_path / "merged" / f), read_table(tmp_path / f))
+    # E7 across subtasks from the merged circuits
+    assert script("knockout").main(common[:4] + ["--settings", settings, "--circuits",
+                                                 str(tmp_path / "merged" / "heads.parquet"), "--out-dir",
+                                                 str(tmp_path / "x")]) == 0
+    xs = read_table(tmp_path / "x" / "cross_subtask.csv")
+    assert sorted(set(xs.subtask)) == [0, 1] and len(xs) == 2 * (2 * 2 + 2)
+    own = xs[(xs["mode"] == "isolate") & (xs.source == xs.subtask)].set_index("subtask")
+    ops_m = read_table(tmp_path / "merged" / "operating_points.csv")
+    for r in ops_m[ops_m.primary].itertuples():  # a subtask's own circuit isolated = its operating point
+        assert own.loc[r.subtask, "acc"] == pytest.approx(r.acc) and own.loc[r.subtask, "n_kept"] == r.n_kept
     assert script("knockout_merge").main(["--part", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path)]) == 2
     assert script("overlap").main(["--dir", str(tmp_path), "--n-heads-total", "16"]) == 0
     ov = read_table(tmp_path / "overlap.parquet")
-    assert len(ov) == 1 and 0 <= ov.jaccard.iloc[0] <= 1
+    assert len(ov) == 6 and ((0 <= ov.jaccard) & (ov.jaccard <= 1)).all()  # 2 subtasks × 2 rankings
     for stem in ("knockout_decision", "knockout_copy", "knockout_induction", "overlap"):
         assert (tmp_path / f"{stem}.png").stat().st_size > 0 and (tmp_path / f"{stem}.pdf").exists()
     bad = tmp_path / "bad.jsonl"
     write_jsonl(bad, [{"pair_id": "x"}])
     assert script("knockout").main(["--clean", str(bad), "--reference", str(tmp_path / "ref.jsonl"), "--ranking",
                                     "d=builtin", "--settings", settings, "--out-dir", str(tmp_path / "b")]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# E6: the authors' FD window (induction) and sorted (decision/copy) procedures
+# --------------------------------------------------------------------------------------------------
+def test_fd_edges_match_numpy_fd_width_with_truncated_bin_count():
+    """Same Freedman–Diaconis width as numpy's bins='fd'; the authors truncate the bin count, numpy rounds up."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for x in (rng.normal(size=336), rng.standard_t(3, size=1024), rng.random(50)):
+        np_edges = np.histogram_bin_edges(x, bins="fd")
+        ratio = np.ptp(x) / (2 * (np.percentile(x, 75) - np.percentile(x, 25)) / x.size ** (1 / 3))
+        assert ratio % 1 != 0 and len(np_edges) - 1 == int(np.ceil(ratio))  # numpy: ceil(range / w) bins
+        ours = C.fd_edges(x)
+        assert len(ours) - 1 == len(np_edges) - 2  # int(range / w) = one bin fewer
+        np.testing.assert_allclose(ours, np.histogram_bin_edges(x, bins=len(np_edges) - 2))
+
+
+def test_fd_window_hand_computed():
+    """x (10 heads): IQR = 3 − 1.25 = 1.75, w = 3.5/10^(1/3) = 1.6245, range 8 → int(4.92) = 4 bins of width 2:
+    counts [3, 5, 1, 1], modal bin 1. Windows [e1, e1] = [2, 2], [e0, e2] = [0, 4], then [e0, e3] = [0, 6]
+    (right end clamped at the last bin's left edge, so the score 8 is never removed)."""
+    import numpy as np
+
+    x = np.array([0, 1, 1, 2, 2, 2, 3, 3, 4, 8.0])
+    np.testing.assert_allclose(C.fd_edges(x), [0, 2, 4, 6, 8])
+    assert C.fd_windows(x, 4) == [(2.0, 2.0), (0.0, 4.0), (0.0, 6.0), (0.0, 6.0)]
+    table = pd.DataFrame({"layer": [0] * 5 + [1] * 5, "head": list(range(5)) * 2, "score": x})
+    plan = C.window_plan(table, 2, 5, 4)
+    assert plan.procedure == "fd_window"
+    assert plan.sets == [[(0, 3), (0, 4), (1, 0)], [(l, h) for l in range(2) for h in range(5) if (l, h) != (1, 4)]]
+    assert plan.windows == [(2.0, 2.0), (0.0, 4.0)]  # the repeated window is dropped
+    assert plan.order[:3] == [(0, 3), (0, 4), (1, 0)] and plan.order[-1] == (1, 4)
+    assert plan.step_of[(0, 0)] == 1 and (1, 4) not in plan.step_of
+    s = C.sorted_plan(table, 2, 5, [0, 3, 10])
+    assert [len(r) for r in s.sets] == [0, 3, 10] and s.sets[1] == [(0, 0), (0, 1), (0, 2)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Held-out rankings, isolation and cross-removal
+# --------------------------------------------------------------------------------------------------
+WORDS = ["wumpus", "yumpus", "jompus", "rompus", "dumpus", "tumpus", "vumpus", "zumpus", "numpus", "lempus"]
+
+
+def _distinct_pairs(model, n_examples: int, ontology: str, subtasks=(0, 1)):
+    """Pairs with distinct token sequences (one per example and subtask); answer = first token at position 0."""
+    out = []
+    for e in range(n_examples):
+        w, v = WORDS[e % len(WORDS)], WORDS[(3 * e + 1) % len(WORDS)]
+        ids = model.tokenizer(f"{'Max' if e % 2 else 'Rex'} is a {w}. Every {w} is a {v}. {'Sam' if e > 4 else 'Fae'}"
+                              f" is {e}. Max is").input_ids
+        for k in subtasks:
+            cut = len(ids) - k
+            out.append(dict(pair_id=f"{ontology}-{e}-k{k}", example_id=f"{ontology}-{e}", subtask=k,
+                            kind=("decision", "copy")[k % 2], clean_ids=ids[:cut], answer_id=ids[0], answer_pos=0))
+    return out
+
+
+def test_split_is_dataset_wide_and_sized_by_what_exists():
+    clean = [dict(pair_id=f"e{e}-k{k}", example_id=f"e{e}", subtask=k, kind="x") for e in range(30) for k in (0, 1)
+             if not (k == 1 and e >= 12)]  # subtask 1 has only 12 examples
+    rank_ids = set(C.split_examples([p["example_id"] for p in clean], 0.5, 4)[0])
+    for k in (0, 1):
+        d = C.subtask_data(clean, [dict(subtask=k, pair_id="r")], k, rank_ids, n_examples=200, n_reference=None,
+                           rank_fraction=0.5, seed=4)
+        r, e = {p["example_id"] for p in d.rank}, {p["example_id"] for p in d.eval}
+        assert not r & e and r <= rank_ids and not e & rank_ids
+        assert len(d.rank) + len(d.eval) == d.n_available == (30 if k == 0 else 12)  # 200 asked: all that exist
+    d = C.subtask_data(clean, [], 0, rank_ids, n_examples=6, n_reference=None, rank_fraction=0.5, seed=4)
+    assert (len(d.rank), len(d.eval)) == (3, 3)
+
+
+def test_every_ranking_is_computed_on_the_ranking_split_only(tiny_llama, tmp_path, monkeypatch):
+    """Oracle: each ranking's scores recomputed in the test from the ranking-split examples alone (direct effect,
+    E4/E5 scores, per-pair patching, per-example table); the curves' sequences are the evaluation split's."""
+    import numpy as np
+
+    from cotmech.io import write_table
+    from cotmech.patching.exact import PatchResult
+    from cotmech.patching.scores import aggregate, save_raw
+    from cotmech.roles import SCORERS
+
+    L, H = tiny_llama.n_layers, tiny_llama.n_heads
+    clean, ref = _distinct_pairs(tiny_llama, 8, "fictional"), _distinct_pairs(tiny_llama, 2, "falseont")
+    rng = np.random.default_rng(1)
+    k_pairs = [p for p in clean if p["subtask"] == 0]
+    res = PatchResult("exact", "kl", "denoise", [p["pair_id"] for p in k_pairs], [0] * len(k_pairs),
+                      rng.normal(size=(len(k_pairs), L, H)), rng.normal(size=len(k_pairs)) - 3,
+                      rng.normal(size=len(k_pairs)) + 3)
+    save_raw(tmp_path / "raw0.safetensors", res)
+    perex = pd.DataFrame([dict(example_id=f"fictional-{e}", layer=l, head=h, score=rng.normal())
+                          for e in range(8) for l in range(L) for h in range(H)])
+    write_table(tmp_path / "pe.parquet", perex)
+    induction = pd.DataFrame(dict(layer=np.repeat(np.arange(L), H), head=np.tile(np.arange(H), L),
+                                  score=rng.normal(size=L * H)))
+    write_table(tmp_path / "ind.parquet", induction)
+    rankings = {"direct": "builtin", "decision": "builtin:writers", "copy": "builtin:copy",
+                "patching": str(tmp_path / "raw{subtask}.safetensors"), "perex": str(tmp_path / "pe.parquet"),
+                "induction": str(tmp_path / "ind.parquet")}
+    seen_eval = []
+    real = C.curve_for_sets
+    monkeypatch.setattr(C, "curve_for_sets", lambda m, seqs, *a, **k: seen_eval.append(seqs) or real(m, seqs, *a, **k))
+    out = C.run_knockout(tiny_llama, clean, ref, rankings, subtasks=[0], steps=3, seed=5, batch_size=4,
+                         window_rankings=["induction"], other_data=["induction"], primary="induction",
+                         progress=False, log=lambda *a: None)
+    rank_ids = set(C.split_examples([p["example_id"] for p in clean], 0.5, 5)[0])
+    rank = [p for p in k_pairs if p["example_id"] in rank_ids]
+    ev = [p for p in k_pairs if p["example_id"] not in rank_ids]
+    assert rank and ev
+    ev_seqs = {tuple(p["clean_ids"]) for p in ev}
+    assert all({tuple(s) for s in seqs} == ev_seqs for seqs in seen_eval)
+    assert not ev_seqs & {tuple(p["clean_ids"]) for p in rank}
+    # the oracle scores of the ranking split
+    means = C.head_means(tiny_llama, [p["clean_ids"] for p in ref if p["subtask"] == 0])
+    want = {"direct": C.direct_scores(tiny_llama, [p["clean_ids"] for p in rank], means).mean(0).numpy()}
+    comp = C.role_components(tiny_llama, rank)
+    want["decision"] = SCORERS["writers"][0](comp["writers"], np.arange(len(rank)))
+    want["copy"] = SCORERS["copy"][0](comp["copy"], np.arange(len(rank)))
+    idx = [i for i, p in enumerate(k_pairs) if p["example_id"] in rank_ids]
+    want["patching"] = aggregate(res.patched[idx], res.base[idx], res.source[idx], n_boot=0)[0]
+    want["perex"] = (perex[perex.example_id.isin(rank_ids)].groupby(["layer", "head"])["score"].mean()
+                     .to_numpy().reshape(L, H))
+    heads, ops = out["heads"], out["operating_points"]
+    for name, m in want.items():
+        got = heads[(heads.ranking == name) & (heads.scope == "rank_split")].sort_values(["layer", "head"])
+        np.testing.assert_allclose(got.score.to_numpy(), m.reshape(-1), rtol=1e-4, atol=1e-6, err_msg=name)
+        op = ops[(ops.ranking == name) & (ops.scope == "rank_split")].iloc[0]
+        assert bool(op.heldout) and op.n_eval_examples == len(ev) and op.n_rank_examples == len(rank)
+    ind = ops[ops.ranking == "induction"]
+    assert ind.scope.tolist() == ["other_data"] and ind.procedure.tolist() == ["fd_window"] and ind.primary.all()
+    assert ops.primary.sum() == 1 and heads[heads.primary].ranking.unique().tolist() == ["induction"]
+    # the in-sample line exists for every ranking with per-example scores, labelled
+    assert set(ops[ops.scope == "eval_split"].ranking) == {"direct", "decision", "copy", "patching", "perex"}
+    assert not ops[ops.scope == "eval_split"].heldout.any()
+
+
+def _hook_argmax(model, seqs, means, removed):
+    """Reference: plain torch pre-hooks on o_proj overwrite the removed heads with the reference mean, one
+    unpadded sequence at a time."""
+    from cotmech.batching import last_logits
+
+    out = []
+    dh = model.d_head
+    for s in seqs:
+        batch = left_pad([s], model.tokenizer.pad_token_id)
+        width = batch.input_ids.shape[1]
+        handles = []
+        for layer in range(model.n_layers):
+            heads = [h for (l, h) in removed if l == layer]
+            if not heads:
+                continue
+            rep = means.replacement(layer, width)
+
+            def pre(mod, args, heads=heads, rep=rep):
+                z = args[0].clone()
+                for h in heads:
+                    z[..., h * dh:(h + 1) * dh] = rep[:, h * dh:(h + 1) * dh]
+                return (z,)
+            handles.append(model.hf_o_proj(layer).register_forward_pre_hook(pre))
+        try:
+            out.append(int(last_logits(model, batch).argmax(-1)[0]))
+        finally:
+            for hd in handles:
+                hd.remove()
+    return torch.tensor(out)
+
+
+def test_isolation_and_cross_removal_match_reference_loops(tiny_llama):
+    import numpy as np
+
+    seqs = [p["clean_ids"] for p in _distinct_pairs(tiny_llama, 6, "x", subtasks=(0,))]
+    means = C.head_means(tiny_llama, seqs[:2])
+    heads = _all_heads(tiny_llama)
+    base = C.ablated_argmax(tiny_llama, seqs, means, [])
+    # all heads kept = the unablated run
+    full = C.kept_accuracy(tiny_llama, seqs, means, set(heads), base, heads)
+    assert full["acc"] == 1.0 and full["n_removed"] == 0
+    rng = np.random.default_rng(3)
+    circ = {n: {heads[i] for i in rng.choice(16, size=9, replace=False)} for n in ("ind", "dec", "copy")}
+
+    def ref_acc(kept):
+        removed = [h for h in heads if h not in kept]
+        return float((_hook_argmax(tiny_llama, seqs, means, removed) == base).float().mean())
+
+    iso = C.isolation(tiny_llama, seqs, means, base, circ, "ind", ["dec", "copy"], heads).set_index("category")
+    m, a, b = circ["ind"], circ["dec"], circ["copy"]
+    ref_sets = {"main": [h for h in heads if h in m],
+                "common": [h for h in heads if h in m and h in a and h in b],
+                "only_main": [h for h in heads if h in m and h not in a and h not in b],
+                "only_other": [h for h in heads if (h in a or h in b) and h not in m],
+                "other": [h for h in heads if h in a or h in b],
+                "common_only_main": [h for h in heads if h in m and ((h in a and h in b) or (h not in a and h not in b))]}
+    for cat, kept in ref_sets.items():
+        assert iso.loc[cat, "n_kept"] == len(kept), cat
+        assert iso.loc[cat, "acc"] == pytest.approx(ref_acc(set(kept))), cat
+    # cross-removal: base circuit minus the first i heads of another ranking's order, stop below `stop`
+    order = [heads[i] for i in rng.permutation(16)]
+    steps, stop = [2, 4, 8, 12, 16], 0.7
+    got = C.cross_removal(tiny_llama, seqs, means, base, m, order, steps, stop, heads)
+    want = []
+    for i in steps:
+        kept = [h for h in heads if h in m and h not in order[:i]]
+        want.append((i, len(kept), ref_acc(set(kept))))
+        if want[-1][2] < stop:
+            break
+    assert [(int(r.n_other), int(r.n_kept)) for r in got.itertuples()] == [w[:2] for w in want]
+    np.testing.assert_allclose(got.acc, [w[2] for w in want])
+    lo, hi = C.wilson(int(got.correct.iloc[-1]), len(seqs))
+    assert (got.ci_low.iloc[-1], got.ci_high.iloc[-1]) == (lo, hi)
+    # across subtasks: isolate / remove each circuit, union / intersection
+    cs = C.cross_subtask(tiny_llama, seqs, means, base, {0: m, 3: a}, heads).set_index(["mode", "source"])
+    for (mode, src), kept in {("isolate", 0): m, ("remove", 0): set(heads) - m, ("isolate", 3): a,
+                              ("remove", 3): set(heads) - a, ("union", -1): m | a,
+                              ("intersection", -1): m & a}.items():
+        assert cs.loc[(mode, src), "n_kept"] == len(kept)
+        assert cs.loc[(mode, src), "acc"] == pytest.approx(ref_acc(kept)), (mode, src)

@@ -12,9 +12,25 @@ masked out of the mean and the reference set is the whole false-ontology pair se
 Accuracy. Share of evaluation examples whose ablated argmax next token equals the *unablated* argmax at the
 predicting position (§5), with a Wilson 95% interval over examples.
 
-Rankings. Any head-score table (higher = more important) orders the heads; the least important are removed first.
-The built-in ranking ``direct`` (direct mean-ablation effect) is computed here per example, so it can be ranked on
-one split and evaluated on the other (held out) or on the evaluation split itself (in sample, as the original did).
+Rankings and procedures (E6). Any head-score table (higher = more important) orders the heads. As the authors'
+scripts: decision/copy-type rankings remove the n lowest scores for every n of a grid (:func:`sorted_plan`); the
+induction ranking removes the heads inside a widening window around the modal Freedman–Diaconis bin of its scores
+(:func:`fd_windows`, :func:`window_plan`), keeping both tails.
+
+Held out. The examples are split once for the whole dataset (:func:`split_examples`), so an example ranks heads
+for every subtask or evaluates them for every subtask. Every ranking is computed on the ranking split and its
+curve measured on the evaluation split (scope ``rank_split``): the built-in direct mean-ablation effect, the E4
+answer-writer and E5 copy scores (:mod:`cotmech.roles`, ``builtin:writers`` / ``builtin:copy``), raw per-pair
+patching shards and per-example tables; a table computed on other data (the induction cloze) is ``other_data``.
+The in-sample curve (ranked on the evaluation split itself, as the original did) is a second line, ``eval_split``.
+
+E7. :func:`isolation` keeps only categories of several head types' circuits (``isolatedHeadsAccuracy.py``),
+:func:`cross_removal` removes another type's heads from a circuit (``removeCopyHeads.py``), :func:`cross_subtask`
+keeps or removes one subtask's circuit on another subtask, and the union / intersection of all
+(``combinedHeadsAccuracy.py``). Each row has a Wilson interval over the evaluation examples.
+
+The circuit of subtask k (the operating point of the ``primary`` ranking at its held-out scope): the rows of
+heads.parquet with ``subtask == k``, ``primary`` and ``kept`` (:func:`primary_circuits`).
 """
 from __future__ import annotations
 
@@ -147,6 +163,99 @@ def removal_order(scores: pd.DataFrame, n_layers: int, n_heads: int) -> list[Hea
     return [(int(l), int(h)) for l, h in zip(full["layer"], full["head"])]
 
 
+def head_score_matrix(scores: pd.DataFrame, n_layers: int, n_heads: int) -> np.ndarray:
+    """[n_layers, n_heads] mean score per head of a head-score table; NaN for heads missing from it."""
+    removal_order(scores.iloc[:0], n_layers, n_heads)  # column check
+    s = scores.groupby(["layer", "head"])["score"].mean()
+    m = np.full((n_layers, n_heads), np.nan)
+    for (layer, head), v in s.items():
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ValueError(f"head-score table has heads outside {n_layers}×{n_heads}: ({layer}, {head})")
+        m[int(layer), int(head)] = v
+    return m
+
+
+def fd_edges(scores: np.ndarray) -> np.ndarray:
+    """The authors' histogram edges (E6): Freedman–Diaconis width w = 2·IQR / n^(1/3) over the finite scores,
+    ``int(range / w)`` equal-width bins over [min, max] (at least one).
+
+    numpy's ``bins='fd'`` uses the same width but rounds the bin count *up*: it has one bin more whenever
+    range / w is not a whole number. The authors' scripts truncate (``int``), which this follows.
+    """
+    x = np.asarray(scores, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        raise ValueError("fd_edges: no finite scores")
+    q75, q25 = np.percentile(x, [75, 25])
+    width = 2.0 * (q75 - q25) / x.size ** (1 / 3)
+    n_bins = int((x.max() - x.min()) / width) if width > 0 else 1
+    return np.histogram_bin_edges(x, bins=max(1, n_bins))
+
+
+def fd_windows(scores: np.ndarray, widths: int) -> list[tuple[float, float]]:
+    """The authors' removal windows around the modal Freedman–Diaconis bin (E6, induction scores).
+
+    With edges e (:func:`fd_edges`), B bins and m the modal bin (``np.argmax`` of the counts: the first on ties),
+    window i = 0 … widths−1 is [e[max(m−i, 0)], e[min(m+i, B−1)]]; heads whose score lies in it (both ends
+    included) are removed, the others are the circuit. As in ``IndividualHeadAccuracy_histogram_reason.py`` the
+    right end is the *left* edge of bin m+i (window i spans bins m−i … m+i−1; window 0 is the single point e[m])
+    and is clamped at the left edge of the last bin, so heads in the top bin are never removed.
+    """
+    if widths < 1:
+        raise ValueError(f"fd_windows: widths must be >= 1, got {widths}")
+    edges = fd_edges(scores)
+    x = np.asarray(scores, dtype=float).ravel()
+    hist, _ = np.histogram(x[np.isfinite(x)], edges)
+    m, n_bins = int(np.argmax(hist)), len(hist)
+    return [(float(edges[max(m - i, 0)]), float(edges[min(m + i, n_bins - 1)])) for i in range(widths)]
+
+
+PROCEDURES = ("sorted", "fd_window")
+
+
+@dataclass
+class Plan:
+    """The removed-head sets of one ranking, step by step (nested), and every head's removal order."""
+
+    procedure: str  # "sorted" (remove the n least important) or "fd_window" (remove the heads in a window)
+    sets: list[list[Head]]  # removed heads per step
+    order: list[Head]  # every head: earlier-removed first (ties: ascending score, layer, head)
+    step_of: dict[Head, int]  # first step that removes the head (absent: never removed)
+    windows: list[tuple[float, float]] | None = None  # score window per step (fd_window only)
+
+
+def sorted_plan(scores: pd.DataFrame, n_layers: int, n_heads: int, steps: Sequence[int]) -> Plan:
+    """Decision/copy procedure (E6): remove the n lowest-scoring heads for every n in ``steps``."""
+    order = removal_order(scores, n_layers, n_heads)
+    sets = [order[:int(n)] for n in steps]
+    step_of: dict[Head, int] = {}
+    for i, removed in enumerate(sets):
+        for h in removed:
+            step_of.setdefault(h, i)
+    return Plan("sorted", sets, order, step_of)
+
+
+def window_plan(scores: pd.DataFrame, n_layers: int, n_heads: int, widths: int) -> Plan:
+    """Induction procedure (E6): remove the heads inside each :func:`fd_windows` window (heads missing from the
+    table count as least important and are removed at every step). Windows that remove the same heads as the
+    previous one (clamped at both ends) are dropped."""
+    m = head_score_matrix(scores, n_layers, n_heads)
+    heads = [(l, h) for l in range(n_layers) for h in range(n_heads)]
+    sets, wins = [], []
+    for lo, hi in fd_windows(m, widths):
+        removed = [(l, h) for l, h in heads if not np.isfinite(m[l, h]) or lo <= m[l, h] <= hi]
+        if not sets or removed != sets[-1]:
+            sets.append(removed)
+            wins.append((lo, hi))
+    step_of: dict[Head, int] = {}
+    for i, removed in enumerate(sets):
+        for h in removed:
+            step_of.setdefault(h, i)
+    big = len(sets)
+    order = sorted(heads, key=lambda lh: (step_of.get(lh, big), np.nan_to_num(m[lh], nan=-np.inf), lh))
+    return Plan("fd_window", sets, order, step_of, wins)
+
+
 def direct_scores(model, seqs: Sequence[Sequence[int]], means: HeadMeans, batch_size: int = 8) -> torch.Tensor:
     """Direct mean-ablation effect of every head on the unablated top logit, per example: [n, n_layers, n_heads].
 
@@ -212,30 +321,51 @@ def step_grid(n_total: int, steps: int | Sequence[int]) -> list[int]:
     return [int(g) for g in grid]
 
 
+def _acc_row(pred: torch.Tensor, baseline: torch.Tensor) -> dict:
+    """Agreement of ``pred`` with the unablated argmax: n, correct, acc and its Wilson 95% interval."""
+    k, n = int((pred == baseline).sum()), len(baseline)
+    lo, hi = wilson(k, n)
+    return dict(n=n, correct=k, acc=k / n if n else float("nan"), ci_low=lo, ci_high=hi)
+
+
+def predictions(model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed: Sequence[Head],
+                baseline: torch.Tensor, batch_size: int = 8, cache: dict | None = None) -> torch.Tensor:
+    """Argmax of every sequence with ``removed`` mean-ablated [n]; the baseline when nothing is removed; runs
+    shared through ``cache`` (removed-head set -> predictions) for one set of ``seqs``."""
+    if not removed:
+        return baseline
+    key = frozenset(removed)
+    if cache is not None and key in cache:
+        return cache[key]
+    pred = ablated_argmax(model, seqs, means, list(removed), batch_size)
+    if cache is not None:
+        cache[key] = pred
+    return pred
+
+
+def curve_for_sets(model, seqs: Sequence[Sequence[int]], means: HeadMeans, sets: Sequence[Sequence[Head]],
+                   baseline: torch.Tensor, n_total: int, batch_size: int = 8, progress: bool = False,
+                   cache: dict | None = None) -> pd.DataFrame:
+    """Accuracy with each removed-head set of ``sets`` mean-ablated: rows n_removed, n_kept, n, correct, acc,
+    ci_low, ci_high (Wilson 95% over sequences). ``baseline``: unablated argmax per sequence [n]."""
+    cache = {} if cache is None else cache
+    rows = []
+    for removed in tqdm(sets, desc="knockout", disable=not progress, leave=False):
+        pred = predictions(model, seqs, means, removed, baseline, batch_size, cache)
+        rows.append(dict(n_removed=len(removed), n_kept=n_total - len(removed), **_acc_row(pred, baseline)))
+    return pd.DataFrame(rows, columns=["n_removed", "n_kept", "n", "correct", "acc", "ci_low", "ci_high"])
+
+
 def knockout_curve(model, seqs: Sequence[Sequence[int]], means: HeadMeans, order: Sequence[Head],
                    steps: Sequence[int], baseline: torch.Tensor, batch_size: int = 8,
                    progress: bool = False, cache: dict | None = None) -> pd.DataFrame:
-    """Accuracy after removing the first n heads of ``order`` for every n in ``steps``.
+    """Accuracy after removing the first n heads of ``order`` for every n in ``steps`` (:func:`curve_for_sets`).
 
-    ``baseline``: unablated argmax per sequence [n]. ``cache``: predictions per removed-head set, shared by the
-    curves of one set of ``seqs`` (e.g. removing all heads is the same run for every ranking).
-    Returns rows n_removed, n_kept, n, correct, acc, ci_low, ci_high.
+    ``cache``: predictions per removed-head set, shared by the curves of one set of ``seqs`` (e.g. removing all
+    heads is the same run for every ranking).
     """
-    rows = []
-    cache = {} if cache is None else cache
-    for n_rm in tqdm(steps, desc="knockout", disable=not progress, leave=False):
-        key = frozenset(order[:n_rm])
-        if n_rm == 0:
-            pred = baseline
-        elif key in cache:
-            pred = cache[key]
-        else:
-            pred = cache[key] = ablated_argmax(model, seqs, means, list(order[:n_rm]), batch_size)
-        k = int((pred == baseline).sum())
-        lo, hi = wilson(k, len(seqs))
-        rows.append(dict(n_removed=int(n_rm), n_kept=len(order) - int(n_rm), n=len(seqs), correct=k,
-                         acc=k / len(seqs), ci_low=lo, ci_high=hi))
-    return pd.DataFrame(rows)
+    return curve_for_sets(model, seqs, means, [list(order[:n]) for n in steps], baseline, len(order), batch_size,
+                          progress, cache)
 
 
 def operating_point(n_removed: Sequence[int], acc: Sequence[float], threshold: float = 0.9) -> int:
@@ -307,9 +437,106 @@ def reuse_summary(overlap: pd.DataFrame, groups: Sequence[Sequence[int]]) -> pd.
 
 
 # --------------------------------------------------------------------------------------------------
+# E7: isolation and cross-removal
+# --------------------------------------------------------------------------------------------------
+ISOLATION_CATEGORIES = ("main", "common", "only_main", "only_other", "other", "common_only_main")
+
+
+def isolation_sets(main: set[Head], others: Sequence[set[Head]]) -> dict[str, set[Head]]:
+    """The head sets ``isolatedHeadsAccuracy.py`` keeps (E7): main circuit, common to all, only in main, only in the
+    others, the others' union, and common ∪ only-main."""
+    union = set().union(*others) if others else set()
+    common = set(main).intersection(*others) if others else set(main)
+    return {"main": set(main), "common": common, "only_main": set(main) - union, "only_other": union - set(main),
+            "other": union, "common_only_main": common | (set(main) - union)}
+
+
+def kept_accuracy(model, seqs: Sequence[Sequence[int]], means: HeadMeans, kept: set[Head], baseline: torch.Tensor,
+                  all_heads: Sequence[Head], batch_size: int = 8, cache: dict | None = None) -> dict:
+    """Agreement with every head outside ``kept`` mean-ablated (isolation): n_kept, n_removed, n, correct, acc,
+    ci_low, ci_high."""
+    removed = [h for h in all_heads if h not in kept]
+    pred = predictions(model, seqs, means, removed, baseline, batch_size, cache)
+    return dict(n_kept=len(all_heads) - len(removed), n_removed=len(removed), **_acc_row(pred, baseline))
+
+
+def isolation(model, seqs: Sequence[Sequence[int]], means: HeadMeans, baseline: torch.Tensor,
+              circuits: dict[str, set[Head]], main: str, others: Sequence[str], all_heads: Sequence[Head],
+              batch_size: int = 8, cache: dict | None = None) -> pd.DataFrame:
+    """E7 isolation: accuracy keeping only each :func:`isolation_sets` category of the circuits (kept-head sets
+    by ranking name) of ``main`` and ``others``; rows category, main, others, n_kept, n_removed, n, correct, acc,
+    ci_low, ci_high."""
+    cats = isolation_sets(circuits[main], [circuits[o] for o in others])
+    rows = [dict(category=c, main=main, others="+".join(others),
+                 **kept_accuracy(model, seqs, means, cats[c], baseline, all_heads, batch_size, cache))
+            for c in ISOLATION_CATEGORIES]
+    return pd.DataFrame(rows)
+
+
+def cross_removal(model, seqs: Sequence[Sequence[int]], means: HeadMeans, baseline: torch.Tensor,
+                  base_kept: set[Head], order: Sequence[Head], steps: Sequence[int], stop: float,
+                  all_heads: Sequence[Head], batch_size: int = 8, cache: dict | None = None) -> pd.DataFrame:
+    """E7 cross-removal (``removeCopyHeads.py``): from the ``base_kept`` circuit, also ablate the first i heads of
+    ``order`` (another head type's ranking) for every i in ``steps``; stop after the first accuracy below
+    ``stop``. Rows n_other, n_kept, n_removed, n, correct, acc, ci_low, ci_high."""
+    rows = []
+    for i in steps:
+        drop = set(order[:int(i)])
+        r = kept_accuracy(model, seqs, means, base_kept - drop, baseline, all_heads, batch_size, cache)
+        rows.append(dict(n_other=int(i), **r))
+        if r["acc"] < stop:
+            break
+    return pd.DataFrame(rows, columns=["n_other", "n_kept", "n_removed", "n", "correct", "acc", "ci_low", "ci_high"])
+
+
+def cross_subtask(model, seqs: Sequence[Sequence[int]], means: HeadMeans, baseline: torch.Tensor,
+                  circuits: dict[int, set[Head]], all_heads: Sequence[Head], batch_size: int = 8,
+                  cache: dict | None = None) -> pd.DataFrame:
+    """E7 across subtasks, evaluated on one subtask's sequences: per source subtask A, ``isolate`` (keep only A's
+    circuit) and ``remove`` (ablate A's circuit, keep the rest); and, as ``combinedHeadsAccuracy.py``, keep only
+    the ``union`` / ``intersection`` of all the circuits. Rows mode, source, n_kept, n_removed, n, correct, acc,
+    ci_low, ci_high (source -1 = every circuit)."""
+    rows = []
+    for a in sorted(circuits):
+        rows.append(dict(mode="isolate", source=int(a), **kept_accuracy(model, seqs, means, circuits[a], baseline,
+                                                                        all_heads, batch_size, cache)))
+        rest = set(all_heads) - circuits[a]
+        rows.append(dict(mode="remove", source=int(a), **kept_accuracy(model, seqs, means, rest, baseline,
+                                                                       all_heads, batch_size, cache)))
+    if circuits:
+        sets = list(circuits.values())
+        for mode, kept in (("union", set().union(*sets)), ("intersection", set(sets[0]).intersection(*sets[1:]))):
+            rows.append(dict(mode=mode, source=-1, **kept_accuracy(model, seqs, means, kept, baseline, all_heads,
+                                                                   batch_size, cache)))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
 # The knockout study: every subtask × ranking
 # --------------------------------------------------------------------------------------------------
-BUILTIN = "builtin"  # config value of a ranking computed here (the direct mean-ablation effect)
+BUILTIN = "builtin"  # config value of the direct mean-ablation ranking computed here
+#: builtin ranking sources -> what is computed on the examples of each split (module docstring)
+BUILTINS = {"builtin": "direct", "builtin:direct": "direct", "builtin:writers": "writers", "builtin:copy": "copy"}
+#: scope -> held out. rank_split: ranked on the ranking split; other_data: a table computed on other data
+#: (e.g. the induction cloze); eval_split: ranked on the evaluation split itself (in sample, as the paper);
+#: all_pairs: a table over every pair of the dataset (the evaluation examples were part of it).
+SCOPES = {"rank_split": True, "other_data": True, "eval_split": False, "all_pairs": False}
+HELDOUT_PREFERENCE = ("rank_split", "other_data", "all_pairs")
+
+
+@dataclass
+class Ranking:
+    """One head ordering to knock out: its name, scope (:data:`SCOPES`), head scores and provenance."""
+
+    name: str
+    scope: str
+    scores: pd.DataFrame  # layer, head, score (higher = more important)
+    note: str
+    n_rank_examples: int | None  # examples the scores were computed on (None: other data / unknown)
+
+    @property
+    def heldout(self) -> bool:
+        return SCOPES[self.scope]
 
 
 def load_ranking(path: str, subtask: int) -> tuple[pd.DataFrame, str]:
@@ -333,6 +560,59 @@ def load_ranking(path: str, subtask: int) -> tuple[pd.DataFrame, str]:
     raise ValueError(f"{path}: no rows for subtask {subtask} and no merged rows (subtask -1)")
 
 
+def _frame(m: np.ndarray) -> pd.DataFrame:
+    """Head-score table from an [L, H] matrix."""
+    L, H = m.shape
+    return pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
+                         "score": np.asarray(m, dtype=float).reshape(-1)})
+
+
+def patching_rankings(paths: Sequence[str], example_of: dict[str, str], splits: dict[str, set[str]],
+                      n_layers: int, n_heads: int) -> list[tuple[str, pd.DataFrame, int]]:
+    """Patching scores (raw per-pair shards of ``patch_heads.py --raw``) aggregated over the pairs of each split
+    as the merged table does (normalised mean metric, :func:`cotmech.patching.scores.aggregate`).
+
+    ``example_of``: pair id -> example id; ``splits``: scope -> example ids. Returns (scope, table, n examples)
+    for every split that has patched pairs."""
+    from .patching.scores import aggregate, load_raw
+
+    res = load_raw(list(paths))
+    unknown = [p for p in res.pair_ids if p not in example_of]
+    if unknown:
+        raise ValueError(f"{paths[0]}: patched pair {unknown[0]!r} is not in the clean pairs")
+    if res.patched.shape[1:] != (n_layers, n_heads):
+        raise ValueError(f"{paths[0]}: scores of {res.patched.shape[1:]} heads, model has {(n_layers, n_heads)}")
+    ex = np.array([example_of[p] for p in res.pair_ids], dtype=object)
+    out = []
+    for scope, ids in splits.items():
+        idx = np.flatnonzero([e in ids for e in ex])
+        if len(idx):
+            score = aggregate(res.patched[idx], res.base[idx], res.source[idx], n_boot=0)[0]
+            out.append((scope, _frame(score), len(set(ex[idx]))))
+    return out
+
+
+def role_components(model, pairs: Sequence[dict], batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
+    """E4 answer-writer and E5 copy components (:mod:`cotmech.roles`) of every pair's clean input at its
+    predicting position: {"writers": ..., "copy": ...}, rows in ``pairs`` order."""
+    from .activations import extract
+    from .lens import make_unembed
+    from .roles import copy_components, writer_components
+
+    for i, p in enumerate(pairs):
+        for key in ("answer_id", "answer_pos"):
+            if key not in p:
+                raise ValueError(f"clean pairs: record {i} ({p['pair_id']}) lacks {key!r} (writers/copy rankings)")
+    acts = extract(model, [p["clean_ids"] for p in pairs], groups=[p["example_id"] for p in pairs],
+                   batch_size=batch_size, desc="role activations")
+    lens = make_unembed(model, device=model.device)
+    aid = torch.tensor([int(p["answer_id"]) for p in pairs])
+    pos = np.array([None if p["answer_pos"] is None else int(p["answer_pos"]) for p in pairs], dtype=object)
+    length = np.array([len(p["clean_ids"]) for p in pairs])
+    return {"writers": writer_components(lens, model, acts["resid"], acts["attn_out"], acts["z"], aid),
+            "copy": copy_components(lens, model, acts["z"], acts["attn"], length, pos, aid)}
+
+
 def _take(pairs: list[dict], n: int | None, rng: np.random.Generator) -> list[dict]:
     pairs = sorted(pairs, key=lambda p: p["pair_id"])
     if n is not None and len(pairs) > n:
@@ -350,88 +630,201 @@ def _check_pairs(pairs: list[dict], where: str) -> None:
             raise ValueError(f"{where}: record {i} ({p['pair_id']}) has empty clean_ids")
 
 
+@dataclass
+class SubtaskData:
+    """The pairs of one subtask that the knockout uses: ranking split, evaluation split, references."""
+
+    subtask: int
+    kind: str
+    rank: list[dict]
+    eval: list[dict]
+    reference: list[dict]
+    n_available: int  # clean pairs of the subtask before sampling
+
+
+def subtask_data(clean: list[dict], reference: list[dict], k: int, rank_ids: set[str], *, n_examples: int | None,
+                 n_reference: int | None, rank_fraction: float, seed: int) -> SubtaskData:
+    """Subtask k's pairs, split by the dataset-wide example split (``rank_ids``: the ranking examples; an example
+    is on the same side for every subtask, so a circuit of one subtask is held out for every other subtask too).
+    ``n_examples`` caps the pairs per subtask: round(rank_fraction · n) from the ranking side and the rest from the
+    evaluation side (seeded by [seed, k]); fewer where fewer exist (the numbers used are reported)."""
+    rng = np.random.default_rng([seed, k])
+    ck = [p for p in clean if int(p["subtask"]) == k]
+    rank = [p for p in ck if p["example_id"] in rank_ids]
+    ev = [p for p in ck if p["example_id"] not in rank_ids]
+    n_rank = n_eval = None
+    if n_examples is not None:
+        n_rank = min(max(1, int(round(rank_fraction * n_examples))), n_examples - 1)
+        n_eval = n_examples - n_rank
+    rk = _take([p for p in reference if int(p["subtask"]) == k], n_reference, rng)
+    kind = ck[0]["kind"] if ck else ""
+    return SubtaskData(k, kind, _take(rank, n_rank, rng), _take(ev, n_eval, rng), rk, len(ck))
+
+
+def _rankings_for(model, d: SubtaskData, rankings: dict[str, str], means: HeadMeans, example_of: dict[str, str],
+                  other_data: Sequence[str], batch_size: int, log) -> list[Ranking]:
+    """Every ranking of subtask ``d`` on the ranking split (held out) and, where per-example scores exist, on the
+    evaluation split (in sample)."""
+    L, H = model.n_layers, model.n_heads
+    pairs = d.rank + d.eval
+    rank_rows, eval_rows = list(range(len(d.rank))), list(range(len(d.rank), len(pairs)))
+    splits = {"rank_split": {p["example_id"] for p in d.rank}, "eval_split": {p["example_id"] for p in d.eval}}
+    out: list[Ranking] = []
+    roles = None
+    for name, source in rankings.items():
+        if source.startswith("builtin") and source not in BUILTINS:
+            raise ValueError(f"ranking {name!r}: unknown built-in {source!r} (known: {', '.join(BUILTINS)})")
+        if source in BUILTINS:
+            what = BUILTINS[source]
+            if what == "direct":
+                per = direct_scores(model, [p["clean_ids"] for p in pairs], means, batch_size)
+                for scope, rows in (("rank_split", rank_rows), ("eval_split", eval_rows)):
+                    out.append(Ranking(name, scope, scores_frame(per, rows), "direct mean-ablation effect",
+                                       len(rows)))
+                continue
+            from .roles import SCORERS
+
+            roles = roles or role_components(model, pairs, batch_size)
+            scorer = SCORERS[what][0]
+            label = {"writers": "E4 answer-writer score", "copy": "E5 copy score"}[what]
+            for scope, rows in (("rank_split", rank_rows), ("eval_split", eval_rows)):
+                m = scorer(roles[what], np.asarray(rows))
+                out.append(Ranking(name, scope, _frame(m), f"{label} (cotmech.roles) on the {scope}", len(rows)))
+            continue
+        paths = [p for p in source.format(subtask=d.subtask).split(",") if p]
+        if paths[0].endswith(".safetensors"):
+            got = patching_rankings(paths, example_of, splits, L, H)
+            for scope, table, n in got:
+                out.append(Ranking(name, scope, table, f"per-pair patching scores of the {scope}", n))
+            if not any(s == "rank_split" for s, _, _ in got):
+                log(f"  {name}: no patched pair on the ranking split of subtask {d.subtask}: no held-out curve")
+            continue
+        table, note = load_ranking(paths[0], d.subtask)
+        if "example_id" in table.columns:  # per-example scores: re-rank on each split
+            for scope, ids in splits.items():
+                sub = table[table["example_id"].isin(ids)]
+                if sub.empty:
+                    log(f"  {name}: no per-example scores for the {scope} of subtask {d.subtask}")
+                    continue
+                out.append(Ranking(name, scope, sub, note, int(sub["example_id"].nunique())))
+        elif name in other_data:
+            out.append(Ranking(name, "other_data", table, note + "; computed on other data (held out)", None))
+        else:
+            out.append(Ranking(name, "all_pairs", table, note + "; scores over all pairs, not held out", None))
+    return out
+
+
 def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict[str, str], *,
                  subtasks: Sequence[int] | None = None, steps: int | Sequence[int] = 9, threshold: float = 0.9,
                  rank_fraction: float = 0.5, seed: int = 0, n_examples: int | None = None,
-                 n_reference: int | None = None, batch_size: int = 8, progress: bool = True,
+                 n_reference: int | None = None, batch_size: int = 8, window_rankings: Sequence[str] = (),
+                 window_widths: int = 10, other_data: Sequence[str] = (), primary: str | None = None,
+                 isolation_spec: dict | None = None, cross_spec: dict | None = None, progress: bool = True,
                  log=print) -> dict[str, pd.DataFrame]:
-    """Knockout curves for every subtask and ranking (E6).
+    """Knockout curves for every subtask and ranking (E6) and the within-subtask E7 experiments.
 
-    ``rankings``: name -> :data:`BUILTIN` or a table path with an optional ``{subtask}`` placeholder.
-    Subtasks are independent (each draws its samples from its own seed ``[seed, k]``), so the workflow runs one
-    job per subtask and concatenates the tables (:func:`merge_knockout`).
-    Curves are measured on the evaluation split; ``scope`` says what the ranking was computed on:
-    ``rank_split`` (held out), ``eval_split`` (in sample) or ``all_pairs`` (an upstream table computed on every
-    pair, so the evaluation examples were part of it: not held out). Returns tables ``curves``,
-    ``operating_points`` and ``heads`` (removal order and kept flag of every head at each operating point).
+    ``rankings``: name -> a :data:`BUILTINS` key or a table path with an optional ``{subtask}`` placeholder
+    (comma-separated ``.safetensors`` paths: raw per-pair patching shards). Rankings named in
+    ``window_rankings`` use the FD-window procedure (:func:`window_plan`, ``window_widths`` windows), the others
+    remove the lowest scores first at the ``steps`` grid (:func:`sorted_plan`). Examples are split once for the
+    whole dataset (:func:`split_examples`, ``seed``); every curve is measured on the evaluation split; ``scope``
+    (:data:`SCOPES`) says what its ranking was computed on. ``primary``: the ranking whose held-out circuit is
+    the subtask's circuit (column ``primary``; default the first ranking). ``isolation_spec`` {main, others} and
+    ``cross_spec`` {base, others, steps, stop} run :func:`isolation` and :func:`cross_removal` on the held-out
+    circuits. Returns tables ``curves``, ``operating_points``, ``heads``, ``isolation``, ``cross_removal``.
+    Subtasks are independent given the split, so the workflow runs one job per subtask (:func:`merge_knockout`).
     """
     _check_pairs(clean, "clean pairs")
     _check_pairs(reference, "reference pairs")
     have = sorted({int(p["subtask"]) for p in clean})
     subtasks = have if subtasks is None else [int(k) for k in subtasks]
     n_total = model.n_total_heads
+    L, H = model.n_layers, model.n_heads
+    all_heads = [(l, h) for l in range(L) for h in range(H)]
     grid = step_grid(n_total, steps)
-    curves, ops, heads = [], [], []
+    rank_ids = set(split_examples([p["example_id"] for p in clean], rank_fraction, seed)[0])
+    example_of = {p["pair_id"]: p["example_id"] for p in clean}
+    primary = primary if primary in rankings else next(iter(rankings), None)
+    curves, ops, heads, iso, cross = [], [], [], [], []
     for k in subtasks:
-        rng = np.random.default_rng([seed, k])  # per subtask: a subtask's sample does not depend on the others
-        ck = _take([p for p in clean if int(p["subtask"]) == k], n_examples, rng)
-        rk = _take([p for p in reference if int(p["subtask"]) == k], n_reference, rng)
-        if len(ck) < 2 or not rk:
-            log(f"subtask {k}: skipped ({len(ck)} clean pairs, {len(rk)} reference pairs)")
+        d = subtask_data(clean, reference, k, rank_ids, n_examples=n_examples, n_reference=n_reference,
+                         rank_fraction=rank_fraction, seed=seed)
+        if not d.rank or not d.eval or not d.reference:
+            log(f"subtask {k}: skipped ({len(d.rank)} ranking / {len(d.eval)} evaluation clean pairs, "
+                f"{len(d.reference)} reference pairs)")
             continue
-        kind = ck[0]["kind"]
-        rank_ids, eval_ids = split_examples([p["example_id"] for p in ck], rank_fraction, seed + k)
-        rank_rows = [i for i, p in enumerate(ck) if p["example_id"] in set(rank_ids)]
-        eval_rows = [i for i, p in enumerate(ck) if p["example_id"] in set(eval_ids)]
-        seqs = [p["clean_ids"] for p in ck]
-        eval_seqs = [seqs[i] for i in eval_rows]
-        log(f"subtask {k} ({kind}): {len(ck)} clean pairs ({len(rank_rows)} ranking / {len(eval_rows)} evaluation), "
-            f"{len(rk)} reference pairs")
-        means = head_means(model, [p["clean_ids"] for p in rk], batch_size, progress)
+        asked = "all" if n_examples is None else n_examples
+        log(f"subtask {k} ({d.kind}): n_examples {asked}, {d.n_available} clean pairs exist; using "
+            f"{len(d.rank)} ranking / {len(d.eval)} evaluation examples, {len(d.reference)} reference pairs")
+        means = head_means(model, [p["clean_ids"] for p in d.reference], batch_size, progress)
+        eval_seqs = [p["clean_ids"] for p in d.eval]
         baseline = ablated_argmax(model, eval_seqs, means, [], batch_size)
-        orders: list[tuple[str, str, bool, list[Head], str]] = []
-        for name, source in rankings.items():
-            if source == BUILTIN:
-                per = direct_scores(model, seqs, means, batch_size)
-                for scope, rows, held in (("rank_split", rank_rows, True), ("eval_split", eval_rows, False)):
-                    orders.append((name, scope, held, removal_order(scores_frame(per, rows), model.n_layers,
-                                                                     model.n_heads), "direct mean-ablation effect"))
-                continue
-            table, note = load_ranking(source.format(subtask=k), k)
-            if "example_id" in table.columns:  # per-example scores: re-rank on each split
-                for scope, ids, held in (("rank_split", rank_ids, True), ("eval_split", eval_ids, False)):
-                    sub = table[table["example_id"].isin(ids)]
-                    if sub.empty:
-                        raise ValueError(f"{source}: no per-example scores for the {scope} of subtask {k}")
-                    orders.append((name, scope, held, removal_order(sub, model.n_layers, model.n_heads), note))
-            else:
-                orders.append((name, "all_pairs", False, removal_order(table, model.n_layers, model.n_heads),
-                               note + "; scores over all pairs, not held out"))
         seen: dict = {}  # removed-head set -> predictions on eval_seqs, shared by this subtask's curves
-        for name, scope, held, order, note in orders:
-            c = knockout_curve(model, eval_seqs, means, order, grid, baseline, batch_size, progress, cache=seen)
-            c.insert(0, "heldout", held)
-            c.insert(0, "scope", scope)
-            c.insert(0, "ranking", name)
-            c.insert(0, "kind", kind)
-            c.insert(0, "subtask", k)
+        circuits: dict[str, dict[str, set[Head]]] = {}  # ranking -> scope -> kept heads at the operating point
+        plans: dict[tuple[str, str], Plan] = {}
+        for r in _rankings_for(model, d, rankings, means, example_of, other_data, batch_size, log):
+            plan = (window_plan(r.scores, L, H, window_widths) if r.name in window_rankings
+                    else sorted_plan(r.scores, L, H, grid))
+            plans[(r.name, r.scope)] = plan
+            c = curve_for_sets(model, eval_seqs, means, plan.sets, baseline, n_total, batch_size, progress, seen)
+            c.insert(0, "step", range(len(c)))
+            lo_hi = plan.windows or [(np.nan, np.nan)] * len(c)
+            c["window_low"], c["window_high"] = [w[0] for w in lo_hi], [w[1] for w in lo_hi]
+            for col, v in (("procedure", plan.procedure), ("heldout", r.heldout), ("scope", r.scope),
+                           ("ranking", r.name), ("kind", d.kind), ("subtask", k)):
+                c.insert(0, col, v)
             curves.append(c)
             i = operating_point(c.n_removed.tolist(), c.acc.tolist(), threshold)
             op = c.iloc[i]
-            ops.append(dict(subtask=k, kind=kind, ranking=name, scope=scope, heldout=held,
+            ops.append(dict(subtask=k, kind=d.kind, ranking=r.name, scope=r.scope, heldout=r.heldout,
                             n_removed=int(op.n_removed), n_kept=int(op.n_kept), acc=float(op.acc),
                             ci_low=float(op.ci_low), ci_high=float(op.ci_high), n=int(op.n), threshold=threshold,
-                            n_rank_examples=len(rank_ids), n_eval_examples=len(eval_ids), n_reference=len(rk),
-                            note=note))
-            kept = set(order[int(op.n_removed):])
-            heads += [dict(subtask=k, ranking=name, scope=scope, layer=l, head=h, removal_rank=r,
-                           kept=(l, h) in kept) for r, (l, h) in enumerate(order)]
-            log(f"  {name}/{scope}: operating point {int(op.n_removed)} removed, acc {op.acc:.2f}")
-    return {"curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
-            "operating_points": pd.DataFrame(ops), "heads": pd.DataFrame(heads)}
+                            n_rank_examples=r.n_rank_examples, n_eval_examples=len(d.eval),
+                            n_reference=len(d.reference), note=r.note, procedure=plan.procedure, step=i,
+                            n_available=d.n_available, primary=False))
+            removed = set(plan.sets[i])
+            kept = {h for h in plan.order if h not in removed}
+            circuits.setdefault(r.name, {})[r.scope] = kept
+            score = head_score_matrix(r.scores, L, H)
+            heads += [dict(subtask=k, ranking=r.name, scope=r.scope, layer=l, head=h, removal_rank=j,
+                           kept=(l, h) in kept, removal_step=plan.step_of.get((l, h), -1), score=score[l, h],
+                           primary=False) for j, (l, h) in enumerate(plan.order)]
+            log(f"  {r.name}/{r.scope} ({plan.procedure}): operating point {int(op.n_removed)} removed, "
+                f"acc {op.acc:.2f} (n {int(op.n)})")
+        held = {name: next(sc[s] for s in HELDOUT_PREFERENCE + ("eval_split",) if s in sc)
+                for name, sc in circuits.items()}
+        held_scope = {name: next(s for s in HELDOUT_PREFERENCE + ("eval_split",) if s in sc)
+                      for name, sc in circuits.items()}
+        if primary in held_scope:
+            for row in ops[-len(plans):]:
+                row["primary"] = row["ranking"] == primary and row["scope"] == held_scope[primary]
+            for row in heads[-len(plans) * n_total:]:
+                row["primary"] = row["ranking"] == primary and row["scope"] == held_scope[primary]
+        if isolation_spec and isolation_spec.get("main") in held:
+            main, others = isolation_spec["main"], [o for o in isolation_spec.get("others", []) if o in held]
+            t = isolation(model, eval_seqs, means, baseline, held, main, others, all_heads, batch_size, seen)
+            t.insert(0, "scope", "+".join(held_scope[x] for x in [main] + others))
+            t.insert(0, "subtask", k)
+            iso.append(t)
+        if cross_spec and cross_spec.get("base") in held:
+            base = cross_spec["base"]
+            for other in [o for o in cross_spec.get("others", []) if o in held]:
+                order = plans[(other, held_scope[other])].order
+                for direction, o in (("ascending", order), ("descending", order[::-1])):
+                    t = cross_removal(model, eval_seqs, means, baseline, held[base], o,
+                                      [s for s in cross_spec.get("steps", []) if s <= n_total],
+                                      float(cross_spec.get("stop", 0.5)), all_heads, batch_size, seen)
+                    for col, v in (("direction", direction), ("other", other), ("base", base), ("subtask", k)):
+                        t.insert(0, col, v)
+                    cross.append(t)
+    cat = lambda fr: pd.concat(fr, ignore_index=True) if fr else pd.DataFrame()  # noqa: E731
+    return {"curves": cat(curves), "operating_points": pd.DataFrame(ops), "heads": pd.DataFrame(heads),
+            "isolation": cat(iso), "cross_removal": cat(cross)}
 
 
-KNOCKOUT_TABLES = ("curves", "operating_points", "heads")
+KNOCKOUT_TABLES = ("curves", "operating_points", "heads", "isolation", "cross_removal")
+KNOCKOUT_FILES = dict(zip(KNOCKOUT_TABLES, ("curves.parquet", "operating_points.csv", "heads.parquet",
+                                            "isolation.csv", "cross_removal.csv")))
 
 
 def merge_knockout(parts: Sequence[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
@@ -444,7 +837,7 @@ def merge_knockout(parts: Sequence[dict[str, pd.DataFrame]]) -> dict[str, pd.Dat
     return out
 
 
-def circuit_sets(heads: pd.DataFrame, prefer: Sequence[str] = ("rank_split", "all_pairs")) -> dict[tuple, set[Head]]:
+def circuit_sets(heads: pd.DataFrame, prefer: Sequence[str] = HELDOUT_PREFERENCE) -> dict[tuple, set[Head]]:
     """Kept-head set per (subtask, ranking) at the operating point, using the first available scope in ``prefer``."""
     out: dict[tuple, set[Head]] = {}
     for (k, name), df in heads.groupby(["subtask", "ranking"]):
@@ -454,6 +847,49 @@ def circuit_sets(heads: pd.DataFrame, prefer: Sequence[str] = ("rank_split", "al
                 out[(int(k), str(name))] = {(int(l), int(h)) for l, h in zip(d["layer"][d["kept"]], d["head"][d["kept"]])}
                 break
     return out
+
+
+def primary_circuits(heads: pd.DataFrame) -> dict[int, set[Head]]:
+    """The circuit of every subtask (kept heads of the ``primary`` rows of heads.parquet)."""
+    if "primary" not in heads.columns:
+        raise ValueError("heads table lacks column 'primary' (written by run_knockout)")
+    p = heads[heads["primary"].astype(bool) & heads["kept"].astype(bool)]
+    out: dict[int, set[Head]] = {int(k): set() for k in heads.loc[heads["primary"].astype(bool), "subtask"]}
+    for k, l, h in zip(p["subtask"], p["layer"], p["head"]):
+        out[int(k)].add((int(l), int(h)))
+    return out
+
+
+def run_cross_subtask(model, clean: list[dict], reference: list[dict], heads: pd.DataFrame, *,
+                      subtasks: Sequence[int] | None = None, rank_fraction: float = 0.5, seed: int = 0,
+                      n_examples: int | None = None, n_reference: int | None = None, batch_size: int = 8,
+                      progress: bool = True, log=print) -> pd.DataFrame:
+    """:func:`cross_subtask` for every evaluated subtask B, with every subtask's primary circuit (heads.parquet of
+    :func:`run_knockout`) and B's evaluation split and reference means exactly as in :func:`run_knockout` (same
+    settings). Circuits are ranked on the ranking split, which holds the same examples for every subtask, so
+    every row is held out. Columns subtask (B), mode, source (A), n_kept, …, ci_high."""
+    _check_pairs(clean, "clean pairs")
+    _check_pairs(reference, "reference pairs")
+    circuits = primary_circuits(heads)
+    subtasks = sorted(circuits) if subtasks is None else [int(k) for k in subtasks]
+    rank_ids = set(split_examples([p["example_id"] for p in clean], rank_fraction, seed)[0])
+    all_heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
+    out = []
+    for k in subtasks:
+        d = subtask_data(clean, reference, k, rank_ids, n_examples=n_examples, n_reference=n_reference,
+                         rank_fraction=rank_fraction, seed=seed)
+        if not d.eval or not d.reference:
+            log(f"subtask {k}: skipped ({len(d.eval)} evaluation pairs, {len(d.reference)} reference pairs)")
+            continue
+        means = head_means(model, [p["clean_ids"] for p in d.reference], batch_size, progress)
+        seqs = [p["clean_ids"] for p in d.eval]
+        baseline = ablated_argmax(model, seqs, means, [], batch_size)
+        t = cross_subtask(model, seqs, means, baseline, circuits, all_heads, batch_size, {})
+        t.insert(0, "kind", d.kind)
+        t.insert(0, "subtask", k)
+        out.append(t)
+        log(f"subtask {k}: {len(t)} rows on {len(seqs)} evaluation examples")
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 # --------------------------------------------------------------------------------------------------

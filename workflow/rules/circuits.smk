@@ -10,17 +10,21 @@ _CSRC, _CSKIP = circuit_rankings(_CIRC)
 
 rule knockout_subtask:
     """Knockout curves of one subtask (held-out, in-sample, all-pairs scopes), operating points and kept heads
-    per ranking: one job per subtask (the paper-scale knockout is hours of GPU time; a failed subtask reruns alone)."""
+    per ranking, and the E7 isolation / cross-removal of its circuits: one job per subtask (the paper-scale
+    knockout is hours of GPU time; a failed subtask reruns alone)."""
     output:
         curves=f"{_CDIR}/parts/subtask{{k}}/curves.parquet",
         ops=f"{_CDIR}/parts/subtask{{k}}/operating_points.csv",
         heads=f"{_CDIR}/parts/subtask{{k}}/heads.parquet",
+        isolation=f"{_CDIR}/parts/subtask{{k}}/isolation.csv",
+        cross=f"{_CDIR}/parts/subtask{{k}}/cross_removal.csv",
     input:
         clean=f"{MRES}/pairs/{_CIRC['dataset']}.jsonl",
         reference=f"{MRES}/pairs/{_CIRC['reference']}.jsonl",
         rankings=lambda w: circuit_ranking_files(_CSRC, int(w.k)),
         script="scripts/knockout.py",
-        code=src("circuits", "patching", "batching", "models", "embedded", "plotting"),
+        code=src("circuits", "patching", "batching", "models", "embedded", "plotting", "activations", "generation",
+                 "lens", "roles", "prior_shift"),
     params:
         settings=lambda w: settings("model", "circuits", "seed"),
         rankings=lambda w: " ".join(f"--ranking {shlex.quote(f'{n}={s}')}" for n, s in _CSRC.items()),
@@ -43,11 +47,14 @@ rule knockout_subtask:
 
 
 rule knockout:
-    """The per-subtask knockout tables merged (ordered by subtask)."""
+    """The per-subtask knockout tables merged (ordered by subtask). The circuit of subtask k: heads.parquet rows
+    with subtask == k, primary and kept."""
     output:
         curves=f"{_CDIR}/curves.parquet",
         ops=f"{_CDIR}/operating_points.csv",
         heads=f"{_CDIR}/heads.parquet",
+        isolation=f"{_CDIR}/isolation.csv",
+        cross=f"{_CDIR}/cross_removal.csv",
     input:
         parts=expand(f"{_CDIR}/parts/subtask{{k}}/curves.parquet", k=_CIRC["subtasks"]),
         script="scripts/knockout_merge.py",
@@ -85,4 +92,32 @@ rule overlap:
         "python {input.script:q} --dir {params.outdir:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
+rule cross_subtask:
+    """E7 across subtasks: every subtask's primary circuit isolated / removed (and the union / intersection of
+    all), evaluated on each subtask's held-out evaluation split."""
+    output:
+        f"{_CDIR}/cross_subtask.csv",
+    input:
+        heads=rules.knockout.output.heads,
+        clean=f"{MRES}/pairs/{_CIRC['dataset']}.jsonl",
+        reference=f"{MRES}/pairs/{_CIRC['reference']}.jsonl",
+        script="scripts/knockout.py",
+        code=src("circuits", "patching", "batching", "models", "embedded"),
+    params:
+        settings=lambda w: settings("model", "circuits", "seed"),
+        outdir=lambda w, output: os.path.dirname(output[0]),
+    log:
+        logpath("cross_subtask"),
+    threads: MODEL_THREADS
+    resources:
+        **model_resources(weight=2.0),
+    conda:
+        "../../envs/cotmech.yaml"
+    shell:
+        "python {input.script:q} --clean {input.clean:q} --reference {input.reference:q} --circuits {input.heads:q}"
+        " --settings {params.settings:q} --threads {threads} --out-dir {params.outdir:q} > {log:q} 2>&1"
+
+
 register_targets(rules.knockout.output, rules.overlap.output)
+if _CIRC["cross_subtask"]:
+    register_targets(rules.cross_subtask.output)

@@ -178,14 +178,20 @@ def producible(path):
 def circuit_rankings(circ):
     """Knockout rankings of config section `circ`: (name -> source for knockout.py, skipped names).
     '{subtask}' stays a placeholder in the sources; a ranking whose table no rule produces for every subtask is
-    skipped. `circuit_ranking_files` gives one subtask's input files."""
+    skipped. `circuit_ranking_files` gives one subtask's input files.
+    '{shard}' expands to every shard of config patching (comma-joined: raw per-pair patching scores), '{method}' to
+    patching.method."""
     sources, skipped = {}, []
     for name, pattern in circ["rankings"].items():
-        if pattern == "builtin":
-            sources[name] = "builtin"
+        if pattern == "builtin" or pattern.startswith("builtin:"):
+            sources[name] = pattern
             continue
-        path = pattern.format(results=RESULTS, model=MODEL, mres=MRES, dataset=circ["dataset"], subtask="{subtask}")
-        need = [path.format(subtask=k) for k in circ["subtasks"]] if "{subtask}" in path else [path]
+        path = pattern.format(results=RESULTS, model=MODEL, mres=MRES, dataset=circ["dataset"], subtask="{subtask}",
+                              method=config["patching"]["method"], shard="{shard}")
+        if "{shard}" in path:
+            path = ",".join(path.replace("{shard}", str(i)) for i in range(int(config["patching"]["shards"])))
+        files = path.split(",")
+        need = [f.format(subtask=k) for f in files for k in circ["subtasks"]] if "{subtask}" in path else files
         if all(producible(p) for p in need):
             sources[name] = path
         else:
@@ -195,7 +201,8 @@ def circuit_rankings(circ):
 
 def circuit_ranking_files(sources, k):
     """The ranking tables (of `circuit_rankings`' sources) that the knockout of subtask `k` reads."""
-    return [s.format(subtask=k) if "{subtask}" in s else s for s in sources.values() if s != "builtin"]
+    return [f.format(subtask=k) if "{subtask}" in f else f
+            for s in sources.values() if not s.startswith("builtin") for f in s.split(",")]
 
 
 def first_datasets(section):
