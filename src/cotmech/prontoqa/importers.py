@@ -170,7 +170,10 @@ def import_file(path: str | os.PathLike, in_context: bool = True, ontology: str 
     path = str(path)
     if not Path(path).is_file():
         raise RecordError(f"{path}: no such file")
-    data = read_json(path)
+    try:
+        data = read_json(path)
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
     stem = re.sub(r"[^A-Za-z0-9_\-]", "_", Path(path).stem)
     if isinstance(data, dict):
         if not data:
@@ -180,3 +183,22 @@ def import_file(path: str | os.PathLike, in_context: bool = True, ontology: str 
         return _import_authors(data, path, stem, ontology)
     raise RecordError(f"{path}: unrecognised layout: top level is {type(data).__name__}, expected an object "
                       f"(generator JSON) or an array (the authors' records)")
+
+
+def record_name(record: dict) -> str:
+    """How messages name an imported record: its place in the file ("example3/test_example", "17"), else its id."""
+    src = record.get("source") or {}
+    return f"{src['file']}: record {src['key']}" if "key" in src and "file" in src else f"record {record.get('id')}"
+
+
+def duplicates(records: list[dict]) -> list[tuple[dict, dict]]:
+    """(first, later) pairs of records with the same question and query; the later one adds nothing."""
+    first: dict[tuple[str, str], dict] = {}
+    out = []
+    for r in records:
+        key = (r["question"], r["query"])
+        if key in first:
+            out.append((first[key], r))
+        else:
+            first[key] = r
+    return out
