@@ -265,3 +265,17 @@ def test_true_ontology_sentences():
     assert parse("Painted ladies are butterflies.").formula == Formula("rule", "painted lady", "butterfly")
     assert parse("Each mammal is warm-blooded.").formula == Formula("rule", "mammal", "warm-blooded")
     assert parse("Bacteria are not multicellular.").formula == Formula("rule", "bacteria", "multicellular", True)
+
+
+# plurals the original generator's morphology gives that no regular rule does (its add_noun table)
+GENERATOR_PLURALS = {"person": "people", "mouse": "mice", "food": "food", "bacteria": "bacteria", "sheep": "sheep",
+                     "worpus": "worpus", "sorpus": "sorpus", "painted lady": "painted ladies", "tabby": "tabbies",
+                     "butterfly": "butterflies", "dragonfly": "dragonflies", "fish": "fishes", "moss": "mosses",
+                     "virus": "viruses", "Mersenne prime": "Mersenne primes", "wumpus": "wumpuses", "timple": "timples"}
+
+
+@pytest.mark.parametrize("lemma, plural_form", sorted(GENERATOR_PLURALS.items()))
+def test_generator_plurals(lemma, plural_form):
+    assert plural(lemma) == plural_form
+    cap = plural_form[0].upper() + plural_form[1:]
+    assert parse(f"{cap} are animals.").formula == Formula("rule", lemma, "animal")

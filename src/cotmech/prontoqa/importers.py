@@ -24,8 +24,8 @@ from pathlib import Path
 
 from ..io import RecordError, read_json
 from .. import vocab
-from .logic import (GENERATOR_NONCE_NOUNS, GENERATOR_TRUE_ONLY_CONCEPTS, GENERATOR_TRUE_PROPERTIES, LEXICON, Formula,
-                    is_number_entity)
+from .logic import (FALSE_CONCEPTS, GENERATOR_NONCE_NOUNS, GENERATOR_TRUE_ONLY_CONCEPTS, GENERATOR_TRUE_PROPERTIES,
+                    LEXICON, TRUE_CONCEPTS, TRUE_PROPERTIES, Formula, is_number_entity)
 from .sentences import ParseError, parse, split_sentences, style_of
 from .verify import parse_record
 
@@ -69,7 +69,9 @@ def _ontology(question: str, cot: list[str]) -> str:
 
 
 _NONCE = frozenset(GENERATOR_NONCE_NOUNS)
-_TRUE_ONLY = frozenset((set(GENERATOR_TRUE_PROPERTIES) - set(vocab.PROPERTIES)) | set(GENERATOR_TRUE_ONLY_CONCEPTS))
+# words only a true ontology uses (the original generator's and our own TRUE_TAXONOMIES)
+_TRUE_ONLY = frozenset((set(GENERATOR_TRUE_PROPERTIES) | set(TRUE_PROPERTIES)) - set(vocab.PROPERTIES)) | \
+    frozenset((set(GENERATOR_TRUE_ONLY_CONCEPTS) | set(TRUE_CONCEPTS)) - set(FALSE_CONCEPTS))
 
 
 def _task_record(rid: str, question: str, query: str, cot: list[str], label: bool, answer: str,
