@@ -316,3 +316,25 @@ def test_qwen_tokenizer():
             else:
                 check_pair(rec, st, prompt, tok, pair)
     assert sum(reasons.values()) <= 3, reasons
+
+
+def test_locations_on_the_original_generators_data():
+    """The §3 location rule also holds on the original generator's outputs (every ontology, 1-5 hops, distractors),
+    and a number entity is replaced by another number."""
+    from cotmech.prontoqa.importers import import_file
+
+    tok = task_tokenizer(1000)
+    data = Path(__file__).parent / "data" / "prontoqa_generator"
+    n = 0
+    for path in sorted(data.glob("*.json")):
+        for i, rec in enumerate(import_file(path, in_context=False)):
+            prompt = build_prompt(rec, shots=1)
+            for st in steps(rec, include_label=True):
+                pair = make_pair(rec, st, prompt, tok, np.random.default_rng(i))
+                if isinstance(pair, Rejected):
+                    continue
+                n += 1
+                assert pair.replaced["where"] == _expected_location(st), (path.name, rec["id"], st.index)
+                if st.word_type == "entity" and rec["logic"]["entity"].isdigit():
+                    assert pair.replaced["to"].isdigit()
+    assert n > 500

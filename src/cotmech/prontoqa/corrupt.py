@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from .. import vocab
-from .logic import LEXICON, concept_vocabulary, property_vocabulary, surface
+from .logic import (LEXICON, NUMBER_ENTITIES, concept_vocabulary, is_number_entity, property_vocabulary,
+                    surface)
 from .sentences import ParseError, parse, split_sentences
 from .subtasks import Step
 
@@ -121,7 +122,7 @@ def _occurrences(text: str, lemma: str, word_type: str) -> list[tuple[int, int]]
 def _candidates(record: dict, word_type: str, lemma: str, region: str) -> list[str]:
     ontology = record.get("ontology", "fictional")
     if word_type == "entity":
-        pool = vocab.ENTITIES
+        pool = NUMBER_ENTITIES if is_number_entity(lemma) else vocab.ENTITIES  # "127" -> another number
     elif word_type == "concept":
         pool = concept_vocabulary(ontology)
     elif word_type == "property":
