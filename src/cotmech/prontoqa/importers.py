@@ -77,7 +77,8 @@ _TRUE_ONLY = frozenset((set(GENERATOR_TRUE_PROPERTIES) | set(TRUE_PROPERTIES)) -
 def _task_record(rid: str, question: str, query: str, cot: list[str], label: bool, answer: str,
                  source: dict, ontology: str | None) -> dict:
     rec = {"id": rid, "question": question, "query": query, "cot": cot, "label": label, "hops": 0,
-           "ontology": ontology or _ontology(question, cot), "style": style_of(split_sentences(question) + [query] + cot),
+           "ontology": ontology or _ontology(question, cot),
+           "style": style_of(split_sentences(question) + [query] + cot),
            "answer": answer, "logic": None, "source": source}
     try:
         rec["logic"] = logic_of(rec)
