@@ -219,7 +219,7 @@ def test_locations_match_authors_records(fixtures_dir):
     raw = json.loads(path.read_text())
     recs = import_file(path)
     tok = word_level_tokenizer()
-    theirs, agree, wrong_word = collections.Counter(), 0, []
+    theirs, ours_split, agree, wrong_word = collections.Counter(), collections.Counter(), 0, []
     for r, rec in zip(raw, recs):
         prompt = build_prompt(rec)
         test_input = prompt.rindex(input_text(rec))
@@ -230,6 +230,7 @@ def test_locations_match_authors_records(fixtures_dir):
             theirs[(st.index, loc[0])] += 1
             pair = make_pair(rec, st, prompt, tok, np.random.default_rng(st.index))
             frm = pair.replaced["from"]
+            ours_split[(st.index, pair.replaced["where"])] += 1
             start = next(i for i, (a, b) in enumerate(zip(pair.clean, pair.corrupt)) if a != b)
             start -= next(j for j in range(len(frm)) if pair.clean[start - j:start - j + len(frm)] == frm)
             ours = ("prompt", start - test_input) if pair.replaced["where"] == "prompt" else \
@@ -245,6 +246,8 @@ def test_locations_match_authors_records(fixtures_dir):
     assert {k: w for (k, w), n in theirs.items() if n >= 19} == PAPER_LOCATION
     assert wrong_word == [(recs[3]["id"], 6, "Wren"), (recs[3]["id"], 8, "Wumpuses")]
     assert agree == 11 * len(recs) - 2
+    # ours: every record of every subtask at §3's location
+    assert ours_split == {(k, w): len(recs) for k, w in PAPER_LOCATION.items()}
 
 
 def test_pure_and_seeded():
