@@ -14,7 +14,7 @@ import time
 
 from cotmech.cli import fail, parser, read_settings
 from cotmech.io import RecordError, write_jsonl
-from cotmech.prontoqa.datasets import build_dataset, verify_all
+from cotmech.prontoqa.datasets import build_dataset, drop_duplicates, rejection_lines, verify_records
 from cotmech.prontoqa.importers import import_file
 
 
@@ -31,11 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.import_file:
             records = import_file(args.import_file, in_context=not args.no_in_context, ontology=args.ontology)
-            kept, rejected = verify_all(records)
-            print(f"{args.import_file}: {len(records)} records, {len(kept)} verified, "
-                  f"{sum(rejected.values())} rejected")
-            for reason, count in rejected.most_common():
-                print(f"  rejected {count}: {reason}")
+            records, warnings = drop_duplicates(records)
+            for w in warnings:
+                print(w, file=sys.stderr)
+            kept, rejected = verify_records(records)
+            print(f"{args.import_file}: {len(records) + len(warnings)} records, {len(warnings)} duplicates dropped, "
+                  f"{len(kept)} verified, {sum(map(len, rejected.values()))} rejected")
+            for line in rejection_lines(rejected):
+                print(f"  {line}")
         else:
             if not (args.dataset and args.settings):
                 ap.error("give --dataset and --settings, or --import FILE")

@@ -7,7 +7,8 @@ Three modes:
   merge  --merge SHARD... --subtask K --out TABLE.parquet [--figure STEM]
   compare --exact TABLE... --atp TABLE... --out atp_vs_exact.csv     (Spearman per subtask)
 
-Standalone example:
+Standalone example (every pair of subtask 0 in the file unless --n-pairs N is given; the table's column ``n`` and
+the log say how many were used):
   scripts/patch_heads.py --model random:tiny-llama --pairs results/m/pairs/fictional.jsonl --method exact \
       --subtask 0 --out /tmp/subtask0.parquet
 """
@@ -19,6 +20,20 @@ import time
 from cotmech.cli import add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
 
 
+def _n_pairs(text: str) -> int | None:
+    import argparse
+
+    if text == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'patching', 'seed' (what the rule passes)")
@@ -26,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", help="pairs JSONL in the make_pairs format")
     ap.add_argument("--method", choices=["naive", "exact", "atp"], help="default: settings patching.method")
     ap.add_argument("--subtask", type=int, help="only pairs of this subtask (also the table's subtask)")
+    ap.add_argument("--n-pairs", type=_n_pairs, default=None, metavar="N|all",
+                    help="use the first N pairs of the subtask (default: every pair in --pairs; the workflow passes "
+                         "patching.n_pairs)")
     ap.add_argument("--shard", default="0/1", help="I/N: the I-th of N contiguous ranges of the selected pairs")
     ap.add_argument("--raw", help="write per-pair metric values here (.safetensors) for a later merge")
     ap.add_argument("--atp-raw", help="also run AtP on the same pairs (same model load) and write its raw values here")
@@ -36,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--atp", nargs="+", help="compare mode: AtP head tables")
     args = ap.parse_args(argv)
 
-    from cotmech.io import RecordError, read_table, write_table
+    from cotmech.io import RecordError, read_jsonl, read_table, write_table
     from cotmech.models import ModelSpecError
     from cotmech.patching.data import load_pairs
     from cotmech.patching.exact import PatchResult
@@ -73,9 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             ap.error(f"--shard {args.shard!r}: expected I/N")
         method = args.method or opts["method"]
-        pairs = load_pairs(args.pairs, subtask=args.subtask, limit=opts["n_pairs"], shard=(i, n))
+        pairs = load_pairs(args.pairs, subtask=args.subtask, limit=args.n_pairs, shard=(i, n))
         if not pairs and not args.raw:
             raise RecordError(f"{args.pairs}: no pairs for subtask {args.subtask}")
+        available = sum(args.subtask is None or int(r.get("subtask", -1)) == args.subtask
+                        for r in read_jsonl(args.pairs))
+        used = available if args.n_pairs is None else min(args.n_pairs, available)
+        print(f"pairs: {used} of the {available} pairs{'' if args.subtask is None else f' of subtask {args.subtask}'}"
+              f" in {args.pairs} ({'every pair' if args.n_pairs is None else f'--n-pairs {args.n_pairs}'}); "
+              f"shard {i}/{n}: {len(pairs)} of them", flush=True)
         model = load_from_args(args, settings)
         check_pair_ids(model, pairs, args.pairs)
         t1 = time.time()

@@ -119,3 +119,20 @@ def test_divergence_table_reference_is_the_unpatched_greedy_run(tiny_llama):
     base = t[t.layer == NO_PATCH].set_index("example_id")
     assert base["exact"].all() and base.loc["a", "n_ref"] == len(gen) and base.loc["b", "n_ref"] == 3
     assert (t["first_div"] <= t["n_ref"]).all()
+
+
+def test_skipped_records_do_not_use_up_n_examples(tiny_llama):
+    """#14 item 8: a record without a usable corruption is logged as skipped and the next record takes its place,
+    so ``n_examples`` counts usable examples."""
+    from cotmech.prontoqa import generate
+    from cotmech.prontoqa.prompts import build_prompt
+
+    one_hop = generate("fictional", 1, 1, seed=3, id_prefix="one-")  # no subtype rule "A is B" to corrupt: skipped
+    two_hop = generate("fictional", 2, 3, seed=4, id_prefix="two-")
+    records = []
+    for r in one_hop + two_hop:
+        records.append(dict(r, prompt=build_prompt(r, shots=1), generated=r["answer"], correct=True))
+    ex = horizon.prepare_examples(tiny_llama, records, n_examples=2, seed=0, max_new_tokens=4)
+    usable = [e for e in ex if "skipped" not in e]
+    assert [e["id"] for e in ex if "skipped" in e] == [one_hop[0]["id"]]
+    assert len(usable) == 2 and [e["id"] for e in usable] == [r["id"] for r in two_hop[:len(usable)]]

@@ -140,7 +140,7 @@ def test_pair_properties(name):
 
 
 def test_worked_example_locations(fixtures_dir):
-    """Where each of the 10 (+label) corruptions lands for the §3 example (most recent occurrence rule)."""
+    """Where each of the 10 (+label) corruptions lands for the §3 example (study.md §3 "corruption location")."""
     from cotmech.prontoqa.importers import import_file
 
     rec = import_file(fixtures_dir / "authors/activation_patching_clean_sample.json")[0]
@@ -150,9 +150,104 @@ def test_worked_example_locations(fixtures_dir):
     for st in steps(rec, include_label=True):
         pair = make_pair(rec, st, prompt, tok, np.random.default_rng(0))
         got.append((pair.replaced["from"], pair.replaced["where"]))
-    assert got == [("Wren", "prompt"), ("impus", "prompt"), ("impus", "response"), ("sterpuses", "prompt"),
-                   ("Wren", "response"), ("sterpuses", "response"), ("sterpus", "response"), ("earthy", "prompt"),
+    # k = 2 and k = 6: the rule subject where the rule is stated in the question (not "Wren is impus." / "Wren is
+    # sterpus." just generated)
+    assert got == [("Wren", "prompt"), ("impus", "prompt"), ("Impuses", "prompt"), ("sterpuses", "prompt"),
+                   ("Wren", "response"), ("sterpuses", "response"), ("Sterpuses", "prompt"), ("earthy", "prompt"),
                    ("Wren", "response"), ("earthy", "response"), ("earthy", "response")]
+
+
+#: study.md §3, column "corruption location": the authors' (majority) location per subtask of the 2-hop CoT
+PAPER_LOCATION = {0: "prompt", 1: "prompt", 2: "prompt", 3: "prompt", 4: "response", 5: "response", 6: "prompt",
+                  7: "prompt", 8: "response", 9: "response", 10: "response"}
+
+
+def _expected_location(step) -> str:
+    """§3 read as a rule: an answer read from the query or the question is corrupted in the prompt, a generated one
+    in the response (this is the table's "answer source" column against its "corruption location" column)."""
+    return "response" if step.source == "generated" else "prompt"
+
+
+def test_location_rule_matches_paper_table():
+    rec = generate("fictional", 2, 1, seed=0)[0]
+    assert {st.index: _expected_location(st) for st in steps(rec, include_label=True)} == PAPER_LOCATION
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_locations_on_generated_data(hops):
+    """Per subtask, every generated pair is corrupted where §3 says (all ontologies, both styles, distractors)."""
+    tok = word_level_tokenizer()
+    recs = (generate("fictional", hops, 4, seed=11) + generate("false", hops, 3, seed=12)
+            + generate("true", hops, 2, seed=13)
+            + generate("fictional", hops, 3, seed=14, style="original", distractors="relevant", ordering="postorder")
+            + generate("false", hops, 3, seed=15, style="original", distractors="irrelevant", ordering="random"))
+    split = collections.Counter()
+    for i, rec in enumerate(recs):
+        prompt = build_prompt(rec, shots=2)
+        for st in steps(rec, include_label=True):
+            pair = make_pair(rec, st, prompt, tok, np.random.default_rng(i))
+            assert isinstance(pair, Pair), (rec["id"], st, pair)
+            split[(st.index, pair.replaced["where"])] += 1
+            assert pair.replaced["where"] == _expected_location(st), (rec["id"], st.index, pair.replaced)
+    if hops == 2:
+        assert {k for k, _ in split} == set(PAPER_LOCATION)
+        assert {k: w for k, w in split} == PAPER_LOCATION
+
+
+def _authors_location(r: dict, k: int) -> tuple[str, int, str] | None:
+    """(where, char offset of the replaced word in the prompt string or the response prefix, the word) of the
+    authors' corruption for subtask k; None for their no-op corruptions."""
+    for where, clean, noisy in (("prompt", r["prompt"], r[f"noise_prompt_{k}"]),
+                                ("response", r[f"response_{k}"], r[f"noise_response_{k}"])):
+        if clean != noisy:
+            i = next((i for i, (a, b) in enumerate(zip(clean, noisy)) if a != b), min(len(clean), len(noisy)))
+            start = clean.rfind(" ", 0, i) + 1
+            return where, start, clean[start:].split(" ")[0].rstrip(".")
+    return None
+
+
+def test_locations_match_authors_records(fixtures_dir):
+    """On the authors' clean file: our corruption hits the very word the authors' did, at the same place, for every
+    (record, subtask) except their no-ops and their wrong-word hits (a first sub-token shared with another word,
+    study.md §4); the per-subtask split of their file is §3's."""
+    import json
+
+    from cotmech.prontoqa.importers import import_file
+    from cotmech.prontoqa.prompts import input_text
+
+    path = fixtures_dir / "authors/activation_patching_clean_sample.json"
+    raw = json.loads(path.read_text())
+    recs = import_file(path)
+    tok = word_level_tokenizer()
+    theirs, ours_split, agree, wrong_word = collections.Counter(), collections.Counter(), 0, []
+    for r, rec in zip(raw, recs):
+        prompt = build_prompt(rec)
+        test_input = prompt.rindex(input_text(rec))
+        assert prompt[test_input:test_input + len(r["prompt"])] == r["prompt"]
+        for st in steps(rec, include_label=True):
+            loc = _authors_location(r, st.index)
+            assert loc is not None  # no no-op corruption in this sample
+            theirs[(st.index, loc[0])] += 1
+            pair = make_pair(rec, st, prompt, tok, np.random.default_rng(st.index))
+            frm = pair.replaced["from"]
+            ours_split[(st.index, pair.replaced["where"])] += 1
+            start = next(i for i, (a, b) in enumerate(zip(pair.clean, pair.corrupt)) if a != b)
+            start -= next(j for j in range(len(frm)) if pair.clean[start - j:start - j + len(frm)] == frm)
+            ours = ("prompt", start - test_input) if pair.replaced["where"] == "prompt" else \
+                ("response", start - len(prompt))
+            target = st.lemma if st.kind != "label" else parse(rec["cot"][-1]).formula.obj
+            if LEXICON.lemma(loc[2])[0] != target:  # the authors replaced another word than the target
+                wrong_word.append((rec["id"], st.index, loc[2]))
+                continue
+            assert ours == loc[:2], (rec["id"], st.index, loc, pair.replaced)
+            agree += 1
+    # §3's split holds on the sample too: one location per subtask but one wrong-word hit in record 3, where the
+    # first sub-token "W" is shared by "Wumpuses" and "Wren" (k = 6 hit "Wren", k = 8 hit "Wumpuses")
+    assert {k: w for (k, w), n in theirs.items() if n >= 19} == PAPER_LOCATION
+    assert wrong_word == [(recs[3]["id"], 6, "Wren"), (recs[3]["id"], 8, "Wumpuses")]
+    assert agree == 11 * len(recs) - 2
+    # ours: every record of every subtask at §3's location
+    assert ours_split == {(k, w): len(recs) for k, w in PAPER_LOCATION.items()}
 
 
 def test_pure_and_seeded():
@@ -224,3 +319,25 @@ def test_qwen_tokenizer():
             else:
                 check_pair(rec, st, prompt, tok, pair)
     assert sum(reasons.values()) <= 3, reasons
+
+
+def test_locations_on_the_original_generators_data():
+    """The §3 location rule also holds on the original generator's outputs (every ontology, 1-5 hops, distractors),
+    and a number entity is replaced by another number."""
+    from cotmech.prontoqa.importers import import_file
+
+    tok = task_tokenizer(1000)
+    data = Path(__file__).parent / "data" / "prontoqa_generator"
+    n = 0
+    for path in sorted(data.glob("*.json")):
+        for i, rec in enumerate(import_file(path, in_context=False)):
+            prompt = build_prompt(rec, shots=1)
+            for st in steps(rec, include_label=True):
+                pair = make_pair(rec, st, prompt, tok, np.random.default_rng(i))
+                if isinstance(pair, Rejected):
+                    continue
+                n += 1
+                assert pair.replaced["where"] == _expected_location(st), (path.name, rec["id"], st.index)
+                if st.word_type == "entity" and rec["logic"]["entity"].isdigit():
+                    assert pair.replaced["to"].isdigit()
+    assert n > 500

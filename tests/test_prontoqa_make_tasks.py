@@ -49,7 +49,7 @@ def test_deterministic_and_balanced(make_tasks, tmp_path):
 def test_import_mode(make_tasks, tmp_path, fixtures_dir, capsys):
     out = tmp_path / "imp.jsonl"
     assert make_tasks(["--import", str(fixtures_dir / "prontoqa/main_3hop_fictional.json"), "--out", str(out)]) == 0
-    assert "20 records, 20 verified, 0 rejected" in capsys.readouterr().out
+    assert "20 records, 0 duplicates dropped, 20 verified, 0 rejected" in capsys.readouterr().out
     assert len(read_jsonl(out)) == 20
     # a record that does not verify is counted and tallied by reason, not written
     bad = json.loads((fixtures_dir / "authors/2hop_fictional_sample.json").read_text())[:3]
@@ -58,8 +58,50 @@ def test_import_mode(make_tasks, tmp_path, fixtures_dir, capsys):
     src.write_text(json.dumps(bad))
     assert make_tasks(["--import", str(src), "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "3 records, 2 verified, 1 rejected" in text and "rejected 1: " in text
+    assert "3 records, 0 duplicates dropped, 2 verified, 1 rejected" in text
+    # the rejection names the record (its place in the file) and the reason
+    assert "rejected 1: mixed.json: record 1: label " in text
     assert len(read_jsonl(out)) == 2
+
+
+def test_import_non_utf8(make_tasks, tmp_path, capsys):
+    """#18: a file that is not UTF-8 gives one error line naming the file, not a traceback."""
+    src = tmp_path / "latin1.json"
+    src.write_bytes(b'[{"question": "Caf\xe9 is a wumpus."}]')
+    assert make_tasks(["--import", str(src), "--out", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {src}: not UTF-8 text (byte 18: b'\\xe9')")
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_import_duplicates_warn(make_tasks, tmp_path, fixtures_dir, capsys):
+    """#18: duplicate records (same question and query) are named in a warning and written once."""
+    recs = json.loads((fixtures_dir / "authors/2hop_fictional_sample.json").read_text())[:3]
+    src = tmp_path / "dup.json"
+    src.write_text(json.dumps(recs + [recs[1]]))
+    out = tmp_path / "d.jsonl"
+    assert make_tasks(["--import", str(src), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "warning: dup.json: record 3 duplicates dup.json: record 1 (same question and query); dropped" in cap.err
+    assert "4 records, 1 duplicates dropped, 3 verified, 0 rejected" in cap.out
+    assert [r["source"]["key"] for r in read_jsonl(out)] == ["0", "1", "2"]
+    spec = dict(SPEC, n=10, ontology="fictional", **{"import": str(src)})
+    assert [r["source"]["key"] for r in build_dataset("dup", spec, 0)] == ["0", "1", "2"]
+    assert "record 3 duplicates dup.json: record 1" in capsys.readouterr().err
+
+
+def test_import_other_hops_fails(make_tasks, tmp_path, fixtures_dir, capsys):
+    """#18: importing a 2-hop file into a dataset declared with 3 hops fails naming both hop counts and the file."""
+    path = fixtures_dir / "authors/2hop_fictional_sample.json"
+    spec = dict(SPEC, hops=3, **{"import": str(path)})
+    with pytest.raises(RecordError, match=r"datasets\.imp \(import .*2hop_fictional_sample\.json\): declared hops 3 "
+                                          r"but the file holds 200 record\(s\) with 2 hops \(first: "
+                                          r"2hop_fictional_sample\.json: record 0\)"):
+        build_dataset("imp", spec, 0)
+    rc, out = _run(make_tasks, tmp_path, "imp", spec, 1)
+    assert rc == 2 and not out.exists() and "declared hops 3" in capsys.readouterr().err
+    three = dict(spec, n=50, style="original", **{"import": str(fixtures_dir / "prontoqa/main_3hop_fictional.json")})
+    assert len(build_dataset("imp3", three, 0)) == 20  # the declared hops match: accepted
 
 
 def test_import_via_config(tmp_path, fixtures_dir):

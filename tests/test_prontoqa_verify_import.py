@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from pathlib import Path
 
 import pytest
 
+from cotmech import vocab
 from cotmech.io import RecordError
 from cotmech.prontoqa import generate
+from cotmech.prontoqa.exporters import to_authors_json, to_generator_json
 from cotmech.prontoqa.importers import import_file
+from cotmech.prontoqa.logic import GENERATOR_NONCE_NOUNS, LEXICON, Formula, plural
+from cotmech.prontoqa.sentences import parse, split_sentences, unparse
 from cotmech.prontoqa.verify import verify
 
 # file -> (records imported incl. in-context examples, verified, rejected); computed once, asserted exactly
@@ -157,3 +163,119 @@ def test_importer_bad_input(tmp_path, obj, raw, match):
 def test_importer_missing_file(tmp_path):
     with pytest.raises(RecordError, match="no such file"):
         import_file(tmp_path / "absent.json")
+
+
+GENERATOR_DATA = Path(__file__).parent / "data" / "prontoqa_generator"
+GENERATOR_FILES = sorted(p.name for p in GENERATOR_DATA.glob("*.json"))
+
+
+def _expected(name: str) -> tuple[int, str]:
+    """(hops, ontology) of a generator output, read off its file name (the generator's own naming)."""
+    hops = int(re.search(r"(\d)hop", name).group(1))
+    ontology = "true" if "trueontology" in name else "false" if "falseontology" in name else "fictional"
+    return hops, ontology
+
+
+def test_generator_data_complete():
+    """The committed generator outputs cover both branches, all three ontologies and 1-5 hops."""
+    cover = {(n.split("_")[0],) + _expected(n) for n in GENERATOR_FILES}
+    for branch in ("main", "v1"):
+        assert {(branch, h, "true") for h in range(1, 6)} <= cover
+        assert {b for b, _, o in cover if o == "false"} == {"main", "v1"}
+        assert any(b == branch and o == "fictional" for b, _, o in cover)
+
+
+@pytest.mark.parametrize("name", GENERATOR_FILES)
+def test_generator_outputs_import_and_verify(name):
+    """Every record the original generator writes imports, verifies strictly, with its file's hops and ontology."""
+    recs = import_file(GENERATOR_DATA / name)
+    assert len(recs) == 6  # 3 examples x (1 in-context + 1 test)
+    hops, ontology = _expected(name)
+    for r in recs:
+        v = verify(r, strict=True)
+        assert v.ok, (r["id"], v.reason)
+        assert (r["hops"], r["ontology"], r["style"]) == (hops, ontology, "original"), r["id"]
+        assert len(r["cot"]) == 2 * hops + 1
+
+
+def _sentence_features(text: str) -> set[str]:
+    p = parse(text)
+    f = p.formula
+    out = {p.form + (f" {p.quantifier}" if p.quantifier else "")}
+    words = (f.subject, f.obj)
+    if f.negated:
+        out.add(f"negated {f.kind}")
+    if f.kind == "fact" and f.subject.isdigit():
+        out.add("number entity")
+    if any(" " in w for w in words):
+        out.add("multi-word concept")
+    if any("-" in w for w in words):
+        out.add("hyphenated property")
+    if f.kind == "fact" and re.search(r" is (not )?an? ", text):
+        out.add("fact with article")
+    if p.form == "plural" and any(plural(w) != w + "es" and plural(w) != w + "s" for w in words
+                                  if LEXICON.word_type(w) == "concept"):
+        out.add("irregular plural")
+    if any(w in GENERATOR_NONCE_NOUNS and w not in vocab.FICTIONAL_CONCEPTS for w in words):
+        out.add("disjoint nonce noun")
+    return out
+
+
+def test_every_generator_sentence_form_round_trips(fixtures_dir):
+    """Each sentence the generator writes is re-rendered from its logical form exactly (exporter ∘ parser = id),
+    and the files hold every sentence form: fact with article, Every/Each, plural, negated rules and facts, number
+    entities, multi-word concepts, hyphenated properties, irregular plurals, the nonce nouns."""
+    files = [GENERATOR_DATA / n for n in GENERATOR_FILES] + sorted((fixtures_dir / "prontoqa").glob("*.json"))
+    seen: set[str] = set()
+    for path in files:
+        for r in import_file(path):
+            for s in split_sentences(r["question"]) + r["cot"] + [r["query"][len("True or false: "):]]:
+                assert unparse(parse(s), r["style"]) == s, (path.name, s)
+                seen |= _sentence_features(s)
+    assert seen >= {"fact", "fact with article", "quantified Every", "quantified Each", "plural", "negated fact",
+                    "negated rule", "number entity", "multi-word concept", "hyphenated property", "irregular plural",
+                    "disjoint nonce noun"}, seen
+
+
+@pytest.mark.parametrize("source", ["generator", "authors", "fixtures"])
+def test_import_export_identity_on_files(fixtures_dir, source):
+    """export(import(file)) is the file's data, for the generator outputs and the authors' records."""
+    if source == "generator":
+        paths = [GENERATOR_DATA / n for n in GENERATOR_FILES]
+    else:
+        paths = sorted((fixtures_dir / ("authors" if source == "authors" else "prontoqa")).glob("*.json"))
+    for path in paths:
+        raw = json.loads(path.read_text())
+        recs = import_file(path)
+        if isinstance(raw, dict):
+            assert to_generator_json(recs) == raw, path.name
+        else:
+            assert to_authors_json(recs) == [{k: x[k] for k in ("question", "query", "answer", "label")}
+                                             for x in raw], path.name
+
+
+def test_true_ontology_sentences():
+    """The issue's examples: number entities and multi-word concepts of the true ontology."""
+    p = parse("127 is a Mersenne prime.")
+    assert p.formula == Formula("fact", "127", "Mersenne prime") and p.form == "fact"
+    assert parse("Every Mersenne prime is a prime number.").formula == Formula("rule", "Mersenne prime",
+                                                                               "prime number")
+    assert parse("Mersenne primes are not composite.").formula == Formula("rule", "Mersenne prime", "composite",
+                                                                          True)
+    assert parse("Painted ladies are butterflies.").formula == Formula("rule", "painted lady", "butterfly")
+    assert parse("Each mammal is warm-blooded.").formula == Formula("rule", "mammal", "warm-blooded")
+    assert parse("Bacteria are not multicellular.").formula == Formula("rule", "bacteria", "multicellular", True)
+
+
+# plurals the original generator's morphology gives that no regular rule does (its add_noun table)
+GENERATOR_PLURALS = {"person": "people", "mouse": "mice", "food": "food", "bacteria": "bacteria", "sheep": "sheep",
+                     "worpus": "worpus", "sorpus": "sorpus", "painted lady": "painted ladies", "tabby": "tabbies",
+                     "butterfly": "butterflies", "dragonfly": "dragonflies", "fish": "fishes", "moss": "mosses",
+                     "virus": "viruses", "Mersenne prime": "Mersenne primes", "wumpus": "wumpuses", "timple": "timples"}
+
+
+@pytest.mark.parametrize("lemma, plural_form", sorted(GENERATOR_PLURALS.items()))
+def test_generator_plurals(lemma, plural_form):
+    assert plural(lemma) == plural_form
+    cap = plural_form[0].upper() + plural_form[1:]
+    assert parse(f"{cap} are animals.").formula == Formula("rule", lemma, "animal")

@@ -239,7 +239,8 @@ def first_divergence(pred: Sequence[int], ref: Sequence[int]) -> int:
 def prepare_examples(model: Any, records: Sequence[dict], n_examples: int, seed: int, max_new_tokens: int = 64,
                      require_correct: bool = True) -> list[dict]:
     """Pick ``n_examples`` generation records (correct ones if required), build the corrupted prompt and the clean
-    greedy continuation ids. Records without an equal-length corruption are skipped (logged in ``skipped``)."""
+    greedy continuation ids. Records without an equal-length corruption are skipped (logged in ``skipped``) and
+    do not count towards ``n_examples``: the result holds ``n_examples`` usable examples when the records allow."""
     from .generation import greedy_generate
     from .prontoqa.corrupt import encode
 
@@ -249,7 +250,7 @@ def prepare_examples(model: Any, records: Sequence[dict], n_examples: int, seed:
         for key in ("prompt", "question", "generated"):
             if key not in r:
                 raise ValueError(f"generation record {i} ({r.get('id', '?')}): missing field {key!r}")
-        if len(out) >= n_examples:
+        if sum("skipped" not in e for e in out) >= n_examples:
             break
         if require_correct and not r.get("correct", False):
             continue

@@ -26,6 +26,7 @@ rule patch_heads:
         settings=lambda w: settings("model", "patching", "seed"),
         shards=PATCH_SHARDS,
         method=PATCH["method"],
+        n_pairs=PATCH["n_pairs"] or "all",
         atp=lambda w, output: f"--atp-raw {shlex.quote(output.atp[0])}" if PATCH["atp"] else "",
     log:
         logpath("patch_heads", "{dataset}", "subtask{k}.shard{i}"),
@@ -40,8 +41,8 @@ rule patch_heads:
         "../../envs/cotmech.yaml"
     shell:
         "python {input.script:q} --pairs {input.pairs:q} --method {params.method} --subtask {wildcards.k}"
-        " --shard {wildcards.i}/{params.shards} --settings {params.settings:q} --threads {threads}"
-        " --raw {output.raw:q} {params.atp} > {log:q} 2>&1"
+        " --n-pairs {params.n_pairs} --shard {wildcards.i}/{params.shards} --settings {params.settings:q}"
+        " --threads {threads} --raw {output.raw:q} {params.atp} > {log:q} 2>&1"
 
 
 rule merge_patching:

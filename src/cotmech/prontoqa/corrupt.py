@@ -6,10 +6,20 @@
   (" " + target after a non-empty prefix, the target directly after the prompt's final "\\n" otherwise). If the
   tokenizer merges across that boundary (tokenize(clean + sep + target) does not extend tokenize(clean)) the step is
   rejected.
-- The lexical item behind the target (entity, concept lemma in any number/case, property) is located at its most
-  recent occurrence: in the generated prefix if it occurs there, else in the prompt's test block (after the last
-  "### Input"; never in the exemplars, never inside "Let us think step by step." or "True or false:"). For the label
-  step the item is the CoT's final property (it is in the prefix).
+- Where the corruption goes follows the paper's table (study.md §3, "corruption location"), read as a logical rule:
+
+  * the *subject of a rule* (the decision steps that start a CoT rule: k = 2 "Impuses", k = 6 "Sterpuses" of the
+    2-hop CoT, and every such step of an n-hop CoT) is corrupted where the rule is stated, i.e. the subject of the
+    (last) context sentence of the test block whose formula is that rule ("Impuses are sterpuses." in the question;
+    authors: prompt 413/415 for k = 2, 410/415 for k = 6). The authors got there by a case-sensitive scan for the
+    target's first sub-token ("Imp" does not match the earlier "Wren is impus."); we take the rule's statement from
+    the proof structure, so a sub-token that happens to match another word cannot move it.
+  * every other step: the lexical item behind the target (entity, concept lemma in any number/case, property) at
+    its most recent occurrence: in the generated prefix if it occurs there, else in the prompt's test block (after
+    the last "### Input"; never in the exemplars, never inside "Let us think step by step." or "True or false:").
+    This gives the query entity (k = 0), the premise class (k = 1), the rule object (k = 3) and the query property
+    (k = 7) in the prompt, and the generated entity (k = 4, 8), rule object (k = 5) and property (k = 9) in the
+    response, as in §3. For the label step the item is the CoT's final property (it is in the prefix).
 - That occurrence is replaced by another word of the same type from the record's ontology vocabulary (same
   capitalisation and number), not occurring anywhere in the test block or prefix, drawn uniformly with ``rng`` among
   the candidates that keep the *whole* corrupt text at exactly the clean token count (candidates are tried in a
@@ -26,7 +36,9 @@ from typing import Any
 import numpy as np
 
 from .. import vocab
-from .logic import LEXICON, concept_vocabulary, property_vocabulary, surface
+from .logic import (LEXICON, NUMBER_ENTITIES, concept_vocabulary, is_number_entity, property_vocabulary,
+                    surface)
+from .sentences import ParseError, parse, split_sentences
 from .subtasks import Step
 
 _MASKED = ("Let us think step by step.", "True or false:")
@@ -110,7 +122,7 @@ def _occurrences(text: str, lemma: str, word_type: str) -> list[tuple[int, int]]
 def _candidates(record: dict, word_type: str, lemma: str, region: str) -> list[str]:
     ontology = record.get("ontology", "fictional")
     if word_type == "entity":
-        pool = vocab.ENTITIES
+        pool = NUMBER_ENTITIES if is_number_entity(lemma) else vocab.ENTITIES  # "127" -> another number
     elif word_type == "concept":
         pool = concept_vocabulary(ontology)
     elif word_type == "property":
@@ -118,6 +130,35 @@ def _candidates(record: dict, word_type: str, lemma: str, region: str) -> list[s
     else:
         return []
     return [c for c in pool if c != lemma and not _occurrences(region, c, word_type)]
+
+
+def _rule_of_subject_step(record: dict, step: Step):
+    """The CoT rule whose subject ``step`` predicts (a decision step that starts a rule sentence), else None."""
+    if step.kind != "decision" or not 0 <= step.sentence < len(record["cot"]):
+        return None
+    try:
+        f = parse(record["cot"][step.sentence]).formula
+    except ParseError:
+        return None
+    return f if f.kind == "rule" else None
+
+
+def _rule_statement(prompt: str, block: int, record: dict, rule) -> list[tuple[int, int]]:
+    """Span (in ``prompt``) of the subject of the last test-block context sentence stating ``rule``; [] if none."""
+    q = prompt.find(record["question"], block)
+    if q < 0:
+        return []
+    spans, pos = [], q
+    for sent in split_sentences(record["question"]):
+        pos = prompt.index(sent, pos)
+        try:
+            p = parse(sent)
+        except ParseError:
+            p = None
+        if p is not None and p.formula == rule:
+            spans.append((pos + p.subj[0], pos + p.subj[1]))
+        pos += len(sent)
+    return spans[-1:]
 
 
 def _first_token_after(tokenizer: Any, text: str, ids: list[int], sep: str, word: str) -> int | None:
@@ -143,8 +184,14 @@ def make_pair(record: dict, step: Step, prompt: str, tokenizer: Any, rng: np.ran
     if block < 0:
         raise ValueError("make_pair: the prompt has no '### Input' block (build it with prompts.build_prompt)")
     start = len(prompt)
-    spans = [(start + s, start + e) for s, e in _occurrences(step.prefix, lemma, word_type)]
-    where = "response"
+    rule = _rule_of_subject_step(record, step)
+    if rule is not None:
+        spans, where = _rule_statement(prompt, block, record, rule), "prompt"
+        if not spans:
+            return Rejected(f"the rule {record['cot'][step.sentence]!r} is not stated in the test block")
+    else:
+        spans = [(start + s, start + e) for s, e in _occurrences(step.prefix, lemma, word_type)]
+        where = "response"
     if not spans:
         spans = [(block + s, block + e) for s, e in _occurrences(prompt[block:], lemma, word_type)]
         where = "prompt"

@@ -23,8 +23,10 @@ import re
 from pathlib import Path
 
 from ..io import RecordError, read_json
-from .logic import LEXICON, Formula
-from .sentences import ParseError, split_sentences, style_of
+from .. import vocab
+from .logic import (FALSE_CONCEPTS, GENERATOR_NONCE_NOUNS, GENERATOR_TRUE_ONLY_CONCEPTS, GENERATOR_TRUE_PROPERTIES,
+                    LEXICON, TRUE_CONCEPTS, TRUE_PROPERTIES, Formula, is_number_entity)
+from .sentences import ParseError, parse, split_sentences, style_of
 from .verify import parse_record
 
 _EXTRA_STR = re.compile(r"(response|noise_prompt|noise_response|answer_token)_\d+|tree|prompt|generated")
@@ -49,19 +51,34 @@ def logic_of(record: dict) -> dict:
             "cot_skip": max(0, len(rules) - 1 - len(derived)), "concepts": concepts, "properties": properties}
 
 
-def _ontology(cot: list[str]) -> str:
-    words = " ".join(cot).lower()
-    fictional = any(re.search(rf"\b{c}", words) for c in ("wumpus", "yumpus", "zumpus", "dumpus", "rompus", "numpus",
-                                                           "tumpus", "vumpus", "impus", "jompus", "gorpus",
-                                                           "shumpus", "lempus", "sterpus", "grimpus", "lorpus",
-                                                           "brimpus"))
-    return "fictional" if fictional else "false"
+def _ontology(question: str, cot: list[str]) -> str:
+    """Which of the generator's three ontologies a record comes from, read off its words: nonce nouns → fictional;
+    a number entity, or a property or concept that only the generator's true ontology uses → true; else false.
+    (A true-ontology record using none of those — e.g. 1 hop, "Every arthropod is small." — reads as false: give
+    the ontology explicitly, ``--ontology`` / the dataset's ``ontology``, for such files.)"""
+    try:
+        formulas = [parse(t).formula for t in split_sentences(question) + cot]
+    except ParseError:
+        formulas = []
+    words = {w for f in formulas for w in (f.subject, f.obj)}
+    if any(LEXICON.lemma(w)[0] in _NONCE for w in words):
+        return "fictional"
+    if any(is_number_entity(w) for w in words) or words & _TRUE_ONLY:
+        return "true"
+    return "false"
+
+
+_NONCE = frozenset(GENERATOR_NONCE_NOUNS)
+# words only a true ontology uses (the original generator's and our own TRUE_TAXONOMIES)
+_TRUE_ONLY = frozenset((set(GENERATOR_TRUE_PROPERTIES) | set(TRUE_PROPERTIES)) - set(vocab.PROPERTIES)) | \
+    frozenset((set(GENERATOR_TRUE_ONLY_CONCEPTS) | set(TRUE_CONCEPTS)) - set(FALSE_CONCEPTS))
 
 
 def _task_record(rid: str, question: str, query: str, cot: list[str], label: bool, answer: str,
                  source: dict, ontology: str | None) -> dict:
     rec = {"id": rid, "question": question, "query": query, "cot": cot, "label": label, "hops": 0,
-           "ontology": ontology or _ontology(cot), "style": style_of(split_sentences(question) + [query] + cot),
+           "ontology": ontology or _ontology(question, cot),
+           "style": style_of(split_sentences(question) + [query] + cot),
            "answer": answer, "logic": None, "source": source}
     try:
         rec["logic"] = logic_of(rec)
@@ -156,7 +173,10 @@ def import_file(path: str | os.PathLike, in_context: bool = True, ontology: str 
     path = str(path)
     if not Path(path).is_file():
         raise RecordError(f"{path}: no such file")
-    data = read_json(path)
+    try:
+        data = read_json(path)
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
     stem = re.sub(r"[^A-Za-z0-9_\-]", "_", Path(path).stem)
     if isinstance(data, dict):
         if not data:
@@ -166,3 +186,22 @@ def import_file(path: str | os.PathLike, in_context: bool = True, ontology: str 
         return _import_authors(data, path, stem, ontology)
     raise RecordError(f"{path}: unrecognised layout: top level is {type(data).__name__}, expected an object "
                       f"(generator JSON) or an array (the authors' records)")
+
+
+def record_name(record: dict) -> str:
+    """How messages name an imported record: its place in the file ("example3/test_example", "17"), else its id."""
+    src = record.get("source") or {}
+    return f"{src['file']}: record {src['key']}" if "key" in src and "file" in src else f"record {record.get('id')}"
+
+
+def duplicates(records: list[dict]) -> list[tuple[dict, dict]]:
+    """(first, later) pairs of records with the same question and query; the later one adds nothing."""
+    first: dict[tuple[str, str], dict] = {}
+    out = []
+    for r in records:
+        key = (r["question"], r["query"])
+        if key in first:
+            out.append((first[key], r))
+        else:
+            first[key] = r
+    return out

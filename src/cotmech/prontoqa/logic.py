@@ -32,6 +32,55 @@ TRUE_CONCEPTS: tuple[str, ...] = tuple(c for tax in TRUE_TAXONOMIES for c, _ in 
 TRUE_PROPERTIES: tuple[str, ...] = tuple(p for tax in TRUE_TAXONOMIES for _, p in tax)
 
 FALSE_CONCEPTS: tuple[str, ...] = tuple(dict.fromkeys(c for lst in vocab.FALSE_ONTOLOGY_CONCEPTS for c in lst))
+
+# --- Every word the original generator (asaparov/prontoqa, main and v1) can write, so that its files import.
+#: Nonce nouns of its morphology: the "-pus" names and the nine --disjoint-concept-names blocks (plural "-es"/"-s"
+#: except where GENERATOR_IRREGULAR says otherwise).
+GENERATOR_NONCE_NOUNS: tuple[str, ...] = (
+    "wumpus", "yumpus", "zumpus", "dumpus", "rompus", "numpus", "tumpus", "vumpus", "impus", "jompus", "timpus",
+    "yimpus", "carpus", "shumpus", "zhompus", "rempus", "fompus", "fimpus", "worpus", "sorpus", "terpus", "gerpus",
+    "sterpus", "kerpus", "sherpus", "perpus", "bompus", "orpus", "welpus", "jelpus", "felpus", "dolpus", "sarpus",
+    "irpus", "chorpus", "parpus", "arpus", "lempus", "hilpus", "gompus", "dalpus", "umpus", "rifpus", "storpus",
+    "shalpus", "yerpus", "ilpus", "boompus", "scrompus", "phorpus", "prilpus", "gwompus", "urpus", "grimpus",
+    "shilpus", "zhorpus", "rorpus", "dropus", "lerpus", "quimpus", "zilpus", "frompus", "stirpus", "porpus", "kurpus",
+    "shampus", "werpus", "zhimpus", "yempus", "jempus", "folpus", "drompus", "delpus", "lompus", "wolpus", "gorpus",
+    "shimpus", "rimpus", "twimpus", "serpus", "daumpus", "thorpus", "borpus", "rofpus", "bempus", "dulpus", "harpus",
+    "lirpus", "yompus", "stopus", "lorpus", "brimpus",
+    "timple", "yimple", "starple", "shumple", "zhomple", "remple", "fomple", "fimple", "worple", "sorple",
+    "tergit", "gergit", "stergit", "kergit", "shergit", "pergit", "bongit", "orgit", "welgit", "jelgit",
+    "felper", "dolper", "sarper", "irper", "chorper", "parper", "arper", "lemper", "hilper", "gomper",
+    "dalpist", "umpist", "rifpist", "storpist", "shalpist", "yerpist", "ilpist", "boompist", "scrompist", "phorpist",
+    "prilpant", "gwompant", "urpant", "grimpant", "shilpant", "zhorpant", "rorpant", "dropant", "lerpant", "quimpant",
+    "zilpor", "frompor", "stirpor", "porpor", "kurpor", "shampor", "werpor", "zhimpor", "yempor", "jempor",
+    "folpee", "drompee", "delpee", "lompee", "wolpee", "gorpee", "shimpee", "rimpee", "twimpee", "serpee",
+    "daumpin", "thorpin", "borpin", "rofpin", "bempin", "dulpin", "harpin", "lirpin", "yompin", "stopin",
+)
+#: Real-word nouns of its morphology: the true ontology (``sample_real_ontology``), its distractor concepts and the
+#: false-ontology lists.
+GENERATOR_REAL_NOUNS: tuple[str, ...] = (
+    "animal", "bilaterian", "chordate", "vertebrate", "mammal", "carnivore", "feline", "cat", "tabby", "bacteria",
+    "insect", "reptile", "snake", "cow", "sheep", "dog", "invertebrate", "protostome", "arthropod", "lepidopteran",
+    "butterfly", "painted lady", "mullosc", "nematode", "whale", "crustacean", "spider", "ant", "moth", "plant",
+    "vascular plant", "angiosperm", "eudicot", "rosid", "rose", "fish", "moss", "conifer", "cabbage", "asterid",
+    "carrot", "number", "real number", "integer", "natural number", "prime number", "Mersenne prime", "function",
+    "imaginary number", "complex number", "fraction", "negative number", "composite number", "even number", "person",
+    "object", "thing", "food", "bird", "leptopod", "cell", "figure", "cricket", "crow", "fruit", "spruce", "tree",
+    "color", "herbivore", "shepherd", "icon", "bumblebee", "lemur", "flower", "fig", "positive number", "light",
+    "word", "spice", "human", "material", "mouse", "armadillo", "creature", "dragonfly", "virus", "grape", "mineral",
+)
+#: Plurals of the generator that do not follow :func:`cotmech.vocab.plural`.
+GENERATOR_IRREGULAR: dict[str, str] = {"worpus": "worpus", "sorpus": "sorpus", "bacteria": "bacteria",
+                                       "person": "people", "food": "food", "mouse": "mice"}
+#: Properties of the generator's true ontology (positive and negated forms).
+GENERATOR_TRUE_PROPERTIES: tuple[str, ...] = (
+    "multicellular", "unicellular", "furry", "warm-blooded", "cold-blooded", "carnivorous", "herbivorous",
+    "segmented", "small", "bony", "six-legged", "eight-legged", "real", "imaginary", "positive", "negative", "prime",
+    "composite",
+)
+#: Concepts that only its true ontology uses (never the false-ontology lists).
+GENERATOR_TRUE_ONLY_CONCEPTS: tuple[str, ...] = ("bilaterian", "chordate", "tabby", "protostome", "painted lady")
+#: Entities of its number taxonomy (the entity is a number written in digits: "127 is a Mersenne prime.").
+NUMBER_ENTITIES: tuple[str, ...] = ("3", "7", "31", "127", "8191", "131071")
 ONTOLOGIES = ("fictional", "false", "true")
 
 
@@ -47,15 +96,25 @@ def concept_vocabulary(ontology: str) -> tuple[str, ...]:
 
 
 def property_vocabulary(ontology: str) -> tuple[str, ...]:
-    """The property words of one ontology kind (the 45 generator words; ``true`` adds its own)."""
+    """The property words of one ontology kind (the 45 generator words; ``true`` adds its own and the original
+    generator's true-ontology properties)."""
     concept_vocabulary(ontology)  # validates the name
-    return vocab.PROPERTIES + (TRUE_PROPERTIES if ontology == "true" else ())
+    if ontology != "true":
+        return vocab.PROPERTIES
+    return tuple(dict.fromkeys(vocab.PROPERTIES + TRUE_PROPERTIES + GENERATOR_TRUE_PROPERTIES))
+
+
+def is_number_entity(word: str) -> bool:
+    """Whether ``word`` is an entity of the generator's number taxonomy (a positive integer in digits)."""
+    return word.isdigit() and not word.startswith("0")
 
 
 def plural(concept: str) -> str:
     """Plural of a concept lemma; multi-word concepts pluralise their last word ("real numbers")."""
+    if concept in GENERATOR_IRREGULAR:
+        return GENERATOR_IRREGULAR[concept]
     head, _, last = concept.rpartition(" ")
-    p = vocab.plural(last)
+    p = GENERATOR_IRREGULAR.get(last) or vocab.plural(last)
     return f"{head} {p}" if head else p
 
 
@@ -82,11 +141,12 @@ class Lexicon:
     def __init__(self) -> None:
         concepts = list(vocab.FICTIONAL_CONCEPTS) + list(FALSE_CONCEPTS) + list(TRUE_CONCEPTS)
         self.concepts: tuple[str, ...] = tuple(dict.fromkeys(concepts))
-        self.properties: tuple[str, ...] = tuple(dict.fromkeys(vocab.PROPERTIES + TRUE_PROPERTIES))
+        self.properties: tuple[str, ...] = tuple(dict.fromkeys(vocab.PROPERTIES + TRUE_PROPERTIES
+                                                               + GENERATOR_TRUE_PROPERTIES))
         self.entities: tuple[str, ...] = vocab.ENTITIES
-        # surface (lower case) -> (lemma, is_plural)
+        # surface (lower case) -> (lemma, is_plural); the generator's other nouns are known words, not vocabulary
         self._concept_forms: dict[str, tuple[str, bool]] = {}
-        for c in self.concepts:
+        for c in self.concepts + GENERATOR_NONCE_NOUNS + GENERATOR_REAL_NOUNS:
             self._concept_forms.setdefault(c.lower(), (c, False))
             self._concept_forms.setdefault(plural(c).lower(), (c, True))
         # longest multi-word surface first, for phrase matching
@@ -98,7 +158,7 @@ class Lexicon:
 
     def word_type(self, lemma: str) -> str:
         """'entity' | 'property' | 'concept' | 'unknown' for a lemma (entities are case-sensitive)."""
-        if lemma in self.entities:
+        if lemma in self.entities or is_number_entity(lemma):
             return "entity"
         if lemma.lower() in self.properties:
             return "property"
@@ -111,7 +171,7 @@ class Lexicon:
         hit = self.concept(surface)
         if hit:
             return hit
-        if surface in self.entities:
+        if surface in self.entities or is_number_entity(surface):
             return surface, False
         low = surface.lower()
         if low in self.properties:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .logic import LEXICON, Formula, surface
+from .logic import LEXICON, Formula, is_number_entity, surface
 
 QUERY_PREFIX = "True or false: "
 QUANTIFIERS = ("Every", "Each")
@@ -32,6 +32,7 @@ class Parsed:
     subj: tuple[int, int]  # char span of the subject phrase (without quantifier)
     obj: tuple[int, int]  # char span of the object phrase (without "not"/article/".")
     form: str  # "fact" | "quantified" | "plural" | "bare"
+    quantifier: str = ""  # "Every" | "Each" for the quantified form
 
 
 def split_sentences(text: str) -> list[str]:
@@ -41,7 +42,8 @@ def split_sentences(text: str) -> list[str]:
 
 
 def article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
+    """The generator's indefinite article: "an" before a vowel letter, except "eu" ("a eudicot")."""
+    return "an" if word[:1].lower() in "aeiou" and not word.lower().startswith("eu") else "a"
 
 
 def render(f: Formula, style: str = "original", plural_form: bool = False, quantifier: str = "Every",
@@ -79,19 +81,27 @@ def parse(sentence: str) -> Parsed:
     if not m:
         raise ParseError(f"not a PrOntoQA sentence: {sentence!r}")
     quant, subj, verb, neg, art, obj = m.groups()
-    if not re.fullmatch(r"[A-Za-z][A-Za-z\-]*( [A-Za-z][A-Za-z\-]*)*", subj) or \
+    if not (re.fullmatch(r"[A-Za-z][A-Za-z\-]*( [A-Za-z][A-Za-z\-]*)*", subj) or is_number_entity(subj)) or \
             not re.fullmatch(r"[A-Za-z][A-Za-z\-]*( [A-Za-z][A-Za-z\-]*)*", obj):
         raise ParseError(f"not a PrOntoQA sentence: {sentence!r}")
     subj_span = (m.start(2), m.end(2))
     obj_span = (m.start(6), m.end(6))
     obj_lemma, _ = LEXICON.lemma(obj)
-    if quant is None and verb == "is" and subj in LEXICON.entities:
+    entity = subj in LEXICON.entities or is_number_entity(subj)
+    if quant is None and verb == "is" and entity:
         return Parsed(text, Formula("fact", subj, obj_lemma, neg is not None), subj_span, obj_span, "fact")
-    if subj in LEXICON.entities:
+    if entity:
         raise ParseError(f"entity {subj!r} used as a class in {sentence!r}")
     subj_lemma, _ = LEXICON.lemma(subj)
     form = "quantified" if quant else ("plural" if verb == "are" else "bare")
-    return Parsed(text, Formula("rule", subj_lemma, obj_lemma, neg is not None), subj_span, obj_span, form)
+    return Parsed(text, Formula("rule", subj_lemma, obj_lemma, neg is not None), subj_span, obj_span, form,
+                  quant or "")
+
+
+def unparse(p: Parsed, style: str) -> str:
+    """The sentence of ``p``'s formula in ``p``'s surface form (fact / Every-Each / plural / bare) and ``style``:
+    the exporter's inverse of :func:`parse` (``unparse(parse(s), style) == s`` for every generator sentence)."""
+    return render(p.formula, style, plural_form=p.form == "plural", quantifier=p.quantifier or "Every")
 
 
 def parse_query(query: str) -> Parsed:
@@ -102,7 +112,8 @@ def parse_query(query: str) -> Parsed:
     if p.formula.kind != "fact":
         raise ParseError(f"query is not about an entity: {query!r}")
     k = len(QUERY_PREFIX)
-    return Parsed(query, p.formula, (p.subj[0] + k, p.subj[1] + k), (p.obj[0] + k, p.obj[1] + k), p.form)
+    return Parsed(query, p.formula, (p.subj[0] + k, p.subj[1] + k), (p.obj[0] + k, p.obj[1] + k), p.form,
+                  p.quantifier)
 
 
 def style_of(sentences: list[str]) -> str:
