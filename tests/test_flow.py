@@ -260,7 +260,7 @@ def test_trace_example_traces_pairs_sharing_a_forward_together(deep_model):
     important-head mask share one scorer and are traced together; records come out in subtask order, each with
     the nodes of a separate trace."""
     m, ids, acts = deep_model
-    cfg = flow.FlowConfig(l=3, k=1, p=2, decay=1)
+    cfg = flow.FlowConfig(l=3, k=1, p=2, decay=1, start="answer")
     pairs = [{"pair_id": f"e-{k}", "example_id": "e", "subtask": k, "clean_ids": ids[:n], "answer_id": ids[a]}
              for k, n, a in [(2, 24, 20), (0, 16, 3), (1, 24, 5)]]
     half = torch.zeros(m.n_layers, m.n_heads, dtype=torch.bool)
@@ -278,6 +278,13 @@ def test_trace_example_traces_pairs_sharing_a_forward_together(deep_model):
                      for n in ref])
         if masks[p["subtask"]] is not None:
             assert all(n["head"] < 2 for n in r["nodes"])
+        assert r["start_id"] == p["answer_id"] and not r["pruned"]
+    # the default start is the (unablated) model's argmax at each pair's predicting position
+    with torch.no_grad():
+        logits = m.hf(torch.tensor([ids])).logits[0]
+    recs = flow.trace_example(m, pairs, flow.FlowConfig(l=3, k=1, p=2, decay=1))
+    assert [r["start_id"] for r in recs] == [int(logits[len(p["clean_ids"]) - 1].argmax())
+                                            for p in sorted(pairs, key=lambda q: q["subtask"])]
 
 
 # --------------------------------------------------------------------------------------------------
