@@ -687,10 +687,9 @@ def _pct(x: np.ndarray, ci: float, axis: int = 0) -> tuple[Any, Any]:
 
 def crossing_layer(share: Sequence[float], level: float = RIFT_LEVEL) -> int | None:
     """First layer whose ``share`` is >= ``level`` (NaN = no traced entry there, skipped); None if none."""
-    for layer, v in enumerate(np.asarray(share, float)):
-        if np.isfinite(v) and v >= level:
-            return int(layer)
-    return None
+    from .prior_shift import first_crossing
+
+    return first_crossing(share, level)
 
 
 def context_by_layer(traces: Sequence[dict], n_boot: int = 0, seed: int = 0, ci: float = 0.95) -> Any:
