@@ -142,18 +142,21 @@ def test_absent_file_gives_not_run(mres, smoke_layout):
 
 # --------------------------------------------------------------------------------------------------
 # Verdicts
-@pytest.mark.parametrize("paper, ours, lo, hi, tol, rng, want", [
-    (0.5, 0.52, 0.45, 0.60, 0.1, False, report.AGREES),        # inside, half-width 0.075
-    (0.5, 0.70, 0.62, 0.78, 0.1, False, report.DIFFERS),       # outside above
-    (0.5, 0.30, 0.20, 0.499, 0.1, False, report.DIFFERS),      # outside below, just
-    (0.5, 0.50, 0.20, 0.80, 0.1, False, report.INCONCLUSIVE),  # inside but half-width 0.3 > 0.1
-    (0.5, 0.50, 0.20, 0.80, 0.35, False, report.AGREES),       # the entry's own tolerance
-    (0.5, 0.50, None, None, 0.1, False, report.INCONCLUSIVE),  # no CI
-    (0.5, 0.90, 0.85, 0.95, 0.1, True, report.INCONCLUSIVE),   # a min-max range is not a CI
-    (0.5, None, None, None, 0.1, False, report.NOT_RUN),
+@pytest.mark.parametrize("paper, ours, lo, hi, tol, rng, n, want", [
+    (0.5, 0.52, 0.45, 0.60, 0.1, False, 40, report.AGREES),        # inside, half-width 0.075
+    (0.5, 0.70, 0.62, 0.78, 0.1, False, 40, report.DIFFERS),       # outside above
+    (0.5, 0.30, 0.20, 0.499, 0.1, False, None, report.DIFFERS),    # outside below, just
+    (0.5, 0.50, 0.20, 0.80, 0.1, False, 40, report.INCONCLUSIVE),  # inside but half-width 0.3 > 0.1
+    (0.5, 0.50, 0.20, 0.80, 0.35, False, 40, report.AGREES),       # the entry's own tolerance
+    (0.5, 0.50, None, None, 0.1, False, 40, report.INCONCLUSIVE),  # no CI
+    (0.5, 0.90, 0.85, 0.95, 0.1, True, 40, report.INCONCLUSIVE),   # a min-max range is not a CI
+    (0.07, 0.13, 0.13, 0.13, 0.1, False, 1, report.INCONCLUSIVE),  # one example: a zero-width bootstrap CI
+    (0.07, 0.13, 0.12, 0.14, 0.1, False, 5, report.DIFFERS),       # MIN_N examples suffice
+    (0.5, None, None, None, 0.1, False, 40, report.NO_VALUE),
 ])
-def test_row_verdict(paper, ours, lo, hi, tol, rng, want):
-    assert report.row_verdict(paper, ours, lo, hi, tol, rng) == want
+def test_row_verdict(paper, ours, lo, hi, tol, rng, n, want):
+    assert report.MIN_N == 5
+    assert report.row_verdict(paper, ours, lo, hi, tol, rng, n) == want
 
 
 def test_claim_verdicts_count_only_same_quantity_rows():
@@ -291,3 +294,78 @@ def test_false_ontology_accuracy_survives_the_csv_round_trip(tmp_path):
     assert "false," in (mres / "accuracy.csv").read_text()
     row = report.read_accuracy(mres, ["fictional", "falseont"], "false")
     assert row is not None and row["n"] == 8 and row["ours"] == 5 / 8
+
+
+# --------------------------------------------------------------------------------------------------
+# The table a real smoke run writes (end to end: slow, on the worker holding the shared smoke run)
+def check_smoke_table(wd: Path) -> None:
+    """The paper-vs-run table and claim verdicts of the smoke run in ``wd``, against values recomputed here by
+    explicit loops over the raw result files the run wrote (and the pruned trace against its circuit)."""
+    import json
+
+    from cotmech.io import read_table
+
+    import yaml
+
+    cfg = yaml.safe_load((wd / sr.SMOKE).read_text())
+    mres = wd / cfg["results"] / cfg["model"]["name"]
+    t = pd.read_csv(mres / "report" / "paper_vs_run.csv").set_index("id")  # floats as written: 6 digits
+    claims = pd.read_csv(mres / "report" / "claims.csv").set_index("claim_id")
+    # every reader found its file where the rules wrote it
+    assert (t["status"] != report.NOT_RUN).all(), t.index[t["status"] == report.NOT_RUN].tolist()
+    # the trace headline, recomputed from traces.jsonl
+    ds = re.search(r"flow/([^/]+)/", t.loc["trace_context_below", "source"]).group(1)
+    summary = json.loads((mres / "flow" / ds / "summary.json").read_text())
+    assert summary["pruned"] is True
+    traces = [json.loads(x) for x in (mres / "flow" / ds / "traces.jsonl").read_text().splitlines()]
+    L = traces[0]["n_layers"]
+    n, k = [0] * L, [0] * L
+    for tr in traces:
+        for nd in tr["nodes"]:
+            n[nd["layer"]] += 1
+            k[nd["layer"]] += int(nd["depth"] == 0 or nd["in_context"])
+    assert t.loc["trace_context_below", "ours"] == pytest.approx(sum(k[:L // 2]) / sum(n[:L // 2]), abs=1e-5)
+    assert t.loc["trace_context_above", "ours"] == pytest.approx(sum(k[L // 2:]) / sum(n[L // 2:]), abs=1e-5)
+    cross = next((i for i in range(L) if n[i] and k[i] / n[i] >= 0.5), None)
+    assert (pd.isna(t.loc["trace_crossing_rel", "ours"]) if cross is None
+            else t.loc["trace_crossing_rel", "ours"] == pytest.approx(cross / L, abs=1e-5))
+    # the pruned trace visits only the heads its subtask's induction circuit kept
+    heads = read_table(mres / "circuits" / "heads.parquet")
+    for tr in traces:
+        h = heads[(heads.subtask == tr["subtask"]) & (heads.ranking == "induction")]
+        h = h[h.scope == ("rank_split" if (h.scope == "rank_split").any() else "all_pairs")]
+        kept = {(int(a), int(b)) for a, b, c in zip(h["layer"], h["head"], h["kept"]) if c}
+        assert {(nd["layer"], nd["head"]) for nd in tr["nodes"]} <= kept, tr["pair_id"]
+        assert tr["n_circuit_heads"] == len(kept)
+    # the knockout row, from operating_points.csv
+    ops = pd.read_csv(mres / "circuits" / "operating_points.csv")
+    ops = ops[ops.ranking == "induction"]
+    shares = []
+    for sub in sorted(set(ops.subtask)):
+        o = ops[ops.subtask == sub]
+        o = next(o[o.scope == s] for s in ("all_pairs", "rank_split", "eval_split") if (o.scope == s).any())
+        shares.append(float(o.n_kept.iloc[0]) / float(o.n_kept.iloc[0] + o.n_removed.iloc[0]))
+    assert t.loc["knockout_kept_share", "ours"] == pytest.approx(sum(shares) / len(shares), abs=1e-5)
+    # verdicts: each same-quantity row by the rule, each claim from its rows
+    for i, r in t.iterrows():
+        if r["status"] != "ok" or r["comparison"] != "same":
+            assert r["verdict"] == (report.NO_VALUE if r["comparison"] == "same" else report.NOT_COMPARED), i
+            continue
+        if pd.isna(r["ci_low"]) or i.startswith("knockout") or (pd.notna(r["n"]) and r["n"] < 5):
+            want = report.INCONCLUSIVE
+        elif not r["ci_low"] <= r["paper"] <= r["ci_high"]:
+            want = report.DIFFERS
+        else:
+            want = report.AGREES if (r["ci_high"] - r["ci_low"]) / 2 <= report.TOLERANCE else report.INCONCLUSIVE
+        assert r["verdict"] == want, i
+    for cid in report.CLAIMS:
+        v = t[(t.claim_id == cid) & (t.comparison == "same") & (t.status == "ok")]["verdict"].tolist()
+        want = ("not assessed" if not v else report.DIFFERS if report.DIFFERS in v
+                else report.AGREES if set(v) == {report.AGREES} else report.INCONCLUSIVE)
+        assert claims.loc[cid, "verdict"] == want, cid
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("smoke")
+def test_the_table_of_a_real_smoke_run():
+    check_smoke_table(sr.base_run())

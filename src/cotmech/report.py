@@ -31,6 +31,10 @@ CLAIMS = {"C1": "CoT generation splits into decision, copy and induction subtask
           "C5": "answer writers in the second half, ontology movers in the first",
           "C6": "parallel answer pathways from question, generated CoT and few-shot exemplars"}
 AGREES, DIFFERS, INCONCLUSIVE = "agrees within the CI", "differs", "inconclusive at this n"
+NO_VALUE, NOT_COMPARED = "no value", "not compared"
+#: Fewest independent units (examples; the row's ``n``) for a verdict: a percentile bootstrap over fewer clusters
+#: has almost no distinct resamples (one example gives a zero-width interval), so such rows are inconclusive.
+MIN_N = 5
 #: Default half-width (on the row's scale: shares and relative depths in [0, 1]) below which a CI that contains the
 #: paper's value counts as agreement; a wider CI is inconclusive. An entry's ``tolerance`` overrides it.
 TOLERANCE = 0.1
@@ -226,20 +230,23 @@ def _read_row(mres: Path, datasets: Sequence[str], rel: str, select: Callable[[A
 
 
 def _with_flow_state(res: dict | None, mres: Path, datasets: Sequence[str]) -> dict | None:
-    """A flow-table row, marked a different quantity when the trace ran unpruned (see :func:`_flow_state`)."""
+    """A flow-table row with ``n`` = the traced examples (the independent unit), marked a different quantity when
+    the trace ran unpruned (see :func:`_flow_state`)."""
     r = _flow_summary(mres, datasets)
     if res is None or r is None:
         return res
     st = _flow_state(r[0])
     return {**res, **({"comparison": st["comparison"]} if "comparison" in st else {}),
-            "note": f"{res.get('note', '')} ({st['state']})"}
+            "n": r[0].get("n_examples"),  # the independent unit of the traces
+            "note": f"{res.get('note', '')} ({st['state']}, {r[0].get('n_examples')} examples)"}
 
 
 def read_flow_depth(mres: Path, datasets: Sequence[str], depth: int, col: str) -> dict | None:
     def entry(r: Any, d: str) -> dict:
         ci = (r["ci_low"], r["ci_high"]) if col == "share_second_half" else (None, None)
         return {"ours": _num(r[col]), "ci_low": _num(ci[0]), "ci_high": _num(ci[1]), "n": int(r["n"]),
-                "note": f"{d}: mean layer {r['mean_layer']:.2f}"}
+                "note": f"{d}: mean layer {r['mean_layer']:.2f}, {int(r['n'])} traced entries (Wilson CI over "
+                        "entries, not independent)"}
 
     return _with_flow_state(_read_row(mres, datasets, RESULT_FILES["flow_depth"], lambda df: df["depth"] == depth,
                                       f"no traced heads at depth {depth}", entry), mres, datasets)
@@ -344,14 +351,15 @@ READERS: dict[str, Callable[..., dict | None]] = {
 # Table and HTML
 # --------------------------------------------------------------------------------------------------
 def row_verdict(paper: Any, ours: Any, ci_low: Any, ci_high: Any, tolerance: float = TOLERANCE,
-                ci_is_range: bool = False) -> str:
+                ci_is_range: bool = False, n: Any = None) -> str:
     """Verdict of one row from its interval: the paper's value outside [ci_low, ci_high] -> :data:`DIFFERS`; inside
-    with a half-width <= ``tolerance`` -> :data:`AGREES`; inside a wider interval, or no interval (or only a range
-    that is not a CI, ``ci_is_range``) -> :data:`INCONCLUSIVE`; no value of ours -> :data:`NOT_RUN`."""
-    p, o, lo, hi = _num(paper), _num(ours), _num(ci_low), _num(ci_high)
+    with a half-width <= ``tolerance`` -> :data:`AGREES`; inside a wider interval, no interval (or only a range that
+    is not a CI, ``ci_is_range``), or fewer than :data:`MIN_N` independent units ``n`` -> :data:`INCONCLUSIVE`; no
+    value of ours -> :data:`NO_VALUE`."""
+    p, o, lo, hi, m = _num(paper), _num(ours), _num(ci_low), _num(ci_high), _num(n)
     if o is None:
-        return NOT_RUN
-    if p is None or lo is None or hi is None or ci_is_range:
+        return NO_VALUE
+    if p is None or lo is None or hi is None or ci_is_range or (m is not None and m < MIN_N):
         return INCONCLUSIVE
     if p < lo or p > hi:
         return DIFFERS
@@ -361,7 +369,7 @@ def row_verdict(paper: Any, ours: Any, ci_low: Any, ci_high: Any, tolerance: flo
 def paper_vs_run(mres: str | Path, datasets: Sequence[str], model: str, entries: list[dict] | None = None) -> Any:
     """One row per reference entry: the paper's value and ours (with CI) read from ``mres``, or "not run"; the
     comparison kind (the entry's, or "different" when the reader finds a different model state) and the row's
-    verdict (:func:`row_verdict`; only meaningful for "same" rows)."""
+    verdict (:func:`row_verdict` for "same" rows, :data:`NOT_COMPARED` for the others)."""
     import pandas as pd
 
     mres = Path(mres)
@@ -381,9 +389,11 @@ def paper_vs_run(mres: str | Path, datasets: Sequence[str], model: str, entries:
         else:
             base.update({k: got.get(k) for k in ("ours", "ci_low", "ci_high", "n", "source", "note")})
             base["comparison"] = got.get("comparison", e["comparison"])
-            base["status"] = "ok" if got.get("ours") is not None else "no value"
-            base["verdict"] = row_verdict(e["paper"], got.get("ours"), got.get("ci_low"), got.get("ci_high"),
-                                          float(e.get("tolerance", TOLERANCE)), bool(got.get("ci_is_range")))
+            base["status"] = "ok" if got.get("ours") is not None else NO_VALUE
+            base["verdict"] = (row_verdict(e["paper"], got.get("ours"), got.get("ci_low"), got.get("ci_high"),
+                                           float(e.get("tolerance", TOLERANCE)), bool(got.get("ci_is_range")),
+                                           got.get("n"))
+                               if base["comparison"] == "same" else NOT_COMPARED)
         rows.append(base)
     return pd.DataFrame(rows, columns=COLUMNS)
 
