@@ -106,7 +106,8 @@ def _rift(args: argparse.Namespace, settings: dict) -> None:
     rifts = {lens: v["rift_layer"] for lens, v in out["datasets"]["all"].items()}
     plot_curves(table, "all datasets", args.figure, rifts)
     for lens, v in out["datasets"]["all"].items():
-        print(f"{lens} lens (extension): rift layer {v['rift_layer']} of {n_layers} (CI {v['ci_low']}–{v['ci_high']}), "
+        print(f"{lens} lens (extension): rift layer {v['rift_layer']} of {n_layers} "
+              f"(CI {v['ci_low']}–{v['ci_high']}), "
               f"context abidance below/above: {v['context_abidance_rift']['below']['mean']} / "
               f"{v['context_abidance_rift']['above']['mean']}")
 

@@ -8,7 +8,8 @@ Training data: the residual stream (all layers) at the predicting positions of t
 given activations file (every pair of every subtask; one position per pair). Examples are split (seeded) into
 a training and a held-out part (keys "<dataset>/<example_id>", listed in the report as ``heldout_examples``: the
 prior-shift analysis evaluates the tuned lens on those only); the report gives per-layer KL(final ‖ lens) of the
-logit lens and the tuned lens on both. With little data (CPU budget) the translators are biased towards these positions: indicative only.
+logit lens and the tuned lens on both. With little data (CPU budget) the translators are biased towards these
+positions: indicative only.
 """
 from __future__ import annotations
 

@@ -41,8 +41,8 @@ import torch
 
 from .vocab import FALSE_ONTOLOGY_CONCEPTS, plural
 
-RIFT_DEFINITION = ("our extension (not the paper's statistic): first residual layer l (0 = embeddings, L = output of the "
-                   "last block) where the share of pairs whose lens gives the in-context answer a higher probability "
+RIFT_DEFINITION = ("our extension (not the paper's statistic): first residual layer l (0 = embeddings, L = output "
+                   "of the last block) where the share of pairs whose lens gives the in-context answer a higher probability "
                    "than the context-free prior's top-1 token is >= 0.5 (pairs where the two tokens coincide left "
                    "out); None if no such layer; relative depth = l / L. The tuned lens is evaluated only on examples "
                    "held out from its training.")

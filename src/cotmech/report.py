@@ -138,7 +138,8 @@ def read_rift_layer(mres: Path, datasets: Sequence[str], lens: str) -> dict | No
         return None
     d, v, p = r
     L = v.get("n_layers") or d.get("n_layers")
-    return {"ours": _num(v.get("rel_depth")), "ci_low": _num(v.get("rel_ci_low")), "ci_high": _num(v.get("rel_ci_high")),
+    return {"ours": _num(v.get("rel_depth")), "ci_low": _num(v.get("rel_ci_low")),
+            "ci_high": _num(v.get("rel_ci_high")),
             "n": v.get("n_examples"), "source": _rel(p, mres),
             "note": f"layer {v.get('rift_layer')} of {L} ({lens} lens): first layer where the lens prefers the "
                     "in-context answer over the context-free prior's prediction in >= half the pairs (our extension)"
@@ -192,7 +193,8 @@ def read_flow_crossing(mres: Path, datasets: Sequence[str]) -> dict | None:
     if not isinstance(c, dict):
         return {"ours": None, "source": _rel(p, mres), "note": f"{d}: summary without a crossing (older trace)"}
     st = _flow_state(s)
-    return {"ours": _num(c.get("rel_depth")), "ci_low": _num(c.get("rel_ci_low")), "ci_high": _num(c.get("rel_ci_high")),
+    return {"ours": _num(c.get("rel_depth")), "ci_low": _num(c.get("rel_ci_low")),
+            "ci_high": _num(c.get("rel_ci_high")),
             "n": s.get("n_examples"), "source": _rel(p, mres), **{k: st[k] for k in st if k == "comparison"},
             "note": f"{d}: {st['state']}; layer {c.get('layer')} of {s.get('n_layers')} (first layer whose context "
                     f"share is >= {c.get('level')}); {c.get('n_boot_no_crossing')} resamples without a crossing"}

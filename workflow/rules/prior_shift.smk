@@ -27,7 +27,8 @@ rule train_tuned_lens:
         "../../envs/cotmech.yaml"
     shell:
         "python {input.script} --activations {input.acts} --index {input.index} --datasets {params.datasets}"
-        " --settings {params.settings:q} --threads {threads} --out {output.tensors} --report {output.report} > {log} 2>&1"
+        " --settings {params.settings:q} --threads {threads} --out {output.tensors} --report {output.report}"
+        " > {log} 2>&1"
 
 
 rule prior_shift:
@@ -86,7 +87,8 @@ rule rift:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} rift --rows {input.rows} {params.tuned} --settings {params.settings:q} --out {output.json}"
+        "python {input.script} rift --rows {input.rows} {params.tuned} --settings {params.settings:q}"
+        " --out {output.json}"
         " --figure {params.stem} > {log} 2>&1"
 
 
