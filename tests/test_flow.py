@@ -497,3 +497,64 @@ def test_trace_rift_headline_against_an_explicit_example_bootstrap_loop():
     ctx = flow.context_by_layer(tr, n_boot=B, seed=seed, ci=0.9)
     assert ctx["share"].tolist() == pytest.approx(share)
     assert (ctx["ci_low"] <= ctx["share"]).all() and (ctx["share"] <= ctx["ci_high"]).all()
+
+
+def test_trace_flow_script_traces_the_pruned_circuit_and_names_a_missing_one(tmp_path, capsys):
+    """scripts/trace_flow.py with the rule's settings: pruned by default (circuit from a knockout heads table,
+    means from the reference pairs), summary and traces say so; a subtask without a circuit is a one-line error
+    naming the table; pruned: false traces every head."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from cotmech.io import read_json, read_jsonl, write_jsonl, write_table
+
+    spec = importlib.util.spec_from_file_location("trace_flow", Path(__file__).parents[1] / "scripts" / "trace_flow.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    g = torch.Generator().manual_seed(7)
+    pairs, ref = [], []
+    for e in range(2):
+        ids = torch.randint(10, 400, (18,), generator=g).tolist()
+        for k, n in ((0, 12), (1, 18)):
+            pairs.append({"pair_id": f"e{e}-k{k}", "example_id": f"e{e}", "subtask": k, "clean_ids": ids[:n],
+                          "answer_id": ids[3]})
+            ref.append({"pair_id": f"r{e}-k{k}", "example_id": f"r{e}", "subtask": k,
+                        "clean_ids": torch.randint(10, 400, (n,), generator=g).tolist(), "answer_id": 5})
+    kept = {0: {(3, 1), (2, 0), (1, 2), (0, 3)}, 1: {(3, 0), (3, 2), (2, 1), (1, 1), (0, 0)}}
+    heads = pd.DataFrame([dict(subtask=k, ranking="induction", scope="rank_split", layer=layer, head=h,
+                               removal_rank=4 * layer + h, kept=(layer, h) in kept[k])
+                          for k in (0, 1) for layer in range(4) for h in range(4)])
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "ref.jsonl", ref)
+    write_table(tmp_path / "heads.parquet", heads)
+    settings = {"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"}, "seed": 3,
+                "flow": {"n_examples": 2, "subtasks": None, "pruned": True, "circuit_ranking": "induction",
+                         "start": "argmax", "n_boot": 50, "ci": 0.9, "l": 3, "k": 1, "p": 1, "prefilter": None},
+                "circuits.subtasks": [0, 1], "circuits.n_reference": None, "circuits.batch_size": 2}
+    args = ["--pairs", str(tmp_path / "pairs.jsonl"), "--circuit-heads", str(tmp_path / "heads.parquet"),
+            "--reference", str(tmp_path / "ref.jsonl")]
+    assert script.main(args + ["--settings", json.dumps(settings), "--outdir", str(tmp_path / "out")]) == 0
+    s = read_json(tmp_path / "out" / "summary.json")
+    assert s["pruned"] is True and s["n_traces"] == 4 and s["n_examples"] == 2 and s["n_boot"] == 50
+    for tr in read_jsonl(tmp_path / "out" / "traces.jsonl"):
+        assert tr["pruned"] and tr["n_circuit_heads"] == len(kept[tr["subtask"]])
+        assert tr["nodes"] and {(nd["layer"], nd["head"]) for nd in tr["nodes"]} <= kept[tr["subtask"]]
+    # a traced subtask without a circuit
+    bad = {**settings, "circuits.subtasks": [0, 1, 2]}
+    write_jsonl(tmp_path / "pairs2.jsonl", pairs + [{**pairs[0], "pair_id": "e0-k2", "subtask": 2}])
+    args2 = ["--pairs", str(tmp_path / "pairs2.jsonl")] + args[2:]
+    capsys.readouterr()
+    assert script.main(args2 + ["--settings", json.dumps(bad), "--outdir", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "heads.parquet" in err and "no knockout circuit for subtask 2" in err
+    # unpruned: every head eligible, no circuit files needed
+    flat = {**settings, "flow": {**settings["flow"], "pruned": False}}
+    assert script.main(["--pairs", str(tmp_path / "pairs.jsonl"), "--settings", json.dumps(flat),
+                        "--outdir", str(tmp_path / "o3")]) == 0
+    s3 = read_json(tmp_path / "o3" / "summary.json")
+    assert s3["pruned"] is False and "unpruned" in s3["model_state"]
+    assert any((nd["layer"], nd["head"]) not in kept[tr["subtask"]]
+               for tr in read_jsonl(tmp_path / "o3" / "traces.jsonl") for nd in tr["nodes"])
