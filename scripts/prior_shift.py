@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """Layer-wise prior shift (study.md E10, C4): logit/tuned-lens curves per dataset, then the rift summary.
 
-  prior_shift.py dataset --pairs P --activations A.safetensors --index A.parquet [--tuned-lens T] \
+  prior_shift.py dataset --pairs P --activations A.safetensors --index A.parquet [--tuned-lens T --tuned-report R] \
       --settings JSON --dataset NAME --table OUT.parquet --rows OUT.rows.parquet --figure STEM
-  prior_shift.py rift --rows D1.rows.parquet [D2.rows.parquet ...] --settings JSON --out rift.json --figure STEM
+  prior_shift.py rift --rows D1.rows.parquet [D2.rows.parquet ...] [--tuned-report R] --settings JSON --out rift.json \
+      --figure STEM
 
 `dataset` reads each pair's residual stream at its predicting position through the logit lens (and the tuned
 lens if given): answer probability and rank, context abidance, JS divergence to the final and to the
-context-free prior, the real-world answer on false-ontology prompts. `rift` finds the crossover layer on the
-mean curves with a cluster-bootstrap CI (definitions: cotmech.prior_shift).
+context-free prior, the lens's preference for the in-context answer over the prior's prediction, the real-world
+answer on false-ontology prompts. `rift` finds the lens rift — our extension, not the paper's statistic (that is
+the trace statistic of trace_flow.py) — with a cluster-bootstrap CI (definitions: cotmech.prior_shift). The tuned
+lens is evaluated only on the examples held out from its training (--tuned-report, ``heldout_examples``).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def _dataset(args: argparse.Namespace, settings: dict) -> None:
 
     from cotmech.lens import load_tuned_lens, make_unembed
     from cotmech.io import write_table
-    from cotmech.prior_shift import layer_table, load_activations, plot_curves, run_lenses, select_rows
+    from cotmech.prior_shift import heldout_rows, layer_table, load_activations, plot_curves, run_lenses, select_rows
 
     cfg = settings.get("prior_shift", {})
     seed = int(settings.get("seed", 0))
@@ -46,6 +49,8 @@ def _dataset(args: argparse.Namespace, settings: dict) -> None:
     frame, facts = run_lenses(model, lens, resid, index, tuned, top_k=int(cfg.get("top_k", 10)),
                               prior_batch_size=int(cfg.get("prior_batch_size", 16)))
     frame.insert(0, "dataset", args.dataset)
+    if tuned is not None:
+        frame = heldout_rows(frame, _heldout(args.tuned_report))
     print(f"lenses done in {time.time() - t1:.1f} s: {json.dumps(facts)}", flush=True)
     table = layer_table(frame, model.n_layers, int(cfg.get("n_boot", 1000)), seed, float(cfg.get("ci", 0.95)))
     table.insert(0, "dataset", args.dataset)
@@ -54,26 +59,44 @@ def _dataset(args: argparse.Namespace, settings: dict) -> None:
     plot_curves(table, args.dataset, args.figure)
 
 
+def _heldout(path: str | None) -> list[str]:
+    """The examples held out from tuned-lens training (train_tuned_lens.py's report)."""
+    from cotmech.io import RecordError, read_json
+
+    if not path:
+        raise ValueError("--tuned-lens needs --tuned-report (the examples held out from its training)")
+    rep = read_json(path)
+    if not isinstance(rep.get("heldout_examples"), list):
+        raise RecordError(f"{path}: no 'heldout_examples' list (tuned lens trained by an older train_tuned_lens.py?)")
+    return rep["heldout_examples"]
+
+
 def _rift(args: argparse.Namespace, settings: dict) -> None:
     import pandas as pd
 
     from cotmech.io import RecordError, read_table, write_json
-    from cotmech.prior_shift import PAPER_RIFT, RIFT_DEFINITION, layer_table, plot_curves, rift_summary
+    from cotmech.prior_shift import (PAPER_RIFT, RIFT_DEFINITION, heldout_rows, layer_table, plot_curves,
+                                     rift_summary)
 
     cfg = settings.get("prior_shift", {})
     seed, n_boot, ci = int(settings.get("seed", 0)), int(cfg.get("n_boot", 1000)), float(cfg.get("ci", 0.95))
     frames = []
     for p in args.rows:
         df = read_table(p)
-        for col in ("dataset", "lens", "pair_id", "example_id", "layer", "js_final", "js_prior", "top1_in_context"):
+        for col in ("dataset", "lens", "pair_id", "example_id", "layer", "js_final", "js_prior", "top1_in_context",
+                    "prefers_context"):
             if col not in df.columns:
                 raise RecordError(f"{p}: missing column {col!r} (not a prior_shift rows table?)")
         frames.append(df)
     rows = pd.concat(frames, ignore_index=True)
+    if (rows["lens"] == "tuned").any():
+        rows = heldout_rows(rows, _heldout(args.tuned_report))
     n_layers = int(rows["layer"].max())
     rows["example_id"] = rows["dataset"].astype(str) + "/" + rows["example_id"].astype(str)
     rows["pair_id"] = rows["dataset"].astype(str) + "/" + rows["pair_id"].astype(str)
-    out = {"definition": RIFT_DEFINITION, "divergence": "Jensen-Shannon, bits", "n_layers": n_layers,
+    out = {"label": "extension (not the paper's statistic; the paper's is flow/<dataset>/summary.json)",
+           "definition": RIFT_DEFINITION, "divergence": "Jensen-Shannon, bits", "n_layers": n_layers,
+           "tuned_lens_rows": "examples held out from tuned-lens training only",
            "context_abidance": "share of (pair, layer) cells whose lens top-1 token is a prompt token",
            "bootstrap": f"{n_boot} cluster resamples of examples, seed {seed}, {ci:.0%} percentile CI",
            "paper": PAPER_RIFT, "datasets": {}}
@@ -85,7 +108,8 @@ def _rift(args: argparse.Namespace, settings: dict) -> None:
     rifts = {lens: v["rift_layer"] for lens, v in out["datasets"]["all"].items()}
     plot_curves(table, "all datasets", args.figure, rifts)
     for lens, v in out["datasets"]["all"].items():
-        print(f"{lens} lens: rift layer {v['rift_layer']} of {n_layers} (CI {v['ci_low']}–{v['ci_high']}), "
+        print(f"{lens} lens (extension): rift layer {v['rift_layer']} of {n_layers} "
+              f"(CI {v['ci_low']}–{v['ci_high']}), "
               f"context abidance below/above: {v['context_abidance_rift']['below']['mean']} / "
               f"{v['context_abidance_rift']['above']['mean']}")
 
@@ -96,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("dataset", help="lens curves of one dataset")
     add_activation_args(d)
     d.add_argument("--tuned-lens", default=None, help="translators from train_tuned_lens.py (optional)")
+    d.add_argument("--tuned-report", default=None, help="its report (tuned_lens.json: held-out examples)")
     d.add_argument("--dataset", required=True, help="dataset name (a column of the tables)")
     d.add_argument("--table", required=True, help="per-layer table (.parquet)")
     d.add_argument("--rows", required=True, help="per-(pair, layer) table (.parquet)")
@@ -103,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(d)
     r = sub.add_parser("rift", help="rift layer and context-abidance splits over datasets")
     r.add_argument("--rows", nargs="+", required=True, help="per-(pair, layer) tables of the datasets")
+    r.add_argument("--tuned-report", default=None, help="tuned_lens.json (held-out examples); needed with tuned rows")
     r.add_argument("--out", required=True, help="rift.json")
     r.add_argument("--figure", required=True, help="figure stem (PNG + PDF)")
     for p in (d, r):

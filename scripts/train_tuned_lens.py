@@ -6,14 +6,17 @@
 
 Training data: the residual stream (all layers) at the predicting positions of the task inputs of every
 given activations file (every pair of every subtask; one position per pair). Examples are split (seeded) into
-a training and a held-out part; the report gives per-layer KL(final ‖ lens) of the logit lens and the tuned lens
-on both. With little data (CPU budget) the translators are biased towards these positions: indicative only.
+a training and a held-out part (keys "<dataset>/<example_id>", listed in the report as ``heldout_examples``: the
+prior-shift analysis evaluates the tuned lens on those only); the report gives per-layer KL(final ‖ lens) of the
+logit lens and the tuned lens on both. With little data (CPU budget) the translators are biased towards these
+positions: indicative only.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
+from pathlib import Path
 
 from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
 
@@ -22,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--activations", nargs="+", required=True, help="activation tensors (.safetensors)")
     ap.add_argument("--index", nargs="+", required=True, help="their index tables (.parquet), same order")
+    ap.add_argument("--datasets", nargs="+", help="their dataset names, same order (keys of the held-out examples); "
+                                                  "default: the activation file names without extension")
     ap.add_argument("--settings", required=True, help="JSON with 'model', 'tuned_lens', 'seed'")
     ap.add_argument("--out", required=True, help="translators (.safetensors)")
     ap.add_argument("--report", required=True, help="training report (.json)")
@@ -34,24 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.io import RecordError, load_tensors, read_table, write_json
     from cotmech.lens import LensError, make_unembed, save_tuned_lens, train_tuned_lens
     from cotmech.models import ModelSpecError
+    from cotmech.prior_shift import tuned_lens_split
 
     try:
         settings = read_settings(args.settings)
         cfg, seed = settings.get("tuned_lens", {}), int(settings.get("seed", 0))
-        if len(args.activations) != len(args.index):
-            raise ValueError("--activations and --index need the same number of files")
+        names = args.datasets or [Path(a).name.split(".")[0] for a in args.activations]
+        if not (len(args.activations) == len(args.index) == len(names)):
+            raise ValueError("--activations, --index (and --datasets) need the same number of entries")
         resid, groups = [], []
-        for a, i in zip(args.activations, args.index):
+        for a, i, dataset in zip(args.activations, args.index, names):
             t, idx = load_tensors(a), read_table(i)
             if "resid" not in t or t["resid"].shape[0] != len(idx) or "example_id" not in idx:
                 raise RecordError(f"{a} / {i}: need tensor 'resid' with one row per index row and column example_id")
             resid.append(t["resid"].float())
-            groups += [f"{a}/{e}" for e in idx["example_id"]]
+            groups += [f"{dataset}/{e}" for e in idx["example_id"]]
         resid_all = torch.cat(resid)
         uniq = np.unique(groups)
-        rng = np.random.default_rng(seed)
-        n_val = int(round(float(cfg.get("val_frac", 0.25)) * len(uniq))) if len(uniq) > 1 else 0
-        val_ex = set(rng.choice(uniq, n_val, replace=False).tolist()) if n_val else set()
+        val_ex = tuned_lens_split(groups, float(cfg.get("val_frac", 0.25)), seed)
         is_val = torch.tensor([g in val_ex for g in groups])
         model = load_from_args(args, settings)
         lens = make_unembed(model, device=model.device)  # trains where the model runs (its GPU, if any)
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(e)
     save_tuned_lens(args.out, tl, extra={"spec": model.spec, "seed": str(seed)})
     report = {"n_train": int((~is_val).sum()), "n_val": int(is_val.sum()), "n_examples": int(len(uniq)),
-              "n_val_examples": len(val_ex), "rank": "full" if rank is None else rank, "settings": cfg,
+              "n_val_examples": len(val_ex), "heldout_examples": sorted(val_ex),
+              "rank": "full" if rank is None else rank, "settings": cfg,
               "data": "residual stream at the predicting positions of the task inputs (one per pair)",
               "note": "trained on few positions: biased towards these inputs, indicative only", **hist}
     write_json(args.report, report)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -259,7 +260,7 @@ def test_trace_example_traces_pairs_sharing_a_forward_together(deep_model):
     important-head mask share one scorer and are traced together; records come out in subtask order, each with
     the nodes of a separate trace."""
     m, ids, acts = deep_model
-    cfg = flow.FlowConfig(l=3, k=1, p=2, decay=1)
+    cfg = flow.FlowConfig(l=3, k=1, p=2, decay=1, start="answer")
     pairs = [{"pair_id": f"e-{k}", "example_id": "e", "subtask": k, "clean_ids": ids[:n], "answer_id": ids[a]}
              for k, n, a in [(2, 24, 20), (0, 16, 3), (1, 24, 5)]]
     half = torch.zeros(m.n_layers, m.n_heads, dtype=torch.bool)
@@ -277,3 +278,283 @@ def test_trace_example_traces_pairs_sharing_a_forward_together(deep_model):
                      for n in ref])
         if masks[p["subtask"]] is not None:
             assert all(n["head"] < 2 for n in r["nodes"])
+        assert r["start_id"] == p["answer_id"] and not r["pruned"]
+    # the default start is the (unablated) model's argmax at each pair's predicting position
+    with torch.no_grad():
+        logits = m.hf(torch.tensor([ids])).logits[0]
+    recs = flow.trace_example(m, pairs, flow.FlowConfig(l=3, k=1, p=2, decay=1))
+    assert [r["start_id"] for r in recs] == [int(logits[len(p["clean_ids"]) - 1].argmax())
+                                            for p in sorted(pairs, key=lambda q: q["subtask"])]
+
+
+# --------------------------------------------------------------------------------------------------
+# The pruned model state (study.md E9): heads outside the knockout circuit mean-ablated
+def _hooked_pruned_forward(m, ids, kept, means):
+    """Oracle independent of nnsight: plain PyTorch pre-hooks on each o_proj replace the removed heads' z by
+    ``means.replacement``; returns (hidden states entering each layer [L, S, D], argmax at every position [S],
+    o_proj inputs [L, S, H*dh])."""
+    S, dh = len(ids), m.d_head
+    z_in, handles = {}, []
+    for i, layer in enumerate(m.hf.model.layers):
+        def pre(mod, args, i=i):
+            z = args[0].clone()
+            for h in range(m.n_heads):
+                if not kept[i, h]:
+                    z[0, :, h * dh:(h + 1) * dh] = means.replacement(i, S)[:, h * dh:(h + 1) * dh].to(z.dtype)
+            z_in[i] = z.detach().clone()
+            return (z,) + tuple(args[1:])
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            out = m.hf(torch.tensor([ids]), output_hidden_states=True)
+    finally:
+        for hd in handles:
+            hd.remove()
+    hidden = torch.stack([out.hidden_states[i][0] for i in range(m.n_layers)])
+    return hidden, out.logits[0].argmax(-1), torch.stack([z_in[i][0] for i in range(m.n_layers)])
+
+
+def _circuit(m, seed=0):
+    from cotmech.circuits import head_means
+
+    g = torch.Generator().manual_seed(seed)
+    refs = [torch.randint(10, 400, (n,), generator=g).tolist() for n in (9, 14, 20)]
+    kept = torch.rand(m.n_layers, m.n_heads, generator=g) < 0.5
+    kept[m.n_layers - 1, 0] = True  # at least one writer candidate in the last layer
+    return flow.Circuit(kept, head_means(m, refs, batch_size=2))
+
+
+def test_pruned_capture_equals_a_hooked_mean_ablated_forward(tiny_model):
+    """capture(..., circuit): z of removed heads = their reference means, every layer's resid_pre and the argmax
+    at every position = a plain-PyTorch forward with those heads mean-ablated (and = the knockout's ablated argmax)."""
+    from cotmech.batching import left_pad
+    from cotmech.circuits import ablated_last_logits
+
+    m = tiny_model
+    c = _circuit(m)
+    ids = torch.randint(10, 400, (17,), generator=torch.Generator().manual_seed(4)).tolist()  # longer than refs
+    acts = flow.capture(m, ids, c)
+    hidden, argmax, z = _hooked_pruned_forward(m, ids, c.kept, c.means)
+    torch.testing.assert_close(acts.resid, hidden, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(acts.z.flatten(2), z, atol=1e-5, rtol=1e-4)
+    assert torch.equal(acts.argmax, argmax)
+    removed = [(layer, h) for layer in range(m.n_layers) for h in range(m.n_heads) if not c.kept[layer, h]]
+    knock = ablated_last_logits(m, left_pad([ids], m.tokenizer.pad_token_id), c.means, removed)
+    assert int(acts.argmax[-1]) == int(knock.argmax(-1)[0])
+    # the ablation changes the model: later layers differ from the unablated capture
+    full = flow.capture(m, ids)
+    assert not torch.allclose(full.resid[-1], acts.resid[-1], atol=1e-4)
+    torch.testing.assert_close(full.resid[0], acts.resid[0])  # the embeddings are untouched
+
+
+def test_pruned_trace_starts_from_the_pruned_argmax_and_visits_circuit_heads_only(deep_model):
+    """trace_example with a circuit: one pruned forward per pair; the trace is the one-call-at-a-time search on the
+    pruned activations, from the pruned model's argmax, over circuit heads only; records say so."""
+    m, ids, _ = deep_model
+    circ = {0: _circuit(m, seed=1), 1: _circuit(m, seed=2)}
+    assert not torch.equal(circ[0].kept, circ[1].kept)
+    cfg = flow.FlowConfig(l=3, k=1, p=2, decay=1)
+    pairs = [{"pair_id": f"e-{k}", "example_id": "e", "subtask": k, "clean_ids": ids[:n], "answer_id": ids[a]}
+             for k, n, a in [(1, 24, 20), (0, 16, 3)]]
+    recs = flow.trace_example(m, pairs, cfg, circuit=circ.__getitem__)
+    assert [r["pair_id"] for r in recs] == ["e-0", "e-1"]
+    for r, p in zip(recs, sorted(pairs, key=lambda q: q["subtask"])):
+        c, n = circ[p["subtask"]], len(p["clean_ids"])
+        _, argmax, _ = _hooked_pruned_forward(m, p["clean_ids"], c.kept, c.means)
+        assert r["start_id"] == r["argmax_id"] == int(argmax[-1]) and r["pruned"]
+        assert r["n_circuit_heads"] == int(c.kept.sum())
+        assert r["nodes"] and all(c.kept[nd["layer"], nd["head"]] for nd in r["nodes"])
+        ref = _reference_trace(flow.WriterScorer(m, flow.capture(m, p["clean_ids"], c), c.kept), n - 1,
+                               int(argmax[-1]), cfg)
+        _same_nodes([{k: v for k, v in nd.items() if k != "in_context"} for nd in r["nodes"]],
+                    [{**nd, "text": m.tokenizer.decode([nd["token"]]),
+                      "reads": [{**rd, "part": None, "tokens": [{**t, "text": m.tokenizer.decode([t["id"]])}
+                                                               for t in rd["tokens"]]} for rd in nd["reads"]]}
+                     for nd in ref])
+    # start: "answer" starts from the gold token instead
+    gold = flow.trace_example(m, pairs[1:], flow.FlowConfig(l=3, k=1, p=2, start="answer"), circuit=circ.__getitem__)
+    assert gold[0]["start_id"] == pairs[1]["answer_id"] and gold[0]["nodes"][0]["token"] == pairs[1]["answer_id"]
+
+
+def test_circuits_are_read_from_the_knockout_heads_table(tiny_llama):
+    """load_circuits takes the kept set at the operating point of the named ranking (scope as circuit_sets);
+    pruned_circuits adds the head means of the subtask's reference pairs and names a subtask without circuit."""
+    import pandas as pd
+
+    from cotmech.circuits import head_means
+
+    rows = []
+    for k, kept in ((0, {(0, 1), (3, 2)}), (5, {(2, 0)})):
+        for scope in ("rank_split", "eval_split"):
+            for r, (layer, h) in enumerate((layer, h) for layer in range(4) for h in range(4)):
+                keep = (layer, h) in kept if scope == "rank_split" else (layer, h) == (1, 1)
+                rows.append(dict(subtask=k, ranking="induction", scope=scope, layer=layer, head=h, removal_rank=r,
+                                 kept=keep))
+    rows += [dict(subtask=0, ranking="direct", scope="rank_split", layer=1, head=3, removal_rank=0, kept=True)]
+    heads = pd.DataFrame(rows)
+    masks = flow.load_circuits(heads, "induction", 4, 4)
+    assert sorted(masks) == [0, 5]
+    assert {tuple(x) for x in torch.nonzero(masks[0]).tolist()} == {(0, 1), (3, 2)}
+    assert {tuple(x) for x in torch.nonzero(masks[5]).tolist()} == {(2, 0)}
+    ids = [list(range(10 + i, 22 + i)) for i in range(3)]
+    ref = [{"pair_id": f"r{i}", "subtask": k, "clean_ids": s} for i, s in enumerate(ids) for k in (0, 5)]
+    got = flow.pruned_circuits(tiny_llama, heads, "induction", ref, [0], n_reference=None, seed=1, batch_size=2)
+    want = head_means(tiny_llama, ids, batch_size=3)
+    torch.testing.assert_close(got[0].means.by_end, want.by_end, atol=1e-5, rtol=1e-4)
+    assert torch.equal(got[0].kept, masks[0])
+    with pytest.raises(ValueError, match="no knockout circuit for subtask 3"):
+        flow.pruned_circuits(tiny_llama, heads, "induction", ref, [3])
+    with pytest.raises(ValueError, match="lacks column 'kept'"):
+        flow.load_circuits(heads.drop(columns="kept"), "induction", 4, 4)
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper-comparable rift headline (E10): trace statistic, split at L/2, crossing of 0.5, cluster bootstrap
+def _planted_traces(n_ex=12, L=8, cross=5, seed=0):
+    """Traces whose carried tokens are in context with probability 0.15 below layer ``cross`` and 0.85 from it on;
+    examples carry different numbers of traces and nodes (so a row bootstrap would differ from a cluster one)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for e in range(n_ex):
+        for t in range(1 + e % 3):
+            nodes = []
+            for i in range(int(rng.integers(3, 12))):
+                layer = int(rng.integers(0, L))
+                depth = 0 if i == 0 else 1 + int(rng.integers(0, 3))
+                nodes.append({"id": i, "parent": -1 if i == 0 else 0, "depth": depth, "layer": layer, "head": 0,
+                              "pos": 3, "token": 1, "text": "x", "prob": 0.5, "reads": [],
+                              "in_context": bool(rng.random() < (0.85 if layer >= cross else 0.15))})
+            out.append({"pair_id": f"e{e}-k{t}", "example_id": f"e{e}", "subtask": t, "n_layers": L, "n_heads": 2,
+                        "nodes": nodes})
+    return out
+
+
+def _loop_stats(traces, L, split):
+    """Explicit loops over the traces: per-layer share (writers = context), pooled below/above, without writers,
+    writers' share in the second half."""
+    n, k = [0] * L, [0] * L
+    below, above, below_wo, above_wo, wr = [0, 0], [0, 0], [0, 0], [0, 0], [0, 0]
+    for t in traces:
+        for nd in t["nodes"]:
+            c = 1 if nd["depth"] == 0 or nd["in_context"] else 0
+            n[nd["layer"]] += 1
+            k[nd["layer"]] += c
+            side = above if nd["layer"] >= split else below
+            side[0] += 1
+            side[1] += c
+            if nd["depth"] > 0:
+                side = above_wo if nd["layer"] >= split else below_wo
+                side[0] += 1
+                side[1] += int(nd["in_context"])
+            else:
+                wr[0] += 1
+                wr[1] += int(nd["layer"] >= split)
+    share = [k[i] / n[i] if n[i] else float("nan") for i in range(L)]
+    return share, below[1] / below[0], above[1] / above[0], above_wo[1] / above_wo[0], wr[1] / wr[0]
+
+
+def test_crossing_layer_on_synthetic_curves():
+    nan = float("nan")
+    assert flow.crossing_layer([0.1, 0.3, nan, 0.6, 0.4, 0.9]) == 3  # first layer at or above 0.5, NaN skipped
+    assert flow.crossing_layer([0.1, 0.5, 0.2]) == 1
+    assert flow.crossing_layer([0.1, 0.49, nan]) is None
+    assert flow.crossing_layer([nan, 0.7, 0.1], level=0.8) is None
+
+
+def test_trace_rift_headline_against_an_explicit_example_bootstrap_loop():
+    from cotmech.prior_shift import bootstrap_weights
+
+    L, B, seed = 8, 300, 11
+    tr = _planted_traces(L=L, cross=5)
+    s = flow.rift_summary(tr, n_boot=B, seed=seed, ci=0.9)
+    share, below, above, above_wo, writers = _loop_stats(tr, L, L // 2)
+    assert s["split_layer"] == 4 and s["n_examples"] == 12
+    assert s["context_by_layer"] == pytest.approx(share)
+    assert s["context_below"]["share"] == pytest.approx(below)
+    assert s["context_above"]["share"] == pytest.approx(above)
+    assert s["context_above_without_writers"]["share"] == pytest.approx(above_wo)
+    assert s["writers"]["share_second_half"] == pytest.approx(writers)
+    assert s["crossing"]["layer"] == 5 == next(i for i, v in enumerate(share) if v >= 0.5)
+    # the CI: resample *examples* (every trace of a drawn example, as often as it is drawn), recompute by loops
+    examples = sorted({t["example_id"] for t in tr}, key=lambda e: int(e[1:]))
+    _, W = bootstrap_weights(np.arange(len(examples)), B, seed)
+    boot = {"below": [], "above": [], "cross": [], "writers": []}
+    for w in W:
+        sample = [t for e, cnt in zip(examples, w) for _ in range(int(cnt)) for t in tr if t["example_id"] == e]
+        sh, b, a, _, wr = _loop_stats(sample, L, L // 2)
+        boot["below"].append(b)
+        boot["above"].append(a)
+        boot["writers"].append(wr)
+        boot["cross"].append(next((i for i, v in enumerate(sh) if v == v and v >= 0.5), np.nan))
+    for key, got in (("below", s["context_below"]), ("above", s["context_above"]), ("writers", s["writers"])):
+        lo, hi = np.quantile(boot[key], [0.05, 0.95])
+        assert (got["ci_low"], got["ci_high"]) == pytest.approx((lo, hi)), key
+    c = np.array(boot["cross"], float)
+    lo, hi = np.quantile(c[np.isfinite(c)], [0.05, 0.95])
+    assert (s["crossing"]["ci_low"], s["crossing"]["ci_high"]) == pytest.approx((lo, hi))
+    assert s["crossing"]["rel_depth"] == 5 / L
+    assert flow.rift_summary(tr, n_boot=B, seed=seed, ci=0.9) == s  # seeded
+    ctx = flow.context_by_layer(tr, n_boot=B, seed=seed, ci=0.9)
+    assert ctx["share"].tolist() == pytest.approx(share)
+    assert (ctx["ci_low"] <= ctx["share"]).all() and (ctx["share"] <= ctx["ci_high"]).all()
+
+
+def test_trace_flow_script_traces_the_pruned_circuit_and_names_a_missing_one(tmp_path, capsys):
+    """scripts/trace_flow.py with the rule's settings: pruned by default (circuit from a knockout heads table,
+    means from the reference pairs), summary and traces say so; a subtask without a circuit is a one-line error
+    naming the table; pruned: false traces every head."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from cotmech.io import read_json, read_jsonl, write_jsonl, write_table
+
+    spec = importlib.util.spec_from_file_location("trace_flow", Path(__file__).parents[1] / "scripts" / "trace_flow.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    g = torch.Generator().manual_seed(7)
+    pairs, ref = [], []
+    for e in range(2):
+        ids = torch.randint(10, 400, (18,), generator=g).tolist()
+        for k, n in ((0, 12), (1, 18)):
+            pairs.append({"pair_id": f"e{e}-k{k}", "example_id": f"e{e}", "subtask": k, "clean_ids": ids[:n],
+                          "answer_id": ids[3]})
+            ref.append({"pair_id": f"r{e}-k{k}", "example_id": f"r{e}", "subtask": k,
+                        "clean_ids": torch.randint(10, 400, (n,), generator=g).tolist(), "answer_id": 5})
+    kept = {0: {(3, 1), (2, 0), (1, 2), (0, 3)}, 1: {(3, 0), (3, 2), (2, 1), (1, 1), (0, 0)}}
+    heads = pd.DataFrame([dict(subtask=k, ranking="induction", scope="rank_split", layer=layer, head=h,
+                               removal_rank=4 * layer + h, kept=(layer, h) in kept[k])
+                          for k in (0, 1) for layer in range(4) for h in range(4)])
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "ref.jsonl", ref)
+    write_table(tmp_path / "heads.parquet", heads)
+    settings = {"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"}, "seed": 3,
+                "flow": {"n_examples": 2, "subtasks": None, "pruned": True, "circuit_ranking": "induction",
+                         "start": "argmax", "n_boot": 50, "ci": 0.9, "l": 3, "k": 1, "p": 1, "prefilter": None},
+                "circuits.subtasks": [0, 1], "circuits.n_reference": None, "circuits.batch_size": 2}
+    args = ["--pairs", str(tmp_path / "pairs.jsonl"), "--circuit-heads", str(tmp_path / "heads.parquet"),
+            "--reference", str(tmp_path / "ref.jsonl")]
+    assert script.main(args + ["--settings", json.dumps(settings), "--outdir", str(tmp_path / "out")]) == 0
+    s = read_json(tmp_path / "out" / "summary.json")
+    assert s["pruned"] is True and s["n_traces"] == 4 and s["n_examples"] == 2 and s["n_boot"] == 50
+    for tr in read_jsonl(tmp_path / "out" / "traces.jsonl"):
+        assert tr["pruned"] and tr["n_circuit_heads"] == len(kept[tr["subtask"]])
+        assert tr["nodes"] and {(nd["layer"], nd["head"]) for nd in tr["nodes"]} <= kept[tr["subtask"]]
+    # a traced subtask without a circuit
+    bad = {**settings, "circuits.subtasks": [0, 1, 2]}
+    write_jsonl(tmp_path / "pairs2.jsonl", pairs + [{**pairs[0], "pair_id": "e0-k2", "subtask": 2}])
+    args2 = ["--pairs", str(tmp_path / "pairs2.jsonl")] + args[2:]
+    capsys.readouterr()
+    assert script.main(args2 + ["--settings", json.dumps(bad), "--outdir", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "heads.parquet" in err and "no knockout circuit for subtask 2" in err
+    # unpruned: every head eligible, no circuit files needed
+    flat = {**settings, "flow": {**settings["flow"], "pruned": False}}
+    assert script.main(["--pairs", str(tmp_path / "pairs.jsonl"), "--settings", json.dumps(flat),
+                        "--outdir", str(tmp_path / "o3")]) == 0
+    s3 = read_json(tmp_path / "o3" / "summary.json")
+    assert s3["pruned"] is False and "unpruned" in s3["model_state"]
+    assert any((nd["layer"], nd["head"]) not in kept[tr["subtask"]]
+               for tr in read_jsonl(tmp_path / "o3" / "traces.jsonl") for nd in tr["nodes"])

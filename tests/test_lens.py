@@ -108,6 +108,20 @@ def test_lens_stats_context_measures_by_hand(tiny_llama):
     assert st["topk_context_mass"][2, 1] == pytest.approx(float(top5.values[2, 1, 1:3].exp().sum()), rel=1e-5)
     assert np.all(st["js_final"][:, -1] < 1e-6)
     assert np.all(np.isnan(st["js_prior"])) and np.all(np.isnan(st["p_real"]))
+    assert np.all(np.isnan(st["prefers_context"]))  # no prior given
+    # prefers_context: lens P(answer) > lens P(prior's top-1), by explicit loops; NaN where the two tokens coincide
+    g = torch.Generator().manual_seed(3)
+    prior = torch.log_softmax(torch.randn(3, logp.shape[-1], generator=g), -1)
+    answer = torch.tensor([5, 17, int(prior[2].argmax())])
+    st = lens_stats(lens, res, answer, ctx, prior_logp=prior, top_k=5, chunk=2)
+    for i in range(3):
+        top = int(prior[i].argmax())
+        for layer in range(logp.shape[1]):
+            want = float("nan") if top == int(answer[i]) else float(logp[i, layer, answer[i]] > logp[i, layer, top])
+            got = st["prefers_context"][i, layer]
+            assert (np.isnan(got) and np.isnan(want)) or got == want, (i, layer)
+    assert np.isfinite(st["prefers_context"][:2]).all() and np.isnan(st["prefers_context"][2]).all()
+    assert 0 < np.nansum(st["prefers_context"]) < 2 * logp.shape[1]  # both outcomes occur
 
 
 def test_tuned_lens_training_and_roundtrip(tiny_llama, tmp_path):

@@ -13,8 +13,8 @@ import torch
 from cotmech.batching import last_logits, left_pad
 from cotmech.io import read_json, read_table, save_tensors, write_jsonl, write_table
 from cotmech.models import task_tokenizer
-from cotmech.prior_shift import (boot_mean, bootstrap_weights, context_free_ids, crossover_layer, layer_table,
-                                 prior_logprobs, real_world_answer, real_world_word, rift_summary)
+from cotmech.prior_shift import (boot_mean, bootstrap_weights, context_free_ids, crossover_layer, first_crossing,
+                                 layer_table, prior_logprobs, real_world_answer, real_world_word, rift_summary)
 
 QUESTION = "Jompus is fast. Tumpuses are jompuses. Sam is tumpus."
 PROMPT = f"### Input:\n{QUESTION} True or false: Sam is fast. Let us think step by step.\n### Response:\n"
@@ -98,8 +98,10 @@ def test_bootstrap_is_seeded_and_covers_the_mean():
     assert np.all((a["ci_low"] < a["mean"]) & (a["mean"] < a["ci_high"]))
 
 
-def _synthetic_rows(rift: int, L: int, n_ex: int, seed: int) -> pd.DataFrame:
-    """Per-pair curves whose in-context divergence drops below the prior one at ``rift``."""
+def _synthetic_rows(rift: int, L: int, n_ex: int, seed: int, prefer=(0.15, 0.85)) -> pd.DataFrame:
+    """Per-pair curves: the lens prefers the in-context answer over the prior's token with probability prefer[0]
+    below ``rift`` and prefer[1] from it on; the in-context divergence JS(lens || final) falls to 0 at the last
+    layer (lens convergence) and drops below the prior one at ``rift``."""
     rng = np.random.default_rng(seed)
     recs = []
     for e in range(n_ex):
@@ -110,27 +112,51 @@ def _synthetic_rows(rift: int, L: int, n_ex: int, seed: int) -> pd.DataFrame:
             js_final[-1] = 0.0
             js_prior = np.clip(js_final + np.where(x < rift, -0.15, 0.15) + noise[1], 0, 1)
             top1 = (x >= rift).astype(float)
+            pref = (rng.random(L + 1) < np.where(x >= rift, prefer[1], prefer[0])).astype(float)
             for layer in x:
                 recs.append(dict(lens="logit", pair_id=f"e{e}-k{st}", example_id=f"e{e}", subtask=st, layer=layer,
                                  js_final=js_final[layer], js_prior=js_prior[layer], top1_in_context=top1[layer],
-                                 p_answer=0.1, rank_answer=3.0, topk_context_mass=0.5, p_real=np.nan,
-                                 p_real_minus_answer=np.nan))
+                                 prefers_context=pref[layer], p_answer=0.1, rank_answer=3.0, topk_context_mass=0.5,
+                                 p_real=np.nan, p_real_minus_answer=np.nan))
     return pd.DataFrame(recs)
+
+
+def test_first_crossing_on_synthetic_curves():
+    nan = float("nan")
+    assert first_crossing([0.2, 0.4, 0.55, 0.3, 0.9]) == 2  # the first layer at or above 0.5, not the sustained one
+    assert first_crossing([nan, 0.5]) == 1 and first_crossing([0.1, nan, 0.49]) is None
 
 
 def test_rift_summary_finds_planted_rift_with_ci():
     rows = _synthetic_rows(rift=11, L=24, n_ex=25, seed=1)
     s = rift_summary(rows, n_layers=24, n_boot=200, seed=5)
-    assert s["rift_layer"] == 11 and s["rel_depth"] == pytest.approx(11 / 24)
-    assert s["ci_low"] <= 11 <= s["ci_high"]
+    wide = rows.pivot(index="pair_id", columns="layer", values="prefers_context").to_numpy()
+    curve = wide.mean(0)  # explicit mean over pairs
+    assert s["prefers_context"] == pytest.approx(curve.tolist())
+    assert s["rift_layer"] == 11 == next(i for i, v in enumerate(curve) if v >= 0.5)
+    assert s["rel_depth"] == pytest.approx(11 / 24)
+    assert s["ci_low"] <= 11 <= s["ci_high"] and s["ci_high"] - s["ci_low"] <= 4
     assert s["n_examples"] == 25 and s["n_pairs"] == 50
     assert s["context_abidance_rift"]["below"]["mean"] == 0.0
     assert s["context_abidance_rift"]["above"]["mean"] == 1.0
     mid = s["context_abidance_midpoint"]
     assert mid["below"]["mean"] == pytest.approx(1 / 12) and mid["above"]["mean"] == 1.0
+    assert s["js_crossover_layer"] == 11  # the old definition, reported for reference
     assert rift_summary(rows, n_layers=24, n_boot=200, seed=5) == s  # seeded
-    none = rows.assign(js_prior=rows["js_final"] - 0.5)
-    assert rift_summary(none, n_layers=24, n_boot=50, seed=5)["rift_layer"] is None
+
+
+def test_lens_rift_is_not_forced_by_convergence_to_the_final_layer():
+    """The lens converges to the final distribution (JS(lens || final) -> 0 at L, below the prior divergence from
+    the middle on) but never prefers the in-context answer over the prior's prediction: the old JS crossover still
+    reports a 'rift', the lens rift does not."""
+    rows = _synthetic_rows(rift=12, L=24, n_ex=20, seed=3, prefer=(0.1, 0.2))
+    s = rift_summary(rows, n_layers=24, n_boot=100, seed=5)
+    assert s["js_crossover_layer"] == 12  # forced: the in-context divergence is 0 at the last layer
+    assert s["rift_layer"] is None and s["n_boot_no_crossover"] > 50  # resamples cross only by noise
+    assert max(s["prefers_context"]) < 0.5
+    # a late but genuine preference is found where it is planted, not where the lens converges
+    late = _synthetic_rows(rift=20, L=24, n_ex=20, seed=3)
+    assert rift_summary(late, n_layers=24, n_boot=50, seed=5)["rift_layer"] == 20
 
 
 def test_layer_table_shape():
@@ -203,14 +229,15 @@ def inputs(tmp_path_factory, request):
 def test_pipeline_end_to_end_and_seeded(inputs):
     d, s = inputs, json.dumps(SETTINGS)
     assert _script("train_tuned_lens").main(["--activations", str(d / "acts.safetensors"), "--index",
-                                             str(d / "acts.parquet"), "--settings", s, "--out", str(d / "tl.safetensors"),
-                                             "--report", str(d / "tl.json")]) == 0
+                                             str(d / "acts.parquet"), "--datasets", "toy", "--settings", s,
+                                             "--out", str(d / "tl.safetensors"), "--report", str(d / "tl.json")]) == 0
     rep = read_json(d / "tl.json")
     assert rep["steps"] == 5 and rep["n_val_examples"] == 1 and len(rep["kl_tuned_val"]) == 5
     ps = _script("prior_shift")
     for run in ("a", "b"):
         args = ["dataset", "--pairs", str(d / "pairs.jsonl"), "--activations", str(d / "acts.safetensors"),
-                "--index", str(d / "acts.parquet"), "--tuned-lens", str(d / "tl.safetensors"), "--dataset", "toy",
+                "--index", str(d / "acts.parquet"), "--tuned-lens", str(d / "tl.safetensors"),
+                "--tuned-report", str(d / "tl.json"), "--dataset", "toy",
                 "--settings", s, "--table", str(d / f"t{run}.parquet"), "--rows", str(d / f"r{run}.parquet"),
                 "--figure", str(d / f"f{run}")]
         assert ps.main(args) == 0
@@ -219,16 +246,24 @@ def test_pipeline_end_to_end_and_seeded(inputs):
     assert set(ta["lens"]) == {"logit", "tuned"} and (d / "fa.png").exists() and (d / "fa.pdf").exists()
     rows = read_table(d / "ra.parquet")
     assert rows["pair_id"].nunique() == 12 and rows["layer"].max() == 4
+    # the tuned lens is evaluated on the example held out from its training only; the logit lens on all
+    held = rep["heldout_examples"]
+    assert len(held) == 1 and held[0].startswith("toy/")  # keys "<dataset>/<example>"
+    assert set("toy/" + rows[rows.lens == "tuned"]["example_id"]) == set(held)
+    assert rows[rows.lens == "logit"]["example_id"].nunique() == 3
     # real-world answers exist exactly for "Vertebrates are", "Sheep are", "Mammals are" (k = 5)
     real = rows[(rows.lens == "logit") & rows["p_real"].notna()]
     assert set(real["pair_id"]) == {"ex0-k5", "ex1-k5", "ex2-k5"}
     last = rows[rows.layer == 4]
     assert np.allclose(last["js_final"], 0.0, atol=1e-6)
     assert ps.main(["rift", "--rows", str(d / "ra.parquet"), "--settings", s, "--out", str(d / "rift.json"),
-                    "--figure", str(d / "rift")]) == 0
+                    "--figure", str(d / "rift")]) == 2  # tuned rows need the report naming the held-out examples
+    assert ps.main(["rift", "--rows", str(d / "ra.parquet"), "--tuned-report", str(d / "tl.json"), "--settings", s,
+                    "--out", str(d / "rift.json"), "--figure", str(d / "rift")]) == 0
     rift = read_json(d / "rift.json")
     assert set(rift["datasets"]) == {"all", "toy"} and set(rift["datasets"]["all"]) == {"logit", "tuned"}
     assert rift["datasets"]["all"]["logit"]["n_pairs"] == 12 and rift["n_layers"] == 4
+    assert rift["datasets"]["all"]["tuned"]["n_examples"] == 1 and "extension" in rift["label"]
     hr = _script("head_roles")
     assert hr.main(["--pairs", str(d / "pairs.jsonl"), "--activations", str(d / "acts.safetensors"), "--index",
                     str(d / "acts.parquet"), "--settings", s, "--outdir", str(d / "roles")]) == 0

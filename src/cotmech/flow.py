@@ -10,9 +10,15 @@ For a start token ``t`` at position ``pos`` (the answer token at the predicting 
   tokens above the median; each becomes the new ``t`` for Stage I at the key position, in lower layers only.
 
 ``l, k, p`` shrink by ``decay`` per depth (minimum 1); a branch ends at a head in layer 0. One nnsight forward per
-example captures what the recursion needs (z, resid_pre, attention patterns of every layer); all subtasks of an example
-whose clean inputs are prefixes of the longest one share that forward (causal model: same activations), and those
-with the same important heads are traced together.
+input captures what the recursion needs (z, resid_pre, attention patterns of every layer, the argmax next token).
+
+Model state (study.md E9). The paper traces the **pruned circuit** of the subtask: every head outside the circuit
+(the knockout operating point, E6) is mean-ablated at every position — its z replaced by the reference means of
+:func:`cotmech.circuits.head_means`, end-aligned as in the knockout — and the search starts from that pruned model's
+argmax next token and visits only circuit heads (:class:`Circuit`, :func:`trace_example` with ``circuit``). The
+unablated model (every head eligible, or the top heads of a ranking) is kept as an option; there all subtasks of an
+example whose clean inputs are prefixes of the longest one share one forward (causal model: same activations), and
+those with the same important heads are traced together.
 
 The search runs one depth level at a time (over all traces of a forward): every full-vocabulary product a level
 needs (normalisers, lens) is issued in a few large matmuls instead of one per position or read — each reads the
@@ -36,6 +42,7 @@ import torch
 from .models import eager_attention
 
 PARTS = ("fewshot", "question", "generated")
+START_TOKENS = ("argmax", "answer")
 
 
 @dataclass(frozen=True)
@@ -50,11 +57,14 @@ class FlowConfig:
     skip_first: bool = True
     min_prob: float = 0.0
     prefilter: int | None = None  # normalisers only for the top-M heads by raw logit (None = exact)
+    start: str = "argmax"  # start token: the (pruned) model's argmax next token (paper) or the gold "answer"
 
     def __post_init__(self) -> None:
         for name in ("l", "k", "p"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"flow: {name} must be >= 1, got {getattr(self, name)}")
+        if self.start not in START_TOKENS:
+            raise ValueError(f"flow: start must be one of {START_TOKENS}, got {self.start!r}")
         if self.decay < 0 or self.max_depth < 0:
             raise ValueError("flow: decay and max_depth must be >= 0")
 
@@ -71,25 +81,55 @@ class Acts:
     z: torch.Tensor  # [L, S, H, d_head] per-head o_proj input
     resid: torch.Tensor  # [L, S, d_model] block input (resid_pre)
     attn: torch.Tensor  # [L, H, S, S] attention probabilities
+    argmax: torch.Tensor | None = None  # [S] argmax next token at every position (of the model as run)
+
+
+@dataclass
+class Circuit:
+    """A pruned model state (study.md E6/E9): the ``kept`` heads [L, H] bool run normally, every other head's z is
+    replaced at every position by its reference mean (``means``, end-aligned as in the knockout)."""
+
+    kept: torch.Tensor  # [L, H] bool
+    means: Any  # cotmech.circuits.HeadMeans
+    note: str = ""
 
 
 @torch.no_grad()
-def capture(model: Any, ids: Sequence[int]) -> Acts:
-    """One nnsight forward over ``ids`` saving z, resid_pre and attention patterns of every layer."""
+def capture(model: Any, ids: Sequence[int], circuit: Circuit | None = None) -> Acts:
+    """One nnsight forward over ``ids`` saving z, resid_pre, attention patterns of every layer and the argmax next
+    token at every position. With ``circuit`` the heads outside ``circuit.kept`` are mean-ablated (their saved z is
+    the mean that replaced them, and everything downstream sees the pruned model)."""
     L, H, dh = model.n_layers, model.n_heads, model.d_head
+    S = len(ids)
     x = torch.tensor([list(ids)], device=model.device)
+    edits: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (mask [1, S, H*dh], value [1, S, H*dh])
+    if circuit is not None:
+        if tuple(circuit.kept.shape) != (L, H):
+            raise ValueError(f"circuit mask has shape {tuple(circuit.kept.shape)}, expected {(L, H)}")
+        for i in range(L):
+            removed = ~circuit.kept[i].bool().cpu()
+            if removed.any():
+                mask = removed.repeat_interleave(dh)[None, None].expand(1, S, H * dh)
+                value = circuit.means.replacement(i, S)[None]  # [1, S, H*dh]
+                edits[i] = (mask.to(model.device), value.to(model.device, model.dtype))
     saved: list[tuple[Any, Any, Any]] = []
     with eager_attention(model), model.lm.trace(x):
         for i in range(L):  # nnsight 0.8 needs accesses in execution order
             r = model.layer(i).input.save()
-            z = model.o_proj(i).input.save()
+            if i in edits:
+                mask, value = edits[i]
+                new = torch.where(mask, value, model.o_proj(i).input)
+                model.o_proj(i).input = new
+                z = new.save()
+            else:
+                z = model.o_proj(i).input.save()
             a = model.attn(i).output[1].save()
             saved.append((r, z, a))
-    S = len(ids)
+        top = model.unembed().output[0].argmax(-1).save()
     resid = torch.stack([r[0] for r, _, _ in saved]).cpu()  # [L, S, D]
     z = torch.stack([z[0].reshape(S, H, dh) for _, z, _ in saved]).cpu()  # [L, S, H, dh]
     attn = torch.stack([a[0] for _, _, a in saved]).cpu()  # [L, H, S, S]
-    return Acts(list(ids), z, resid, attn)
+    return Acts(list(ids), z, resid, attn, top.cpu())
 
 
 CHUNK_BYTES = 256 << 20  # one unembedding matmul's [rows, vocab] float32 output stays under this
@@ -390,22 +430,39 @@ def _forward_groups(pairs: Sequence[dict]) -> list[tuple[list[int], list[dict]]]
     return groups
 
 
+def _start_token(acts: Acts, pair: dict, cfg: FlowConfig) -> int:
+    """The token the search starts from: the argmax next token of the model as run (``cfg.start == "argmax"``,
+    the paper's patched argmax) or the gold answer token."""
+    if cfg.start == "answer" or acts.argmax is None:
+        return int(pair["answer_id"])
+    return int(acts.argmax[len(pair["clean_ids"]) - 1])
+
+
 def trace_example(model: Any, pairs: Sequence[dict], cfg: FlowConfig, generation: dict | None = None,
-                  important: Any = None) -> list[dict]:
+                  important: Any = None, circuit: Any = None) -> list[dict]:
     """Trace every pair of one example; returns one trace record per pair (see :func:`trace`).
 
-    ``important``: None (all heads), a [L, H] mask, or a callable subtask -> mask. ``generation``: the example's
-    generation record (``prompt``, ``question``) for the answer-source parts; without it parts are omitted.
+    ``circuit``: a callable subtask -> :class:`Circuit` — the pruned model of the paper (E9): each pair gets its own
+    forward with the heads outside its subtask's circuit mean-ablated, and only circuit heads are traced
+    (``important`` is then ignored). ``None`` = the unablated model, where ``important`` (None = all heads, a [L, H]
+    mask, or a callable subtask -> mask) selects the traced heads. ``generation``: the example's generation record
+    (``prompt``, ``question``) for the answer-source parts; without it parts are omitted.
     """
     tok = model.tokenizer
     out = []
-    for ids, members in _forward_groups(pairs):
-        acts = capture(model, ids)
-        members = sorted(members, key=lambda q: int(q["subtask"]))
+    if circuit is not None:
+        units = []
+        for p in sorted(pairs, key=lambda q: int(q["subtask"])):
+            c = circuit(int(p["subtask"]))
+            units.append((capture(model, p["clean_ids"], c), [p], lambda k, c=c: c.kept))
+    else:
+        units = [(capture(model, ids), sorted(members, key=lambda q: int(q["subtask"])), important)
+                 for ids, members in _forward_groups(pairs)]
+    for acts, members, imp in units:
         scorers: dict[Any, WriterScorer] = {}
         masks, keys, bounds_of = [], [], []
         for p in members:
-            mask = important(int(p["subtask"])) if callable(important) else important
+            mask = imp(int(p["subtask"])) if callable(imp) else imp
             key = None if mask is None else tuple(mask.flatten().tolist())
             if key not in scorers:
                 scorers[key] = WriterScorer(model, acts, mask, prefilter=cfg.prefilter)
@@ -413,10 +470,11 @@ def trace_example(model: Any, pairs: Sequence[dict], cfg: FlowConfig, generation
             keys.append(key)
             bounds_of.append(None if generation is None else part_bounds(
                 tok, p["clean_ids"], p["clean"], generation["prompt"], generation["question"]))
+        starts_of = [_start_token(acts, p, cfg) for p in members]
         traced: dict[int, list[dict]] = {}
         for key, scorer in scorers.items():  # the pairs sharing a scorer are traced together
             idx = [i for i, k in enumerate(keys) if k == key]
-            starts = [(len(members[i]["clean_ids"]) - 1, int(members[i]["answer_id"])) for i in idx]
+            starts = [(len(members[i]["clean_ids"]) - 1, starts_of[i]) for i in idx]
             traced.update(zip(idx, trace_many(scorer, starts, cfg, decode=lambda t: tok.decode([t]))))
         for i, p in enumerate(members):
             n, mask, bounds, nodes = len(p["clean_ids"]), masks[i], bounds_of[i], traced[i]
@@ -427,15 +485,63 @@ def trace_example(model: Any, pairs: Sequence[dict], cfg: FlowConfig, generation
                     r["part"] = part_of(r["pos"], bounds) if bounds else None
             attn_mean = acts.attn[:, :, n - 1, :n].float()  # [L, H, n]
             m = torch.ones(attn_mean.shape[:2], dtype=torch.bool) if mask is None else mask
+            argmax = None if acts.argmax is None else int(acts.argmax[n - 1])
             out.append({
                 "pair_id": p["pair_id"], "example_id": p["example_id"], "dataset": p.get("dataset"),
                 "subtask": int(p["subtask"]), "kind": p.get("kind"), "source": p.get("source"),
                 "answer": p.get("answer"), "answer_id": int(p["answer_id"]), "length": n,
                 "n_layers": model.n_layers, "n_heads": model.n_heads,
+                "pruned": circuit is not None, "n_circuit_heads": int(m.sum()),
+                "start_id": starts_of[i], "argmax_id": argmax, "argmax_is_answer": argmax == int(p["answer_id"]),
                 "bounds": list(bounds) if bounds else None,
                 "attention": attn_mean[m].mean(0).tolist(),  # [n] mean attention row of the important heads
                 "nodes": nodes,
             })
+    return out
+
+
+def load_circuits(heads: Any, ranking: str, n_layers: int, n_heads: int) -> dict[int, torch.Tensor]:
+    """Kept-head masks [L, H] per subtask of one knockout ranking, from ``circuits/heads.parquet`` (the operating
+    point's kept set, scope chosen by :func:`cotmech.circuits.circuit_sets`)."""
+    from .circuits import circuit_sets
+
+    for c in ("subtask", "ranking", "scope", "layer", "head", "kept"):
+        if c not in heads.columns:
+            raise ValueError(f"knockout heads table lacks column {c!r} (has {list(heads.columns)})")
+    sets = circuit_sets(heads[heads["ranking"].astype(str) == ranking])
+    out = {}
+    for (k, _), kept in sets.items():
+        m = torch.zeros(n_layers, n_heads, dtype=torch.bool)
+        for layer, head in kept:
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise ValueError(f"knockout heads table: head ({layer}, {head}) outside the model's "
+                                 f"{n_layers} x {n_heads}")
+            m[layer, head] = True
+        out[int(k)] = m
+    return out
+
+
+def pruned_circuits(model: Any, heads: Any, ranking: str, reference: Sequence[dict], subtasks: Sequence[int],
+                    n_reference: int | None = None, seed: int = 0, batch_size: int = 8) -> dict[int, Circuit]:
+    """The pruned model state of each subtask (study.md E9): the kept heads of ``ranking`` at the knockout operating
+    point (:func:`load_circuits` of ``circuits/heads.parquet``) and the mean z of every head over the ``reference``
+    pairs of the same subtask (:func:`cotmech.circuits.head_means`, as the knockout; at most ``n_reference`` of
+    them, a seeded sample). Errors name the subtask without a circuit or without reference pairs."""
+    from .circuits import _take, head_means
+
+    masks = load_circuits(heads, ranking, model.n_layers, model.n_heads)
+    out = {}
+    for k in subtasks:
+        if k not in masks:
+            raise ValueError(f"no knockout circuit for subtask {k} with ranking {ranking!r} (circuits for subtasks "
+                             f"{sorted(masks)}); add it to circuits.subtasks or trace unpruned (flow.pruned: false)")
+        ref = _take([p for p in reference if int(p["subtask"]) == k], n_reference, np.random.default_rng([seed, k]))
+        if not ref:
+            raise ValueError(f"no reference pairs of subtask {k} for the mean ablation")
+        means = head_means(model, [p["clean_ids"] for p in ref], batch_size)
+        kept = masks[k]
+        out[k] = Circuit(kept, means, f"ranking {ranking}: {int(kept.sum())} of {kept.numel()} heads kept, "
+                                      f"means over {len(ref)} reference pairs")
     return out
 
 
@@ -527,28 +633,82 @@ def head_sources(traces: Sequence[dict]) -> Any:
     return pd.DataFrame(rows, columns=["subtask", "layer", "head", *PARTS, "majority"])
 
 
-def context_by_layer(traces: Sequence[dict]) -> Any:
+RIFT_LEVEL = 0.5
+TRACE_RIFT_DEFINITION = (
+    "E9c trace statistic (the paper's): a traced head entry counts as 'context' if the token it carries occurs among "
+    "the input ids (depth-0 answer writers count as context, as in the original; also reported without them); "
+    "share per layer pooled over entries; split at n_layers // 2; crossing layer = first layer whose share is >= "
+    "0.5 (layers without entries skipped); cluster bootstrap over examples (all traces of an example resampled "
+    "together), percentile CIs")
+
+
+def _layer_counts(traces: Sequence[dict]) -> tuple[list[str], np.ndarray]:
+    """Per example and layer: counts [G, L, 4] = (n, context with writers as context, n without writers,
+    context without writers); example ids in first-seen order."""
+    L, _ = _dims(traces)
+    ex: dict[str, int] = {}
+    for t in traces:
+        ex.setdefault(str(t["example_id"]), len(ex))
+    a = np.zeros((len(ex), L, 4))
+    for t in traces:
+        g = ex[str(t["example_id"])]
+        for nd in t["nodes"]:
+            ctx = int(bool(nd["in_context"]))
+            a[g, nd["layer"], 0] += 1
+            a[g, nd["layer"], 1] += 1 if nd["depth"] == 0 else ctx
+            if nd["depth"] > 0:
+                a[g, nd["layer"], 2] += 1
+                a[g, nd["layer"], 3] += ctx
+    return list(ex), a
+
+
+def _boot(counts: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Cluster-bootstrap resamples of per-example counts [G, ...] -> summed counts [B, ...] (examples resampled
+    with replacement, seeded)."""
+    from .prior_shift import bootstrap_weights
+
+    _, W = bootstrap_weights(np.arange(counts.shape[0]), n_boot, seed)
+    return np.tensordot(W, counts, 1)
+
+
+def _ratio(k: np.ndarray, n: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, k / np.where(n > 0, n, 1), np.nan)
+
+
+def _pct(x: np.ndarray, ci: float, axis: int = 0) -> tuple[Any, Any]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (layers never traced)
+        lo, hi = np.nanquantile(x, [(1 - ci) / 2, (1 + ci) / 2], axis=axis)
+    return lo, hi
+
+
+def crossing_layer(share: Sequence[float], level: float = RIFT_LEVEL) -> int | None:
+    """First layer whose ``share`` is >= ``level`` (NaN = no traced entry there, skipped); None if none."""
+    from .prior_shift import first_crossing
+
+    return first_crossing(share, level)
+
+
+def context_by_layer(traces: Sequence[dict], n_boot: int = 0, seed: int = 0, ci: float = 0.95) -> Any:
     """Per layer: share of carried tokens found in the input ids (E9c); depth-0 writers counted as context
-    (as in the original) and, separately, left out."""
+    (as in the original) and, separately, left out; with ``n_boot`` > 0 cluster-bootstrap CIs over examples."""
     import pandas as pd
 
     L, _ = _dims(traces)
-    a = np.zeros((L, 4), dtype=int)  # n, ctx (writers = context), n_wo, ctx_wo
-    for t in traces:
-        for nd in t["nodes"]:
-            ctx = bool(nd["in_context"])
-            a[nd["layer"], 0] += 1
-            a[nd["layer"], 1] += 1 if nd["depth"] == 0 else int(ctx)
-            if nd["depth"] > 0:
-                a[nd["layer"], 2] += 1
-                a[nd["layer"], 3] += int(ctx)
-    rows = []
-    for layer in range(L):
-        n, c, n2, c2 = (int(x) for x in a[layer])
-        rows.append({"layer": layer, "n": n, "context": c, "share": c / n if n else math.nan,
-                     "n_without_writers": n2, "context_without_writers": c2,
-                     "share_without_writers": c2 / n2 if n2 else math.nan})
-    return pd.DataFrame(rows)
+    _, a = _layer_counts(traces)
+    tot = a.sum(0)  # [L, 4]
+    df = pd.DataFrame({"layer": np.arange(L), "n": tot[:, 0].astype(int), "context": tot[:, 1].astype(int),
+                       "share": _ratio(tot[:, 1], tot[:, 0]), "n_without_writers": tot[:, 2].astype(int),
+                       "context_without_writers": tot[:, 3].astype(int),
+                       "share_without_writers": _ratio(tot[:, 3], tot[:, 2])})
+    if n_boot > 0:
+        b = _boot(a, n_boot, seed)  # [B, L, 4]
+        df["ci_low"], df["ci_high"] = _pct(_ratio(b[..., 1], b[..., 0]), ci)
+        df["ci_low_without_writers"], df["ci_high_without_writers"] = _pct(_ratio(b[..., 3], b[..., 2]), ci)
+    return df
 
 
 def head_context(traces: Sequence[dict]) -> Any:
@@ -565,30 +725,54 @@ def head_context(traces: Sequence[dict]) -> Any:
     return pd.DataFrame(rows, columns=["layer", "head", "n", "p_context"])
 
 
-def rift_summary(traces: Sequence[dict], split: int | None = None) -> dict:
-    """Pooled context share below / at-or-above ``split`` (default n_layers // 2), with and without writers,
-    Wilson 95% CIs; and the depth-0 writers' share in the second half (study.md §1.4, E10)."""
+def rift_summary(traces: Sequence[dict], split: int | None = None, n_boot: int = 1000, seed: int = 0,
+                 ci: float = 0.95) -> dict:
+    """The paper-comparable functional-rift headline (study.md §1.4, E10) from the traces: context abidance of the
+    traced heads pooled below / at-or-above ``split`` (default n_layers // 2), with and without depth-0 writers;
+    the crossing layer (:func:`crossing_layer` of the per-layer share) and the depth-0 writers' share in the second
+    half — each with a cluster-bootstrap percentile CI over examples (:data:`TRACE_RIFT_DEFINITION`)."""
     L, _ = _dims(traces)
     split = L // 2 if split is None else split
-    tab = context_by_layer(traces)
-    lo, hi = tab[tab.layer < split], tab[tab.layer >= split]
+    examples, a = _layer_counts(traces)
+    b = _boot(a, n_boot, seed) if n_boot > 0 else np.zeros((0,) + a.shape[1:])  # [B, L, 4]
+    tot = a.sum(0)
 
-    def share(df: Any, n: str, c: str) -> dict:
-        k, m = int(df[c].sum()), int(df[n].sum())
-        ci = _wilson(k, m)
-        return {"n": m, "k": k, "share": k / m if m else math.nan, "ci_low": ci[0], "ci_high": ci[1]}
+    def share(cols: tuple[int, int], sl: slice) -> dict:
+        n, k = tot[sl, cols[0]].sum(), tot[sl, cols[1]].sum()
+        bs = _ratio(b[:, sl, cols[1]].sum(1), b[:, sl, cols[0]].sum(1))
+        lo, hi = _pct(bs, ci) if len(bs) else (math.nan, math.nan)
+        return {"n": int(n), "k": int(k), "share": float(k / n) if n else math.nan,
+                "ci_low": float(lo), "ci_high": float(hi)}
 
-    writers = [nd for t in traces for nd in t["nodes"] if nd["depth"] == 0]
-    w2 = sum(nd["layer"] >= split for nd in writers)
-    wci = _wilson(w2, len(writers))
+    per_layer = _ratio(tot[:, 1], tot[:, 0])
+    cross = crossing_layer(per_layer)
+    boots = np.array([np.nan if (c := crossing_layer(_ratio(x[:, 1], x[:, 0]))) is None else c for x in b], float)
+    ok = np.isfinite(boots)
+    clo, chi = _pct(boots[ok], ci) if ok.any() else (math.nan, math.nan)
+    # depth-0 writers per example: [G, 2] = (n, in the second half)
+    ex_idx = {e: i for i, e in enumerate(examples)}
+    w = np.zeros((len(examples), 2))
+    for t in traces:
+        for nd in t["nodes"]:
+            if nd["depth"] == 0:
+                w[ex_idx[str(t["example_id"])]] += (1, int(nd["layer"] >= split))
+    bw = _boot(w, n_boot, seed) if n_boot > 0 else np.zeros((0, 2))
+    wlo, whi = _pct(_ratio(bw[:, 1], bw[:, 0]), ci) if n_boot > 0 else (math.nan, math.nan)
     return {
-        "n_layers": L, "split_layer": split, "n_traces": len(traces),
-        "n_examples": len({t["example_id"] for t in traces}),
-        "context_below": share(lo, "n", "context"), "context_above": share(hi, "n", "context"),
-        "context_below_without_writers": share(lo, "n_without_writers", "context_without_writers"),
-        "context_above_without_writers": share(hi, "n_without_writers", "context_without_writers"),
-        "writers": {"n": len(writers), "k": int(w2), "share_second_half": w2 / len(writers) if writers else math.nan,
-                    "ci_low": wci[0], "ci_high": wci[1]},
+        "definition": TRACE_RIFT_DEFINITION, "n_layers": L, "split_layer": split, "n_traces": len(traces),
+        "n_examples": len(examples), "n_boot": int(n_boot), "ci": ci, "seed": int(seed),
+        "context_below": share((0, 1), slice(0, split)), "context_above": share((0, 1), slice(split, None)),
+        "context_below_without_writers": share((2, 3), slice(0, split)),
+        "context_above_without_writers": share((2, 3), slice(split, None)),
+        "crossing": {"level": RIFT_LEVEL, "layer": cross, "rel_depth": None if cross is None else cross / L,
+                     "ci_low": None if not ok.any() else float(clo), "ci_high": None if not ok.any() else float(chi),
+                     "rel_ci_low": None if not ok.any() else float(clo) / L,
+                     "rel_ci_high": None if not ok.any() else float(chi) / L,
+                     "n_boot_no_crossing": int((~ok).sum())},
+        "context_by_layer": [None if not np.isfinite(v) else float(v) for v in per_layer],
+        "writers": {"n": int(w[:, 0].sum()), "k": int(w[:, 1].sum()),
+                    "share_second_half": float(w[:, 1].sum() / w[:, 0].sum()) if w[:, 0].sum() else math.nan,
+                    "ci_low": float(wlo), "ci_high": float(whi)},
     }
 
 
@@ -610,8 +794,10 @@ def attention_profile(traces: Sequence[dict], tokenizer: Any = None, pairs: dict
 
 
 def write_outputs(traces: Sequence[dict], outdir: Any, tokenizer: Any = None,
-                  pairs: dict[str, dict] | None = None, meta: dict | None = None) -> dict:
-    """Write every flow table of ``traces`` under ``outdir`` (see the rule's docs); returns the summary dict."""
+                  pairs: dict[str, dict] | None = None, meta: dict | None = None, n_boot: int = 1000,
+                  seed: int = 0, ci: float = 0.95) -> dict:
+    """Write every flow table of ``traces`` under ``outdir`` (see the rule's docs); returns the summary dict
+    (``n_boot``, ``seed``, ``ci``: the cluster bootstrap of the rift headline and the per-layer shares)."""
     from pathlib import Path
 
     from .io import write_json, write_jsonl, write_table
@@ -631,10 +817,10 @@ def write_outputs(traces: Sequence[dict], outdir: Any, tokenizer: Any = None,
     write_table(out / "depth_summary.csv", depth_summary(traces))
     write_table(out / "sources.csv", answer_sources(traces))
     write_table(out / "head_sources.parquet", head_sources(traces))
-    write_table(out / "context_layers.csv", context_by_layer(traces))
+    write_table(out / "context_layers.csv", context_by_layer(traces, n_boot, seed, ci))
     write_table(out / "head_context.parquet", head_context(traces))
     write_table(out / "attention.parquet", attention_profile(traces, tokenizer, pairs))
-    summary = {**(meta or {}), **rift_summary(traces),
+    summary = {**(meta or {}), **rift_summary(traces, n_boot=n_boot, seed=seed, ci=ci),
                "depth": depth_summary(traces).to_dict(orient="records"),
                "sources": answer_sources(traces).to_dict(orient="records")}
     write_json(out / "summary.json", summary)

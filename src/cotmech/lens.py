@@ -182,7 +182,7 @@ def answer_rank(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 #: Per-(row, layer) statistics returned by :func:`lens_stats`.
 LENS_METRICS = ("p_answer", "rank_answer", "top1_in_context", "topk_context_mass", "js_final", "js_prior",
-                "p_real", "p_real_minus_answer")
+                "prefers_context", "p_real", "p_real_minus_answer")
 
 
 @torch.no_grad()
@@ -197,6 +197,8 @@ def lens_stats(lens: Unembed, resid: torch.Tensor, answer_id: torch.Tensor, cont
     - ``topk_context_mass``: probability mass of the top-``top_k`` tokens that are prompt ids;
     - ``js_final``: JS(lens_ℓ ‖ lens_L) in bits — lens_L is the model's own final distribution;
     - ``js_prior``: JS(lens_ℓ ‖ prior) against ``prior_logp`` [N, vocab] (NaN if not given);
+    - ``prefers_context``: 1 if the lens gives the in-context answer a higher probability than the context-free
+      prior's top-1 token, else 0 (NaN without a prior or where the prior's top-1 *is* the answer);
     - ``p_real``: probability of ``real_id`` [N] (-1 = none -> NaN), ``p_real_minus_answer`` = p_real − p_answer.
     Returns arrays [N, L+1] (float64; NaN where undefined). ``translator`` switches to the tuned lens.
     """
@@ -221,6 +223,12 @@ def lens_stats(lens: Unembed, resid: torch.Tensor, answer_id: torch.Tensor, cont
         out["js_final"][s:s + n] = js_divergence(logp, logp[:, -1:]).double().numpy()
         if prior_logp is not None:
             out["js_prior"][s:s + n] = js_divergence(logp, prior_logp[s:s + n].float().unsqueeze(1)).double().numpy()
+            top = prior_logp[s:s + n].argmax(-1).long()  # [n] the context-free prior's prediction
+            lp_top = logp.gather(-1, top[:, None, None].expand(n, Lp1, 1))[..., 0]
+            lp_ans = logp.gather(-1, a[:, None, None].expand(n, Lp1, 1))[..., 0]
+            pref = (lp_ans > lp_top).double()
+            pref[top == a] = float("nan")
+            out["prefers_context"][s:s + n] = pref.numpy()
         if real_id is not None:
             rid = real_id[s:s + n].long()
             ok = rid >= 0

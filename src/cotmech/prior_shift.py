@@ -12,9 +12,15 @@ Definitions (all per pair = one clean input, read at its predicting position):
 - **Divergence**: Jensen–Shannon divergence in bits (symmetric, bounded in [0, 1], defined when one
   distribution has zeros) between the lens distribution at layer ℓ and (a) the final distribution
   (lens at layer L = the model's output; D = 0 there) and (b) the context-free prior.
-- **Rift** (:func:`crossover_layer`): on the mean curves, the first residual layer ℓ (0 = embeddings,
-  L = last block output) such that JS(lens_ℓ ‖ final) < JS(lens_ℓ ‖ prior) for every ℓ' ≥ ℓ; None if the
-  inequality does not hold at layer L.  Relative depth = ℓ / L (the paper: 16/32 = 0.5).
+- **Lens rift** (our extension, not the paper's statistic; :func:`rift_summary`): per pair and layer,
+  ``prefers_context`` = 1 if the lens gives the in-context answer a higher probability than the context-free
+  prior's top-1 token (pairs where the two coincide are left out); the rift is the first residual layer ℓ where
+  the mean over pairs is >= 0.5 (:func:`first_crossing`); relative depth = ℓ / L.  Both tokens are read off the
+  same lens distribution, so a lens that becomes final-like only late does not move the crossing late by itself,
+  and nothing makes it cross at all: if the model's own output preferred the prior's token, it never would.  The
+  earlier definition — the first layer after which JS(lens‖final) < JS(lens‖prior) — is still reported as
+  ``js_crossover_layer`` for reference only: JS(lens_L‖final) = 0 by construction, so that crossover is forced and
+  late.  The paper's rift statistic is the trace statistic (cotmech.flow.rift_summary).
 - **Context abidance**: the lens's top-1 token is one of the clean input ids (the paper's statistic, E10).
 - **Real-world answer** (false ontology only, :func:`real_world_answer`): when the fragment is "<X> is" /
   "<X>s are" with X a false-ontology concept and the in-context answer a concept, the true taxonomic
@@ -35,9 +41,14 @@ import torch
 
 from .vocab import FALSE_ONTOLOGY_CONCEPTS, plural
 
-RIFT_DEFINITION = ("first residual layer l (0 = embeddings, L = output of the last block) such that the mean "
-                   "JS(lens_l || final) < mean JS(lens_l || context-free prior) for every layer >= l (Jensen-Shannon, "
-                   "bits; mean over pairs); None if no such layer; relative depth = l / L")
+RIFT_DEFINITION = ("our extension (not the paper's statistic): first residual layer l (0 = embeddings, L = output "
+                   "of the last block) where the share of pairs whose lens gives the in-context answer a higher probability "
+                   "than the context-free prior's top-1 token is >= 0.5 (pairs where the two tokens coincide left "
+                   "out); None if no such layer; relative depth = l / L. The tuned lens is evaluated only on examples "
+                   "held out from its training.")
+JS_CROSSOVER_DEFINITION = ("reference only, forced by construction: first layer l such that mean JS(lens_l || final) < "
+                           "mean JS(lens_l || context-free prior) for every layer >= l (JS(lens_L || final) = 0)")
+RIFT_LEVEL = 0.5
 
 #: True taxonomic parent of each false-ontology concept (cotmech.vocab.FALSE_ONTOLOGY_CONCEPTS).
 REAL_PARENT: dict[str, str] = {
@@ -168,6 +179,14 @@ def crossover_layer(in_context: np.ndarray, prior: np.ndarray) -> int | None:
     return int(i)
 
 
+def first_crossing(curve: Sequence[float], level: float = RIFT_LEVEL) -> int | None:
+    """First index whose value is >= ``level`` (NaN skipped); None if none."""
+    for i, v in enumerate(np.asarray(curve, float)):
+        if np.isfinite(v) and v >= level:
+            return int(i)
+    return None
+
+
 def bootstrap_weights(groups: Sequence[Any], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Cluster-bootstrap weights: (inverse [n_rows] group index per row, W [n_boot, n_groups] resample counts)."""
     uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
@@ -201,8 +220,8 @@ def boot_mean(values: np.ndarray, inv: np.ndarray, W: np.ndarray, ci: float = 0.
 # --------------------------------------------------------------------------------------------------
 # Tables and the rift summary
 # --------------------------------------------------------------------------------------------------
-METRICS = ("p_answer", "rank_answer", "top1_in_context", "topk_context_mass", "js_final", "js_prior", "p_real",
-           "p_real_minus_answer")
+METRICS = ("p_answer", "rank_answer", "top1_in_context", "topk_context_mass", "js_final", "js_prior",
+           "prefers_context", "p_real", "p_real_minus_answer")
 
 
 def rows_frame(stats: dict[str, np.ndarray], index: pd.DataFrame, lens_name: str) -> pd.DataFrame:
@@ -262,27 +281,46 @@ def _split(values: np.ndarray, layer: int | None, inv: np.ndarray, W: np.ndarray
 
 
 def rift_summary(rows: pd.DataFrame, n_layers: int, n_boot: int, seed: int, ci: float = 0.95) -> dict[str, Any]:
-    """Rift layer, relative depth, bootstrap CI and context-abidance splits for the rows of one lens."""
-    js_f, ex = _curves(rows, "js_final")
+    """The lens rift (our extension, :data:`RIFT_DEFINITION`) of the rows of one lens: the crossing layer of the
+    mean ``prefers_context`` curve with a cluster-bootstrap CI over examples, the context abidance (lens top-1 in
+    the prompt) split at that layer and at the midpoint, and the JS crossover for reference only."""
+    pref, ex = _curves(rows, "prefers_context")
+    js_f, _ = _curves(rows, "js_final")
     js_p, _ = _curves(rows, "js_prior")
     top1, _ = _curves(rows, "top1_in_context")
     inv, W = bootstrap_weights(ex, n_boot, seed)
-    Sf, Cf = group_sums(js_f, inv, W.shape[1])
-    Sp, Cp = group_sums(js_p, inv, W.shape[1])
+    G = W.shape[1]
+    Sq, Cq = group_sums(pref, inv, G)
+    Sf, Cf = group_sums(js_f, inv, G)
+    Sp, Cp = group_sums(js_p, inv, G)
     with np.errstate(invalid="ignore", divide="ignore"):
-        layer = crossover_layer(Sf.sum(0) / Cf.sum(0), Sp.sum(0) / Cp.sum(0))
-        bf, bp = (W @ Sf) / (W @ Cf), (W @ Sp) / (W @ Cp)
-    boots = np.array([np.nan if (c := crossover_layer(f, p)) is None else c for f, p in zip(bf, bp)], float)
+        curve = Sq.sum(0) / Cq.sum(0)
+        layer = first_crossing(curve)
+        bq = (W @ Sq) / (W @ Cq)  # [B, L+1]
+        js_cross = crossover_layer(Sf.sum(0) / Cf.sum(0), Sp.sum(0) / Cp.sum(0))
+    boots = np.array([np.nan if (c := first_crossing(q)) is None else c for q in bq], float)
     ok = np.isfinite(boots)
     lo, hi = (np.quantile(boots[ok], [(1 - ci) / 2, (1 + ci) / 2]) if ok.any() else (np.nan, np.nan))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        qlo, qhi = np.nanquantile(bq, [(1 - ci) / 2, (1 + ci) / 2], axis=0) if len(W) else (curve * np.nan,) * 2
     mid = n_layers // 2 if n_layers % 2 == 0 else (n_layers + 1) // 2
+
+    def opt(x: Any) -> float | None:
+        return None if x is None or not np.isfinite(x) else float(x)
+
     return {
+        "definition": RIFT_DEFINITION, "label": "extension (not the paper's statistic)",
         "rift_layer": layer, "rel_depth": None if layer is None else layer / n_layers,
-        "ci_low": None if not ok.any() else float(lo), "ci_high": None if not ok.any() else float(hi),
+        "ci_low": opt(lo) if ok.any() else None, "ci_high": opt(hi) if ok.any() else None,
         "rel_ci_low": None if not ok.any() else float(lo) / n_layers,
         "rel_ci_high": None if not ok.any() else float(hi) / n_layers,
         "n_boot": int(len(W)), "n_boot_no_crossover": int((~ok).sum()), "ci": ci,
-        "n_pairs": int(js_f.shape[0]), "n_examples": int(W.shape[1]), "n_layers": n_layers, "midpoint_layer": mid,
+        "n_pairs": int(pref.shape[0]), "n_pairs_compared": int(np.isfinite(pref).any(1).sum()),
+        "n_examples": int(G), "n_layers": n_layers, "midpoint_layer": mid,
+        "prefers_context": [opt(x) for x in curve], "prefers_context_ci_low": [opt(x) for x in qlo],
+        "prefers_context_ci_high": [opt(x) for x in qhi],
+        "js_crossover_layer": js_cross, "js_crossover_definition": JS_CROSSOVER_DEFINITION,
         "mean_js_final": [float(x) for x in Sf.sum(0) / np.maximum(Cf.sum(0), 1)],
         "mean_js_prior": [float(x) for x in Sp.sum(0) / np.maximum(Cp.sum(0), 1)],
         "context_abidance_rift": _split(top1, layer, inv, W, ci),
@@ -292,7 +330,24 @@ def rift_summary(rows: pd.DataFrame, n_layers: int, n_boot: int, seed: int, ci: 
 
 PAPER_RIFT = {"rift_layer": 16, "n_layers": 32, "rel_depth": 0.5, "context_share_below": 0.074,
               "context_share_above": 0.842, "context_share_above_without_writers": 0.779,
-              "source": "study.md E10: layer 16 [P]; shares from the shipped traces (E9c statistic) [R]"}
+              "source": "study.md E10: layer 16 [P]; shares from the shipped traces (E9c statistic) [R]; the paper's "
+                        "statistic is the trace statistic (flow/<dataset>/summary.json), not this lens one"}
+
+
+def heldout_rows(rows: pd.DataFrame, heldout: Sequence[str], lens_name: str = "tuned") -> pd.DataFrame:
+    """``rows`` with the ``lens_name`` rows kept only for examples in ``heldout`` (keys "dataset/example_id", as
+    :func:`tuned_lens_split` writes them): a trained lens is evaluated on examples it was not trained on."""
+    key = rows["dataset"].astype(str) + "/" + rows["example_id"].astype(str)
+    keep = (rows["lens"] != lens_name) | key.isin(set(heldout))
+    return rows[keep].reset_index(drop=True)
+
+
+def tuned_lens_split(groups: Sequence[str], val_frac: float, seed: int) -> set[str]:
+    """The examples (keys "dataset/example_id") held out from tuned-lens training: a seeded ``val_frac`` share."""
+    uniq = np.unique(np.asarray(groups, dtype=str))
+    n_val = int(round(float(val_frac) * len(uniq))) if len(uniq) > 1 else 0
+    rng = np.random.default_rng(seed)
+    return set(rng.choice(uniq, n_val, replace=False).tolist()) if n_val else set()
 
 
 def plot_curves(table: pd.DataFrame, title: str, stem: Any, rifts: dict[str, int | None] | None = None) -> list:
@@ -303,7 +358,8 @@ def plot_curves(table: pd.DataFrame, title: str, stem: Any, rifts: dict[str, int
     lenses = list(dict.fromkeys(table["lens"]))
     panels = [("divergence (JS, bits)", [("js_final", "to final (in-context)"), ("js_prior", "to context-free prior")]),
               ("context abidance", [("top1_in_context", "top-1 is a prompt token"),
-                                    ("topk_context_mass", "top-k mass on prompt tokens")]),
+                                    ("topk_context_mass", "top-k mass on prompt tokens"),
+                                    ("prefers_context", "answer > prior's top-1 (rift, ours)")]),
               ("answer probability", [("p_answer", "in-context answer"), ("p_real", "real-world answer")])]
     fig, axes = figure(len(panels), len(lenses), width=3.6, height=2.5, sharex=True)
     t = table[table["subtask"] == -1]
@@ -320,7 +376,7 @@ def plot_curves(table: pd.DataFrame, title: str, stem: Any, rifts: dict[str, int
             rift = (rifts or {}).get(lens_name)
             if rift is not None:
                 L = t["layer"].max()
-                ax.axvline(rift / L, color="k", lw=0.9, ls="--", label="rift")
+                ax.axvline(rift / L, color="k", lw=0.9, ls="--", label="lens rift (ours)")
             if r == 0:
                 ax.set_title(f"{lens_name} lens — {title}")
             if r == len(panels) - 1:

@@ -1,4 +1,4 @@
-# Step: layer-wise prior shift (logit + tuned lens, rift; study.md E10, C4) and head roles (E4, E5; C5).
+# Step: layer-wise prior shift (logit + tuned lens, lens rift — our extension of E10, C4) and head roles (E4, E5; C5).
 
 _PS = f"{MRES}/prior_shift"
 _ROLES_DATASETS = config["roles"]["datasets"] or DATASETS
@@ -17,6 +17,7 @@ rule train_tuned_lens:
         code=src("lens", "models", "embedded"),
     params:
         settings=lambda w: settings("model", "tuned_lens", "seed"),
+        datasets=" ".join(DATASETS),
     log:
         logpath("train_tuned_lens"),
     threads: MODEL_THREADS
@@ -25,8 +26,9 @@ rule train_tuned_lens:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script:q} --activations {input.acts:q} --index {input.index:q} --settings {params.settings:q}"
-        " --threads {threads} --out {output.tensors:q} --report {output.report:q} > {log:q} 2>&1"
+        "python {input.script:q} --activations {input.acts:q} --index {input.index:q} --datasets {params.datasets}"
+        " --settings {params.settings:q} --threads {threads} --out {output.tensors:q} --report {output.report:q}"
+        " > {log:q} 2>&1"
 
 
 rule prior_shift:
@@ -41,12 +43,13 @@ rule prior_shift:
         pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
         acts=f"{MRES}/activations/{{dataset}}.safetensors",
         index=f"{MRES}/activations/{{dataset}}.parquet",
-        tuned=[f"{_PS}/tuned_lens.safetensors"] if _TUNED else [],
+        tuned=[f"{_PS}/tuned_lens.safetensors", f"{_PS}/tuned_lens.json"] if _TUNED else [],
         script="scripts/prior_shift.py",
         code=src("lens", "prior_shift", "models", "embedded", "batching", "plotting", "vocab"),
     params:
         settings=lambda w: settings("model", "prior_shift", "seed"),
-        tuned=lambda w, input: f"--tuned-lens {shlex.quote(input.tuned[0])}" if input.tuned else "",
+        tuned=lambda w, input: (f"--tuned-lens {shlex.quote(input.tuned[0])}"
+                                f" --tuned-report {shlex.quote(input.tuned[1])}" if input.tuned else ""),
         stem=lambda w: f"{_PS}/{w.dataset}",
     log:
         logpath("prior_shift", "{dataset}"),
@@ -64,25 +67,29 @@ rule prior_shift:
 
 
 rule rift:
-    """Rift layer (crossover of the in-context and prior divergences) with a bootstrap CI, over all datasets."""
+    """Lens rift (our extension: first layer where the lens prefers the in-context answer over the context-free
+    prior's prediction in at least half of the pairs) with a bootstrap CI, over all datasets; the tuned lens on the
+    examples held out from its training. The paper's rift statistic is the trace statistic (rule trace_flow)."""
     output:
         json=f"{_PS}/rift.json",
         png=f"{_PS}/rift.png",
         pdf=f"{_PS}/rift.pdf",
     input:
         rows=expand(f"{_PS}/{{dataset}}.rows.parquet", dataset=DATASETS),
+        tuned_report=[f"{_PS}/tuned_lens.json"] if _TUNED else [],
         script="scripts/prior_shift.py",
         code=src("prior_shift", "plotting"),
     params:
         settings=lambda w: settings("prior_shift", "seed"),
+        tuned=lambda w, input: f"--tuned-report {shlex.quote(input.tuned_report[0])}" if input.tuned_report else "",
         stem=lambda w, output: os.path.splitext(output.png)[0],
     log:
         logpath("rift"),
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script:q} rift --rows {input.rows:q} --settings {params.settings:q} --out {output.json:q}"
-        " --figure {params.stem:q} > {log:q} 2>&1"
+        "python {input.script:q} rift --rows {input.rows:q} {params.tuned} --settings {params.settings:q}"
+        " --out {output.json:q} --figure {params.stem:q} > {log:q} 2>&1"
 
 
 rule head_roles:

@@ -28,9 +28,11 @@ rule report_gallery:
 
 
 rule paper_table:
-    """Paper-vs-run table of every headline number (results/<model>/report/paper_vs_run.csv) and summary.html."""
+    """Paper-vs-run table of every headline number (results/<model>/report/paper_vs_run.csv: same quantity /
+    extension / different, verdict from the CI), the claim verdicts C1-C6 (claims.csv) and summary.html."""
     output:
         csv=report(f"{_REP}/paper_vs_run.csv", caption="../report/paper_table.rst", category="Summary"),
+        claims=f"{_REP}/claims.csv",
         html=report(f"{_REP}/summary.html", caption="../report/summary.rst", category="Summary"),
     input:
         upstream=_UPSTREAM,
@@ -48,7 +50,8 @@ rule paper_table:
         "../../envs/cotmech.yaml"
     shell:
         "python {input.script:q} --mres {params.mres:q} --datasets {params.datasets} --model-name {params.model_name:q}"
-        " --model-spec {params.spec:q} --csv {output.csv:q} --html {output.html:q} > {log:q} 2>&1"
+        " --model-spec {params.spec:q} --csv {output.csv:q} --claims {output.claims:q} --html {output.html:q}"
+        " > {log:q} 2>&1"
 
 
-register_targets(f"{_REP}/paper_vs_run.csv")
+register_targets(f"{_REP}/paper_vs_run.csv", f"{_REP}/claims.csv")
