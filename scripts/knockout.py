@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         name, sep, source = r.partition("=")
         if not sep or not name or not source:
             ap.error(f"--ranking {r!r}: expected NAME=SOURCE")
-        rankings[name] = source
+        if name in rankings:  # a ranking given several times: its files (e.g. the shards of raw patching scores)
+            prev = rankings[name]
+            rankings[name] = (prev if isinstance(prev, list) else [prev]) + [source]
+        else:
+            rankings[name] = source
     if not rankings and not args.circuits:
         ap.error("give at least one --ranking")
     for name in args.skipped:

@@ -691,7 +691,7 @@ def _rankings_for(model, d: SubtaskData, rankings: dict[str, str], means: HeadMe
                 m = scorer(roles[what], np.asarray(rows))
                 out.append(Ranking(name, scope, _frame(m), f"{label} (cotmech.roles) on the {scope}", len(rows)))
             continue
-        paths = [p for p in source.format(subtask=d.subtask).split(",") if p]
+        paths = [p.format(subtask=d.subtask) for p in ([source] if isinstance(source, str) else source)]
         if paths[0].endswith(".safetensors"):
             got = patching_rankings(paths, example_of, splits, L, H)
             for scope, table, n in got:

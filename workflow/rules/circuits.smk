@@ -27,7 +27,8 @@ rule knockout_subtask:
                  "lens", "roles", "prior_shift"),
     params:
         settings=lambda w: settings("model", "circuits", "seed"),
-        rankings=lambda w: " ".join(f"--ranking {shlex.quote(f'{n}={s}')}" for n, s in _CSRC.items()),
+        rankings=lambda w: " ".join(f"--ranking {shlex.quote(f'{n}={f}')}" for n, s in _CSRC.items()
+                                    for f in ([s] if isinstance(s, str) else s)),
         skipped=lambda w: " ".join(f"--skipped {shlex.quote(n)}" for n in _CSKIP),
         outdir=lambda w, output: os.path.dirname(output.curves),
     wildcard_constraints:

@@ -179,7 +179,7 @@ def circuit_rankings(circ):
     """Knockout rankings of config section `circ`: (name -> source for knockout.py, skipped names).
     '{subtask}' stays a placeholder in the sources; a ranking whose table no rule produces for every subtask is
     skipped. `circuit_ranking_files` gives one subtask's input files.
-    '{shard}' expands to every shard of config patching (comma-joined: raw per-pair patching scores), '{method}' to
+    '{shard}' expands to every shard of config patching (a list of files: raw per-pair patching scores), '{method}' to
     patching.method."""
     sources, skipped = {}, []
     for name, pattern in circ["rankings"].items():
@@ -188,12 +188,11 @@ def circuit_rankings(circ):
             continue
         path = pattern.format(results=RESULTS, model=MODEL, mres=MRES, dataset=circ["dataset"], subtask="{subtask}",
                               method=config["patching"]["method"], shard="{shard}")
-        if "{shard}" in path:
-            path = ",".join(path.replace("{shard}", str(i)) for i in range(int(config["patching"]["shards"])))
-        files = path.split(",")
+        files = ([path.replace("{shard}", str(i)) for i in range(int(config["patching"]["shards"]))]
+                 if "{shard}" in path else [path])
         need = [f.format(subtask=k) for f in files for k in circ["subtasks"]] if "{subtask}" in path else files
         if all(producible(p) for p in need):
-            sources[name] = path
+            sources[name] = files
         else:
             skipped.append(name)
     return sources, skipped
@@ -202,7 +201,7 @@ def circuit_rankings(circ):
 def circuit_ranking_files(sources, k):
     """The ranking tables (of `circuit_rankings`' sources) that the knockout of subtask `k` reads."""
     return [f.format(subtask=k) if "{subtask}" in f else f
-            for s in sources.values() if not s.startswith("builtin") for f in s.split(",")]
+            for s in sources.values() if not isinstance(s, str) for f in s]
 
 
 def first_datasets(section):
