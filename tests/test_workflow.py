@@ -76,13 +76,13 @@ def test_smoke_study_completes_and_unchanged_rerun_does_nothing():
             p = wd / o
             assert p.exists(), f"{j.rule}: output {o} missing after a successful run"
     assert sr.planned(wd) == Counter(), "an unchanged second invocation wants to rerun jobs"
-    # every non-local rule follows the conventions: script input, settings param, src() code inputs
+    # every non-local rule follows the conventions: script input, settings param, code_inputs() code inputs
     steps = sr.step_of_rules(wd)
     for j in jobs:
         if steps.get(j.rule) is None or "scripts/" not in j.shellcmd:
             continue
         assert any(i.startswith("scripts/") for i in j.inputs), f"rule {j.rule} does not list its script as input"
-        assert any("src/cotmech/" in i for i in j.inputs), f"rule {j.rule} does not depend on package sources (src())"
+        assert any("src/cotmech/" in i for i in j.inputs), f"rule {j.rule} does not depend on package sources (code_inputs())"
 
 
 @e2e

@@ -9,7 +9,7 @@ rule extract_activations:
     input:
         pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
         script="scripts/extract_activations.py",
-        code=src("activations", "generation", "models", "embedded", "batching"),
+        code=code_inputs("scripts/extract_activations.py"),
     params:
         settings=lambda w: settings("model", "activations"),
     log:

@@ -23,8 +23,7 @@ rule knockout_subtask:
         reference=f"{MRES}/pairs/{_CIRC['reference']}.jsonl",
         rankings=lambda w: circuit_ranking_files(_CSRC, int(w.k)),
         script="scripts/knockout.py",
-        code=src("circuits", "patching", "batching", "models", "embedded", "plotting", "activations", "generation",
-                 "lens", "roles", "prior_shift"),
+        code=code_inputs("scripts/knockout.py"),
     params:
         settings=lambda w: settings("model", "circuits", "seed"),
         rankings=lambda w: " ".join(f"--ranking {shlex.quote(f'{n}={f}')}" for n, s in _CSRC.items()
@@ -59,7 +58,7 @@ rule knockout:
     input:
         parts=expand(f"{_CDIR}/parts/subtask{{k}}/curves.parquet", k=_CIRC["subtasks"]),
         script="scripts/knockout_merge.py",
-        code=src("circuits"),
+        code=code_inputs("scripts/knockout_merge.py"),
     params:
         parts=lambda w, input: " ".join(f"--part {shlex.quote(os.path.dirname(p))}" for p in input.parts),
         outdir=lambda w, output: os.path.dirname(output.curves),
@@ -81,7 +80,7 @@ rule overlap:
     input:
         rules.knockout.output,
         script="scripts/overlap.py",
-        code=src("circuits", "plotting"),
+        code=code_inputs("scripts/overlap.py"),
     params:
         settings=lambda w: settings("circuits.reuse_groups"),
         outdir=lambda w, output: os.path.dirname(output.overlap),
@@ -103,7 +102,7 @@ rule cross_subtask:
         clean=f"{MRES}/pairs/{_CIRC['dataset']}.jsonl",
         reference=f"{MRES}/pairs/{_CIRC['reference']}.jsonl",
         script="scripts/knockout.py",
-        code=src("circuits", "patching", "batching", "models", "embedded"),
+        code=code_inputs("scripts/knockout.py"),
     params:
         settings=lambda w: settings("model", "circuits", "seed"),
         outdir=lambda w, output: os.path.dirname(output[0]),

@@ -1,4 +1,5 @@
 # Shared helpers for all step files (config validation, paths, code dependencies, params as JSON).
+import ast
 import json
 import math
 import os
@@ -73,26 +74,57 @@ def _interpreter_first_on_path():
 _interpreter_first_on_path()
 
 
-def src(*modules):
-    """Package sources a rule's script imports, as inputs, so editing one reruns the rule.
+def code_inputs(script):
+    """The package files a rule's script imports, directly or transitively, as inputs, so that editing one reruns
+    exactly the rules whose scripts import it (Snakemake's `code` trigger sees only the script itself).
 
-    (Snakemake's `code` trigger only sees the rule's own script, not the modules it imports.)
-    Paths are relative to the working directory when the sources lie below it (the usual case), so that
-    Snakemake's records stay valid when the checkout is moved or copied. A module that does not exist is
-    returned as `src/cotmech/<name>.py`, so the rule fails with a missing-input error naming it.
+    Computed, not listed: a static scan of the script's `cotmech` imports (function bodies included, relative imports
+    resolved), followed through every imported module; importing `a.b.c` adds the `__init__.py` of `a` and `a.b`;
+    a package data file (`src/cotmech/data/*`) is added when a module names it in a string. Paths are relative to
+    the working directory when they lie below it, so Snakemake's records stay valid when the checkout moves.
     """
-    base = Path(workflow.basedir) / "src" / "cotmech"
-    files = [base / "__init__.py", base / "io.py", base / "cli.py"]  # read by every script
-    for m in modules:
-        p = base / f"{m}.py"
-        pkg = sorted((base / m).glob("*.py")) if (base / m).is_dir() else []
-        files.extend(pkg or [p])
+    root = Path(workflow.basedir)
+    pkg = root / "src" / "cotmech"
+    data = {p.name: p for p in (pkg / "data").glob("*") if p.is_file()}
+
+    def module_file(dotted):
+        parts = dotted.split(".")
+        base = pkg.joinpath(*parts[1:])
+        if parts[0] != "cotmech":
+            return None
+        return next((c for c in (base.with_suffix(".py"), base / "__init__.py") if c.is_file()), None)
+
+    def imported(path):
+        """Dotted names a file imports (each `from m import x` also as `m.x`, which may be a module) and the names
+        of the package data files it mentions."""
+        here = list(path.relative_to(pkg.parent).with_suffix("").parts) if path.is_relative_to(pkg) else []
+        here = here[:-1]  # the package holding the file (for a package's __init__: the package itself)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                yield from (a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                mod = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else (node.module or "")
+                yield mod
+                yield from (f"{mod}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in data:
+                yield data[node.value]
+
+    seen, todo = set(), [root / script]
+    while todo:
+        for name in imported(todo.pop()):
+            if isinstance(name, Path):
+                seen.add(name)
+                continue
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                m = module_file(".".join(parts[:i]))
+                if m is not None and m not in seen:
+                    seen.add(m)
+                    todo.append(m)
     here = Path.cwd().resolve()
-    out = []
-    for f in files:
-        f = f.resolve()
-        out.append(str(f.relative_to(here)) if f.is_relative_to(here) else str(f))
-    return out
+    return sorted(str(f.resolve().relative_to(here)) if f.resolve().is_relative_to(here) else str(f.resolve())
+                  for f in seen)
 
 
 def settings(*keys, **extra):

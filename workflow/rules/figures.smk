@@ -21,7 +21,7 @@ rule flow_figures:
         pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
         generations=f"{MRES}/generations/{{dataset}}.jsonl",
         script="scripts/make_figures.py",
-        code=src("figures", "plotting"),
+        code=code_inputs("scripts/make_figures.py"),
     params:
         flowdir=lambda w: f"{MRES}/flow/{w.dataset}",
         outdir=lambda w: f"{_FIG}/{w.dataset}",
@@ -45,7 +45,7 @@ rule horizon_figure:
     input:
         summary=f"{MRES}/horizon/{{dataset}}/horizon.csv",
         script="scripts/make_figures.py",
-        code=src("figures", "plotting"),
+        code=code_inputs("scripts/make_figures.py"),
     params:
         stem=lambda w: f"{_FIG}/{w.dataset}/horizon",
     log:

@@ -32,8 +32,7 @@ rule trace_flow:
         circuit_heads=[f"{MRES}/circuits/heads.parquet"] if _FLOW_PRUNED else [],
         reference=[f"{MRES}/pairs/{config['circuits']['reference']}.jsonl"] if _FLOW_PRUNED else [],
         script="scripts/trace_flow.py",
-        code=src("flow", "circuits", "patching", "batching", "prior_shift", "vocab", "models", "embedded",
-                 "generation"),
+        code=code_inputs("scripts/trace_flow.py"),
     params:
         settings=lambda w: settings("model", "flow", "seed", "circuits.subtasks", "circuits.n_reference",
                                     "circuits.batch_size"),

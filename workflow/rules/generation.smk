@@ -9,7 +9,7 @@ rule generate_cot:
     input:
         tasks=f"{RESULTS}/tasks/{{dataset}}.jsonl",
         script="scripts/generate_cot.py",
-        code=src("generation", "models", "embedded", "batching", "prontoqa", "vocab"),
+        code=code_inputs("scripts/generate_cot.py"),
     params:
         settings=lambda w: settings("model", "prompt", "generation"),
     log:
@@ -33,7 +33,7 @@ rule accuracy:
     input:
         tables=expand(f"{MRES}/generations/{{dataset}}.accuracy.csv", dataset=DATASETS),
         script="scripts/generate_cot.py",
-        code=src("generation"),
+        code=code_inputs("scripts/generate_cot.py"),
     log:
         logpath("accuracy"),
     conda:
@@ -50,7 +50,7 @@ rule make_pairs:
     input:
         generations=f"{MRES}/generations/{{dataset}}.jsonl",
         script="scripts/make_pairs.py",
-        code=src("pairs", "models", "embedded", "prontoqa", "vocab"),
+        code=code_inputs("scripts/make_pairs.py"),
     params:
         settings=lambda w: settings("model", "pairs", "seed"),
     log:

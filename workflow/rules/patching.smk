@@ -8,7 +8,6 @@ for _d in PATCH_DATASETS:
         raise ValueError(f"config patching.datasets: {_d!r} is not a dataset of config 'datasets' ({DATASETS})")
 PATCH_SUBTASKS = [int(k) for k in PATCH["subtasks"]]
 PATCH_SHARDS = int(PATCH["shards"])
-PATCH_CODE = src("patching", "models", "embedded", "batching", "plotting", "prontoqa", "vocab")
 PATH_SUBTASKS = [int(k) for k in PATCH["path"]["subtasks"]]
 INDUCTION_CORRUPTIONS = ["class", "subject", "property"]
 
@@ -21,7 +20,7 @@ rule patch_heads:
     input:
         pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
         script="scripts/patch_heads.py",
-        code=PATCH_CODE,
+        code=code_inputs("scripts/patch_heads.py"),
     params:
         settings=lambda w: settings("model", "patching", "seed"),
         shards=PATCH_SHARDS,
@@ -54,7 +53,7 @@ rule merge_patching:
     input:
         raw=patch_raw(PATCH["method"], PATCH_SHARDS),
         script="scripts/patch_heads.py",
-        code=PATCH_CODE,
+        code=code_inputs("scripts/patch_heads.py"),
     params:
         settings=lambda w: settings("patching", "seed"),
     log:
@@ -78,7 +77,7 @@ rule merge_atp:
     input:
         raw=patch_raw("atp", PATCH_SHARDS),
         script="scripts/patch_heads.py",
-        code=PATCH_CODE,
+        code=code_inputs("scripts/patch_heads.py"),
     params:
         settings=lambda w: settings("patching", "seed"),
     log:
@@ -101,7 +100,7 @@ rule atp_vs_exact:
         exact=expand(f"{MRES}/patching/{{{{dataset}}}}/subtask{{k}}.parquet", k=PATCH_SUBTASKS),
         atp=expand(f"{MRES}/patching/{{{{dataset}}}}/atp/subtask{{k}}.parquet", k=PATCH_SUBTASKS),
         script="scripts/patch_heads.py",
-        code=PATCH_CODE,
+        code=code_inputs("scripts/patch_heads.py"),
     log:
         logpath("atp_vs_exact", "{dataset}"),
     wildcard_constraints:
@@ -122,7 +121,7 @@ rule path_patch:
         pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
         tables=expand(f"{MRES}/patching/{{{{dataset}}}}/subtask{{k}}.parquet", k=PATH_SUBTASKS),
         script="scripts/path_patch.py",
-        code=PATCH_CODE,
+        code=code_inputs("scripts/path_patch.py"),
     params:
         settings=lambda w: settings("model", "patching", "seed"),
     log:
@@ -146,7 +145,7 @@ rule induction_cloze:
         pairs=expand(f"{MRES}/induction/raw/{{c}}.jsonl", c=INDUCTION_CORRUPTIONS),
     input:
         script="scripts/induction_heads.py",
-        code=PATCH_CODE,
+        code=code_inputs("scripts/induction_heads.py"),
     params:
         settings=lambda w: settings("model", "patching", "seed"),
         folder=lambda w, output: os.path.dirname(output.raw[0]),
@@ -171,7 +170,7 @@ rule induction_heads:
     input:
         raw=expand(f"{MRES}/induction/raw/{{c}}.safetensors", c=INDUCTION_CORRUPTIONS),
         script="scripts/induction_heads.py",
-        code=PATCH_CODE,
+        code=code_inputs("scripts/induction_heads.py"),
     params:
         settings=lambda w: settings("patching", "seed"),
     log:

@@ -14,7 +14,7 @@ rule train_tuned_lens:
         acts=expand(f"{MRES}/activations/{{dataset}}.safetensors", dataset=DATASETS),
         index=expand(f"{MRES}/activations/{{dataset}}.parquet", dataset=DATASETS),
         script="scripts/train_tuned_lens.py",
-        code=src("lens", "models", "embedded"),
+        code=code_inputs("scripts/train_tuned_lens.py"),
     params:
         settings=lambda w: settings("model", "tuned_lens", "seed"),
         datasets=" ".join(DATASETS),
@@ -45,7 +45,7 @@ rule prior_shift:
         index=f"{MRES}/activations/{{dataset}}.parquet",
         tuned=[f"{_PS}/tuned_lens.safetensors", f"{_PS}/tuned_lens.json"] if _TUNED else [],
         script="scripts/prior_shift.py",
-        code=src("lens", "prior_shift", "models", "embedded", "batching", "plotting", "vocab"),
+        code=code_inputs("scripts/prior_shift.py"),
     params:
         settings=lambda w: settings("model", "prior_shift", "seed"),
         tuned=lambda w, input: (f"--tuned-lens {shlex.quote(input.tuned[0])}"
@@ -78,7 +78,7 @@ rule rift:
         rows=expand(f"{_PS}/{{dataset}}.rows.parquet", dataset=DATASETS),
         tuned_report=[f"{_PS}/tuned_lens.json"] if _TUNED else [],
         script="scripts/prior_shift.py",
-        code=src("prior_shift", "plotting"),
+        code=code_inputs("scripts/prior_shift.py"),
     params:
         settings=lambda w: settings("prior_shift", "seed"),
         tuned=lambda w, input: f"--tuned-report {shlex.quote(input.tuned_report[0])}" if input.tuned_report else "",
@@ -105,7 +105,7 @@ rule head_roles:
         acts=f"{MRES}/activations/{{dataset}}.safetensors",
         index=f"{MRES}/activations/{{dataset}}.parquet",
         script="scripts/head_roles.py",
-        code=src("roles", "lens", "prior_shift", "models", "embedded", "plotting"),
+        code=code_inputs("scripts/head_roles.py"),
     params:
         settings=lambda w: settings("model", "roles", "seed"),
         outdir=lambda w: f"{MRES}/roles/{w.dataset}",

@@ -6,7 +6,7 @@ rule make_tasks:
     output:
         f"{RESULTS}/tasks/{{dataset}}.jsonl",
     input:
-        code=src("prontoqa", "vocab"),
+        code=code_inputs("scripts/make_tasks.py"),
         script="scripts/make_tasks.py",
         data=task_import,
     params:
