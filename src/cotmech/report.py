@@ -330,3 +330,42 @@ files named in the last column. {n_ok} of {len(table)} rows have a value; "not r
 <h2>Figures</h2><ul>{figs}</ul>
 </body></html>
 """
+
+
+# --------------------------------------------------------------------------------------------------
+# Provenance section (results/<model>/run_info.json, cotmech.provenance)
+# --------------------------------------------------------------------------------------------------
+def read_run_info(mres: str | Path) -> dict | None:
+    """``results/<model>/run_info.json`` or ``None`` if absent; a broken file raises naming it."""
+    p = Path(mres) / "run_info.json"
+    if not p.exists():
+        return None
+    try:
+        info = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON: {e}") from e
+    if not isinstance(info, dict):
+        raise ValueError(f"{p}: expected a JSON object")
+    return info
+
+
+def provenance_html(info: dict | None) -> str:
+    """An HTML section listing dtype, device, CPU/GPU and library versions of the run (or saying it is absent)."""
+    if info is None:
+        return "<h2>Run</h2><p><i>run_info.json absent: dtype, device and versions not recorded</i></p>\n"
+    rows = [("dtype", f"{info.get('dtype')} (requested {info.get('dtype_requested')})"),
+            ("device", info.get("device")), ("CPU", f"{info.get('cpu')} ({info.get('cpu_count')} logical cores, "
+                                                     f"native bf16: {info.get('cpu_native_bf16')})"),
+            ("GPU", info.get("gpu") or "none"), ("CUDA", info.get("cuda") or "none"),
+            ("Python", info.get("python")), ("platform", info.get("platform"))]
+    rows += [(name, ver or "not installed") for name, ver in (info.get("libraries") or {}).items()]
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<h2>Run</h2><table style=\"width:auto\">{body}</table>\n"
+
+
+def with_provenance(page: str, info: dict | None) -> str:
+    """``page`` (from :func:`summary_html`) with the :func:`provenance_html` section before ``</body>``."""
+    i = page.rfind("</body>")
+    if i < 0:
+        raise ValueError("summary page has no </body>")
+    return page[:i] + provenance_html(info) + page[i:]

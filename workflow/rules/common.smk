@@ -71,7 +71,7 @@ def src(*modules):
     returned as `src/cotmech/<name>.py`, so the rule fails with a missing-input error naming it.
     """
     base = Path(workflow.basedir) / "src" / "cotmech"
-    files = [base / "__init__.py", base / "io.py", base / "cli.py"]  # read by every script
+    files = [base / "__init__.py", base / "io.py", base / "cli.py", base / "provenance.py"]  # read by every script
     for m in modules:
         p = base / f"{m}.py"
         pkg = sorted((base / m).glob("*.py")) if (base / m).is_dir() else []
