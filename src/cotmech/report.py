@@ -199,9 +199,31 @@ def read_roles_share(mres: Path, datasets: Sequence[str], kind: str) -> dict | N
 
 
 def read_probe_peak(mres: Path, datasets: Sequence[str], col: str) -> dict | None:
+    """E8: test accuracy at the layer chosen on validation data (probing/selected.csv; the MLP probe, the shot
+    count with the best validation accuracy), with the word-type-only baseline and the biased test maximum in
+    the note. Older runs without selected.csv: the maximum of test accuracy over layers, noted as biased."""
     from .io import read_table
 
-    files = sorted((mres / "probing").rglob("accuracy.parquet")) if (mres / "probing").is_dir() else []
+    pdir = mres / "probing"
+    sel = sorted(pdir.rglob("selected.csv")) if pdir.is_dir() else []
+    if sel:
+        df = read_table(sel[0])
+        if (df["probe"] == "mlp").any():
+            df = df[df["probe"] == "mlp"]
+        if df.empty:
+            return None
+        r = df.iloc[int(df["val_acc"].to_numpy().argmax())]
+        max_layer = int(r["n_layers"])
+        note = (f"{r['probe']}, {int(r['shots'])}-shot, layer {int(r['layer'])} of {max_layer} chosen on validation "
+                f"questions (novel words); control task {float(r['control_acc']):.2f}; word type only "
+                f"{float(r.get('type_acc', float('nan'))):.2f}; max over layers of test acc (biased) "
+                f"{float(r['test_max']):.2f} at layer {int(r['test_max_layer'])}")
+        source = _rel(sel[0], mres)
+        if col == "acc":
+            return {"ours": _num(r["acc"]), "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]),
+                    "n": _num(r["n_test"]), "source": source, "note": note}
+        return {"ours": int(r["layer"]) / max_layer if max_layer else None, "source": source, "note": note}
+    files = sorted(pdir.rglob("accuracy.parquet")) if pdir.is_dir() else []
     if not files:
         return None
     df = read_table(files[0])
@@ -214,7 +236,7 @@ def read_probe_peak(mres: Path, datasets: Sequence[str], col: str) -> dict | Non
     r = df.loc[df["acc"].idxmax()]
     max_layer = int(df["layer"].max())
     shots = f", {int(r['shots'])}-shot" if "shots" in df.columns else ""
-    note = f"peak at layer {int(r['layer'])} of {max_layer}{shots}"
+    note = f"peak at layer {int(r['layer'])} of {max_layer}{shots} (max of test accuracy: biased upward)"
     if col == "acc":
         return {"ours": _num(r["acc"]), "ci_low": _num(r.get("ci_low")), "ci_high": _num(r.get("ci_high")),
                 "n": _num(r.get("n")), "source": _rel(files[0], mres), "note": note}
