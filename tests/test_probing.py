@@ -202,3 +202,14 @@ def test_novel_words_replace_every_concept_of_held_out_questions_and_keep_the_lo
         assert " an " not in rec["question"] or all(
             s.split(" an ")[1][:1].lower() in "aeiou" for s in split_sentences(rec["question"]) if " an " in s)
         assert all(w not in rec["answer"].lower() for w in mapping)
+
+
+def test_relexicalise_keeps_number_articles_and_case():
+    rec = {"question": "Sheep are mean. Every impus is a sheep. Cows are sheep. Impuses are not sheep. Max is an impus.",
+           "query": "True or false: Max is not mean.", "cot": ["Max is an impus."], "answer": "Max is an impus. True",
+           "logic": {"chain": ["impus", "sheep"], "concepts": ["cow", "impus", "sheep"]}}
+    out = P.relexicalise(rec, {"sheep": "fimble", "impus": "zaffer", "cow": "kippet"})
+    assert out["question"] == ("Fimbles are mean. Every zaffer is a fimble. Kippets are fimbles. Zaffers are not "
+                               "fimbles. Max is a zaffer.")
+    assert out["cot"] == ["Max is a zaffer."] and out["answer"] == "Max is a zaffer. True"
+    assert out["logic"]["chain"] == ["zaffer", "fimble"] and rec["question"].startswith("Sheep")

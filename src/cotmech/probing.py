@@ -163,6 +163,10 @@ def relexicalise(record: dict, mapping: dict[str, str]) -> dict:
             def rep(m: re.Match) -> str:
                 word = m.group(2)
                 w = forms[next(f for f in forms if f.lower() == word.lower())]
+                if plural(old) == old:  # "sheep": number from the verb ("Sheep are ...", "... are (not) sheep")
+                    before, after = m.string[:m.start()], m.string[m.end():]
+                    if after.startswith(" are ") or re.search(r"\bare (not )?$", before):
+                        w = plural(new)
                 w = w[:1].upper() + w[1:] if word[:1].isupper() else w
                 return f"{article(w)} {w}" if m.group(1) else w  # "an impus" -> "a zaffer"
             text = pat.sub(rep, text)
