@@ -572,6 +572,8 @@ class Bench:
         records = generate(cfg["ontology"], int(cfg["hops"]), int(cfg["n_questions"]), style="original",
                            distractors="relevant", ordering="random", seed=seed, id_prefix="probe-")
         splits = probing.split_questions([r["id"] for r in records], cfg["test_fraction"], cfg["val_fraction"], seed)
+        if cfg["novel_words"]:
+            records = probing.novel_words(records, splits, seed)
         samples = probing.sample_table(records, splits, seed)
         qids = list(dict.fromkeys(samples["qid"]))
         shots = [int(k) for k in cfg["shots"]]

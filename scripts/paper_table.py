@@ -4,8 +4,9 @@
 Every headline number of study.md §1.4 and the E-sections: the paper's value with its evidence tag (from
 cotmech/data/paper_numbers.yaml) next to ours with its CI, read from the result files under --mres, whether ours is
 the same quantity, our extension or a different one, and a verdict from the CI; rows whose result file is absent
-say "not run". --claims gets one verdict per claim C1-C6 (from the same-quantity rows). The HTML page shows both and
-links every PNG figure found under --mres.
+say "not run". --claims gets one verdict per claim C1-C6 (from the same-quantity rows). The HTML page shows both,
+links every PNG figure found under --mres and lists the run's dtype, device, CPU/GPU and library versions
+(--mres/run_info.json, rule run_info).
 """
 from __future__ import annotations
 
@@ -33,13 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         check_tables(args, "--csv")
         table = report.paper_vs_run(args.mres, args.datasets, args.model_name)
         claims = report.claim_verdicts(table)
+        info = report.read_run_info(args.mres)
     except (ValueError, OSError) as e:
         return fail(e)
     html_dir = Path(args.html).parent
     figs = sorted(os.path.relpath(p, html_dir) for p in Path(args.mres).rglob("*.png"))
     write_table(args.csv, table)
     write_table(args.claims, claims)
-    write_text(args.html, report.summary_html(table, args.model_name, args.model_spec, figs, claims))
+    write_text(args.html, report.with_provenance(
+        report.summary_html(table, args.model_name, args.model_spec, figs, claims), info))
     counts = table["status"].value_counts().to_dict()
     print(f"{len(table)} rows: {counts}; {len(figs)} figures linked")
     for c in claims.itertuples(index=False):

@@ -3,8 +3,10 @@
 distractors, build k-shot probe prompts, take the residual stream at the pair tokens (one forward per prompt,
 batched), and train linear and MLP probes per layer on the real and the control task.
 
-Writes --out-dir/accuracy.parquet (shots, layer, probe, task, acc, ci_low, ci_high, n_train, n_test),
-samples.parquet (the balanced pairs with split and labels) and accuracy.png/.pdf (F-probe). Example:
+Writes --out-dir/accuracy.parquet (the whole curve: shots, layer, probe, task, test acc with CI, val_acc, n_*),
+selected.csv (per shots and probe: the layer chosen on validation accuracy, the test accuracy there, the control
+task and the word-type-only baseline), samples.parquet (the balanced pairs with split, labels and word types)
+and accuracy.png/.pdf (F-probe). Validation and test questions use novel concept words. Example:
   probe.py --settings '{"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"},
                         "probing": {"n_questions": 12, "shots": [0, 1]}, "seed": 1}' --out-dir out/
 """
@@ -23,7 +25,7 @@ from cotmech.prontoqa.prompts import build_prompt
 
 DEFAULTS = dict(n_questions=60, hops=2, ontology="fictional", shots=[0, 2, 4], test_fraction=0.3, val_fraction=0.2,
                 probes=["linear", "mlp"], hidden=[128, 64], lr=0.01, weight_decay=1e-4, max_epochs=100, patience=10,
-                batch_size=4)
+                batch_size=4, novel_words=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         records = generate(cfg["ontology"], int(cfg["hops"]), int(cfg["n_questions"]), style="original",
                            distractors="relevant", ordering="random", seed=seed, id_prefix="probe-")
         splits = probing.split_questions([r["id"] for r in records], cfg["test_fraction"], cfg["val_fraction"], seed)
+        if cfg["novel_words"]:
+            records = probing.novel_words(records, splits, seed)
         samples = probing.sample_table(records, splits, seed)
+        baseline = probing.type_baseline(samples)
         model = load_from_args(args, s)
     except (RecordError, ModelSpecError, ValueError) as e:
         return fail(e)
@@ -51,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
           f"balanced pairs per split: {samples.groupby('split').size().to_dict()}; "
           f"relations: {samples.relation.value_counts().to_dict()}")
     print("pair representation: concatenation [h_a; h_b] of the residual stream at the two first sub-tokens")
+    print(f"validation/test concept words: {'novel (unseen in training)' if cfg['novel_words'] else 'as in training'}")
+    print(f"word-type-only baseline (test): {baseline['acc']:.3f} [{baseline['ci_low']:.3f}, {baseline['ci_high']:.3f}]"
+          f" on {baseline['n']} pairs")
     tables = []
     for k in cfg["shots"]:
         t1 = time.time()
@@ -61,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                                    patience=cfg["patience"], progress=True)
         acc.insert(0, "shots", int(k))
         tables.append(acc)
-        best = acc[acc.task == "real"].sort_values("acc").iloc[-1]
-        print(f"{k}-shot: forwards + probes in {time.time() - t1:.1f} s; best real {best.probe} "
-              f"acc {best.acc:.2f} at layer {best.layer}")
+        print(f"{k}-shot: forwards + probes in {time.time() - t1:.1f} s")
     acc = pd.concat(tables, ignore_index=True)
+    selected = probing.select_layers(acc, baseline)
+    print(selected.to_string(index=False))
     write_table(f"{args.out_dir}/accuracy.parquet", acc)
+    write_table(f"{args.out_dir}/selected.csv", selected)
     write_table(f"{args.out_dir}/samples.parquet", samples)
-    probing.plot_accuracy(acc, model.n_layers, f"{args.out_dir}/accuracy")
+    probing.plot_accuracy(acc, model.n_layers, f"{args.out_dir}/accuracy", selected)
     print(f"done in {time.time() - t0:.1f} s")
     return 0
 

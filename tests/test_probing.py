@@ -109,3 +109,107 @@ def test_pair_features_end_to_end(tiny_llama):
     assert f.shape == (len(s), tiny_llama.n_layers + 1, 2 * tiny_llama.d_model)
     acc = P.probe_layers(f, s, seed=0, max_epochs=5, patience=2)
     assert len(acc) == (tiny_llama.n_layers + 1) * 4 and acc.acc.between(0, 1).all()
+
+
+def test_select_layers_picks_the_validation_argmax_not_the_test_argmax():
+    """Analytic case: test accuracy peaks at layer 2, validation at layer 1 -> the reported number is layer 1's
+    test accuracy; the control row and the biased test maximum are reported beside it."""
+    rows = []
+    for layer, (va, te) in enumerate([(0.40, 0.45), (0.80, 0.60), (0.70, 0.75), (0.80, 0.50)]):
+        rows.append(dict(shots=0, layer=layer, probe="mlp", task="real", acc=te, ci_low=te - .1, ci_high=te + .1,
+                         val_acc=va, n_test=40))
+        rows.append(dict(shots=0, layer=layer, probe="mlp", task="control", acc=0.3 + layer / 100,
+                         ci_low=0.2, ci_high=0.4, val_acc=0.3, n_test=40))
+    sel = P.select_layers(pd.DataFrame(rows), {"acc": 0.55, "ci_low": 0.4, "ci_high": 0.7})
+    r = sel.iloc[0]
+    assert len(sel) == 1 and r.layer == 1  # first of the tied validation maxima (layers 1 and 3)
+    assert r.acc == 0.60 and r.val_acc == 0.80 and r.control_acc == 0.31
+    assert r.test_max == 0.75 and r.test_max_layer == 2 and r.type_acc == 0.55
+
+
+def test_probe_layers_report_validation_accuracy_that_finds_the_signal_layer():
+    rng = np.random.default_rng(1)
+    n, d = 300, 12
+    y = rng.integers(0, 3, n)
+    noise = rng.normal(size=(n, d))
+    signal = rng.normal(size=(n, d))
+    signal[np.arange(n), y] += 6.0
+    feats = torch.as_tensor(np.stack([noise, signal, noise[::-1].copy()], 1), dtype=torch.float32)  # layer 1 only
+    split = np.array(["train"] * 180 + ["val"] * 60 + ["test"] * 60)
+    samples = pd.DataFrame({"split": split, "label": y, "control": rng.permutation(y)})
+    acc = P.probe_layers(feats, samples, seed=0, probes=("linear",), tasks=("real",), max_epochs=80, patience=20)
+    assert acc.set_index("layer").val_acc[1] >= 0.9 and acc.set_index("layer").val_acc[[0, 2]].max() < 0.6
+    assert (acc.n_val == 60).all()
+    assert P.select_layers(acc).iloc[0].layer == 1
+
+
+def test_type_baseline_on_a_hand_built_table():
+    """Train cells: (c,c) related 2 / unrelated 5 -> unrelated; (c,p) related 3 / negated 4 -> negated;
+    (e,c) related 3 -> related. Test: (c,c) 1 related + 2 unrelated, (c,p) 2 related + 1 negated, (e,c) 1
+    related, (e,p) 1 negated (unseen cell -> training majority = unrelated, wrong) -> 2 + 1 + 1 + 0 = 4 of 8."""
+    def rows(split, ta, tb, label, k):
+        return [dict(split=split, type_a=ta, type_b=tb, label=label)] * k
+    t = (rows("train", "concept", "concept", 0, 2) + rows("train", "concept", "concept", 2, 5)
+         + rows("train", "concept", "property", 0, 3) + rows("train", "concept", "property", 1, 4)
+         + rows("train", "entity", "concept", 0, 3)
+         + rows("test", "concept", "concept", 0, 1) + rows("test", "concept", "concept", 2, 2)
+         + rows("test", "concept", "property", 0, 2) + rows("test", "concept", "property", 1, 1)
+         + rows("test", "entity", "concept", 0, 1) + rows("test", "entity", "property", 1, 1))
+    b = P.type_baseline(pd.DataFrame(t))
+    assert (b["correct"], b["n"]) == (4, 8) and b["acc"] == 0.5
+    from scipy.stats import norm
+
+    z, k, n = norm.ppf(0.975), 4, 8  # Wilson score interval written out
+    c, h = (k / n + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(.25 / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo, hi = c - h, c + h
+    assert b["ci_low"] == pytest.approx(lo) and b["ci_high"] == pytest.approx(hi)
+
+
+def test_novel_words_replace_every_concept_of_held_out_questions_and_keep_the_logic():
+    from cotmech import vocab
+    from cotmech.prontoqa.logic import LEXICON, plural
+    from cotmech.prontoqa.sentences import parse, split_sentences
+
+    assert not set(P.NOVEL_POOLS["val"]) & set(P.NOVEL_POOLS["test"])
+    for w in P.NOVEL_CONCEPTS:  # unknown to the lexicon, and the parser recovers the lemma from either form
+        assert LEXICON.word_type(w) == "unknown" and P.word_type(w) == "concept"
+        assert parse(f"{plural(w).capitalize()} are {plural('wumpus')}.").formula.subject == w
+        assert parse(f"Every wumpus is a {w}.").formula.obj == w
+    recs = _records(20)
+    splits = P.split_questions([r["id"] for r in recs], 0.3, 0.3, seed=4)
+    new = P.novel_words(recs, splits, seed=4)
+    where = {q: s for s, qs in splits.items() for q in qs}
+    train_words = set(vocab.FICTIONAL_CONCEPTS)
+    for old, rec in zip(recs, new):
+        split = where[rec["id"]]
+        f_old = [parse(s).formula for s in split_sentences(old["question"])]
+        f_new = [parse(s).formula for s in split_sentences(rec["question"])]
+        if split == "train":
+            assert rec == old
+            continue
+        # reference mapping read off the two parses, sentence by sentence: it must be one consistent bijection
+        mapping = {}
+        for a, b in zip(f_old, f_new):
+            for x, y in ((a.subject, b.subject), (a.obj, b.obj)):
+                if x != y:
+                    assert mapping.setdefault(x, y) == y
+        assert set(mapping) == set(old["logic"]["concepts"]) | set(old["logic"]["chain"])
+        assert len(set(mapping.values())) == len(mapping) and set(mapping.values()) <= set(P.NOVEL_POOLS[split])
+        words = {w for f in f_new for w in (f.subject, f.obj)}
+        assert not words & train_words
+        assert [(p.label, p.relation) for p in P.question_pairs(rec["question"])] == \
+            [(p.label, p.relation) for p in P.question_pairs(old["question"])]
+        assert " an " not in rec["question"] or all(
+            s.split(" an ")[1][:1].lower() in "aeiou" for s in split_sentences(rec["question"]) if " an " in s)
+        assert all(w not in rec["answer"].lower() for w in mapping)
+
+
+def test_relexicalise_keeps_number_articles_and_case():
+    rec = {"question": "Sheep are mean. Every impus is a sheep. Cows are sheep. Impuses are not sheep. Max is an impus.",
+           "query": "True or false: Max is not mean.", "cot": ["Max is an impus."], "answer": "Max is an impus. True",
+           "logic": {"chain": ["impus", "sheep"], "concepts": ["cow", "impus", "sheep"]}}
+    out = P.relexicalise(rec, {"sheep": "fimble", "impus": "zaffer", "cow": "kippet"})
+    assert out["question"] == ("Fimbles are mean. Every zaffer is a fimble. Kippets are fimbles. Zaffers are not "
+                               "fimbles. Max is a zaffer.")
+    assert out["cot"] == ["Max is a zaffer."] and out["answer"] == "Max is a zaffer. True"
+    assert out["logic"]["chain"] == ["zaffer", "fimble"] and rec["question"].startswith("Sheep")

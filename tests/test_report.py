@@ -369,3 +369,17 @@ def check_smoke_table(wd: Path) -> None:
 @pytest.mark.xdist_group("smoke")
 def test_the_table_of_a_real_smoke_run():
     check_smoke_table(sr.base_run())
+
+
+def test_probe_row_reads_the_validation_selected_layer(mres):
+    """With selected.csv (rule probe) the row is the test accuracy at the validation-chosen layer of the shot
+    count with the best validation accuracy, not the maximum of the test curve (0.68 in the fixture)."""
+    write_table(mres / "probing" / "selected.csv", pd.DataFrame(
+        {"shots": [0, 2, 0], "probe": ["mlp", "mlp", "linear"], "layer": [5, 9, 3], "n_layers": [28] * 3,
+         "val_acc": [0.6, 0.7, 0.9], "acc": [0.65, 0.62, 0.8], "ci_low": [0.5, 0.57, 0.7],
+         "ci_high": [0.6, 0.67, 0.9], "n_test": [90] * 3, "control_acc": [0.3] * 3, "test_max": [0.66, 0.68, 0.8],
+         "test_max_layer": [7, 7, 3], "type_acc": [0.69] * 3, "type_ci_low": [0.6] * 3, "type_ci_high": [0.78] * 3}))
+    t = report.paper_vs_run(mres, ["fictional"], "m").set_index("id")
+    assert t.loc["probe_peak_acc", "ours"] == 0.62 and t.loc["probe_peak_acc", "ci_low"] == 0.57
+    assert t.loc["probe_peak_rel_layer", "ours"] == 9 / 28
+    assert "word type only 0.69" in t.loc["probe_peak_acc", "note"] and "2-shot" in t.loc["probe_peak_acc", "note"]

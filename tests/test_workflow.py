@@ -335,7 +335,7 @@ def _model_jobs(jobs):
 @pytest.mark.parametrize("config,params_b,bytes_per,gpu", [
     ("config/paper.yaml", 6.7, 4, 1),      # Llama-2-7B (6.74e9 parameters), fp32, GPU
     ("config/scale.yaml", 6.7, 4, 1),      # the same shape, random weights
-    ("config.yaml", 1.5, 2, 1),            # Qwen2.5-Coder-1.5B, bf16 (auto)
+    ("config.yaml", 1.5, 4, 1),            # Qwen2.5-Coder-1.5B, fp32 (pinned for comparability)
     ("config/smoke.yaml", 0.0, 4, 0),      # tiny random model on the CPU: no GPU
 ])
 def test_model_jobs_ask_for_gpu_memory_and_time_from_the_model_size(dags, config, params_b, bytes_per, gpu):

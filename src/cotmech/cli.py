@@ -7,6 +7,7 @@ Nothing here changes what a rule computes: the settings JSON and the model it na
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Any
@@ -62,6 +63,9 @@ def load_from_args(args: argparse.Namespace, settings: dict[str, Any]) -> Any:
     t0 = time.time()
     model = load_from_settings({"model": model_cfg}, where)
     print(f"loaded {model.spec} ({model.dtype}, {model.device}) in {time.time() - t0:.1f} s", flush=True)
+    from .provenance import loaded_info
+
+    print(f"provenance: {json.dumps(loaded_info(model))}", flush=True)
     return model
 
 

@@ -15,11 +15,21 @@ tokens (a = the earlier token), per layer: embeddings (layer 0) and the output o
 final norm. One pair = one sample (the original used the two vectors as separate samples).
 
 Protocol: questions are split into train / validation / test (seeded, by question: no question in two splits);
-each split is class-balanced by down-sampling to its minority class (seeded); exact duplicates are removed;
+validation and test questions have their concept words replaced by nonce words never seen in training
+(:func:`novel_words`; one pool for validation, a disjoint one for test), as the authors' test file used novel
+words; each split is class-balanced by down-sampling to its minority class (seeded); exact duplicates are removed;
 features are standardised with train statistics; a linear probe and an MLP probe are trained with Adam and early
-stopping on *validation* loss (best weights restored); test accuracy gets a Wilson 95% interval. The control task
-(Hewitt & Liang 2019) gives every (word a, word b) type pair a fixed random class, so a probe can only solve it
-by memorising word identities; selectivity = real − control accuracy.
+stopping on *validation* loss (best weights restored); test accuracy gets a Wilson 95% interval.
+
+Reported number: the layer is chosen on *validation* accuracy (:func:`select_layers`) and the test accuracy is
+reported at that layer, next to the whole curve (the maximum of test accuracy over layers is biased upward).
+
+Controls. (1) Word type: unrelated pairs are concept–concept only, related pairs also entity–concept and
+concept–property, negated pairs node–property; so the two words' types alone partly give the class.
+:func:`type_baseline` is the best a reader of word types only can do: the majority class of each (type a,
+type b) cell on the training split, scored on the test split. (2) The control task (Hewitt & Liang 2019) gives
+every (word a, word b) type pair a fixed random class, so a probe can only solve it by memorising word
+identities; selectivity = real − control accuracy.
 """
 from __future__ import annotations
 
@@ -37,6 +47,16 @@ from .circuits import wilson
 from .models import _getattr_path
 
 LABELS = ("related", "negated", "unrelated")
+
+#: Our own nonce concept words for validation and test questions (none is a generator word; all pluralise with
+#: "s" and parse back to themselves). The first half is the validation pool, the second the test pool.
+NOVEL_CONCEPTS: tuple[str, ...] = (
+    "blicket", "dorvin", "fennock", "grubbin", "hembar", "jorrick", "kestle", "lumbit", "morgle", "nubbet",
+    "plimsor", "quaffin", "rundle", "snibbet",
+    "tazzel", "velpin", "wuggle", "yorrel", "zaffer", "crundle", "bolkin", "fimble", "gantor", "hobbin",
+    "kippet", "mabbet", "norvel", "trumbit",
+)
+NOVEL_POOLS: dict[str, tuple[str, ...]] = {"val": NOVEL_CONCEPTS[:14], "test": NOVEL_CONCEPTS[14:]}
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,71 @@ def token_index(offsets: Sequence[tuple[int, int]], char: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# Novel words for held-out questions
+# --------------------------------------------------------------------------------------------------
+def relexicalise(record: dict, mapping: dict[str, str]) -> dict:
+    """A copy of a task record with every concept lemma of ``mapping`` replaced (singular and plural, any case)
+    in question, query, CoT and answer; ``logic`` chain/concepts mapped too."""
+    import re
+
+    from .prontoqa.logic import plural
+
+    from .prontoqa.sentences import article
+
+    def sub(text: str) -> str:
+        for old, new in mapping.items():
+            forms = {plural(old): plural(new), old: new}
+            pat = re.compile(r"\b(?:(an?) )?(" + "|".join(re.escape(f) for f in forms) + r")\b", re.IGNORECASE)
+
+            def rep(m: re.Match) -> str:
+                word = m.group(2)
+                w = forms[next(f for f in forms if f.lower() == word.lower())]
+                if plural(old) == old:  # "sheep": number from the verb ("Sheep are ...", "... are (not) sheep")
+                    before, after = m.string[:m.start()], m.string[m.end():]
+                    if after.startswith(" are ") or re.search(r"\bare (not )?$", before):
+                        w = plural(new)
+                w = w[:1].upper() + w[1:] if word[:1].isupper() else w
+                return f"{article(w)} {w}" if m.group(1) else w  # "an impus" -> "a zaffer"
+            text = pat.sub(rep, text)
+        return text
+
+    out = dict(record)
+    for key in ("question", "query", "answer"):
+        if key in out:
+            out[key] = sub(out[key])
+    if "cot" in out:
+        out["cot"] = [sub(c) for c in out["cot"]]
+    if isinstance(out.get("logic"), dict):
+        lg = dict(out["logic"])
+        for key in ("chain", "concepts"):
+            if key in lg:
+                lg[key] = [mapping.get(c, c) for c in lg[key]]
+        out["logic"] = lg
+    return out
+
+
+def novel_words(records: Sequence[dict], splits: dict[str, list[str]], seed: int) -> list[dict]:
+    """Records with the concepts of validation / test questions replaced by words of :data:`NOVEL_POOLS`
+    (a seeded injective draw per question); training questions unchanged."""
+    where = {q: s for s, qs in splits.items() for q in qs}
+    out = []
+    for i, r in enumerate(records):
+        pool = NOVEL_POOLS.get(where.get(r["id"], "train"))
+        if pool is None:
+            out.append(r)
+            continue
+        lg = r.get("logic") or {}
+        concepts = list(dict.fromkeys(list(lg.get("chain", [])) + list(lg.get("concepts", []))))
+        if len(concepts) > len(pool):
+            raise ValueError(f"probing: question {r['id']!r} has {len(concepts)} concepts, more than the "
+                             f"{len(pool)} novel words of its pool")
+        rng = np.random.default_rng([seed, i])
+        new = [pool[j] for j in rng.choice(len(pool), size=len(concepts), replace=False)]
+        out.append(relexicalise(r, dict(zip(concepts, new))))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # Splits and balancing
 # --------------------------------------------------------------------------------------------------
 def split_questions(qids: Sequence[str], test_fraction: float, val_fraction: float, seed: int
@@ -156,14 +241,38 @@ def control_labels(a: Sequence[str], b: Sequence[str], seed: int, n_classes: int
     return np.array([cls(x, y) for x, y in zip(a, b)], dtype=int)
 
 
+def word_type(lemma: str) -> str:
+    """'entity' | 'property' | 'concept' (words outside the lexicon, e.g. :data:`NOVEL_CONCEPTS`, are concepts)."""
+    from .prontoqa.logic import LEXICON
+
+    t = LEXICON.word_type(lemma)
+    return "concept" if t == "unknown" else t
+
+
+def type_baseline(samples: pd.DataFrame) -> dict:
+    """Word-type-only control: predict the training majority class of the pair's (type_a, type_b) cell (ties:
+    lowest class; unseen cell: training majority) on the test split. Returns acc, ci_low, ci_high, n, correct."""
+    tr, te = samples[samples["split"] == "train"], samples[samples["split"] == "test"]
+    if tr.empty or te.empty:
+        raise ValueError("type_baseline: empty train or test split")
+    overall = int(tr["label"].value_counts().sort_index().idxmax())
+    counts = tr.groupby(["type_a", "type_b", "label"]).size()
+    rule = {cell: int(c.droplevel([0, 1]).sort_index().idxmax()) for cell, c in counts.groupby(level=[0, 1])}
+    pred = [rule.get((a, b), overall) for a, b in zip(te["type_a"], te["type_b"])]
+    k = int((np.asarray(pred) == te["label"].to_numpy()).sum())
+    lo, hi = wilson(k, len(te))
+    return {"acc": k / len(te), "ci_low": lo, "ci_high": hi, "n": len(te), "correct": k}
+
+
 def sample_table(records: Sequence[dict], splits: dict[str, list[str]], seed: int) -> pd.DataFrame:
-    """One row per kept pair: qid, split, a, b, a_char, b_char, label, relation, control (balanced per split)."""
+    """One row per kept pair: qid, split, a, b, a_char, b_char, label, relation, type_a, type_b, control
+    (balanced per split)."""
     where = {q: s for s, qs in splits.items() for q in qs}
     rows = []
     for r in records:
         for p in question_pairs(r["question"]):
             rows.append(dict(qid=r["id"], split=where[r["id"]], a=p.a, b=p.b, a_char=p.a_char, b_char=p.b_char,
-                             label=p.label, relation=p.relation))
+                             label=p.label, relation=p.relation, type_a=word_type(p.a), type_b=word_type(p.b)))
     df = pd.DataFrame(rows).drop_duplicates(["qid", "a_char", "b_char"])
     rng = np.random.default_rng(seed)
     keep = []
@@ -283,7 +392,8 @@ def standardise(x_tr: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]
 
 def probe_layers(features: torch.Tensor, samples: pd.DataFrame, *, seed: int, probes: Sequence[str] = ("linear", "mlp"),
                  tasks: Sequence[str] = ("real", "control"), progress: bool = False, **train_kw) -> pd.DataFrame:
-    """Train/evaluate every probe on every layer: rows layer, probe, task, acc, ci_low, ci_high, n_train, n_test.
+    """Train/evaluate every probe on every layer: rows layer, probe, task, acc (test), ci_low, ci_high, val_acc,
+    n_train, n_val, n_test.
 
     ``features``: [n_samples, n_layers+1, dim] aligned with ``samples`` (columns split, label, control).
     """
@@ -302,14 +412,44 @@ def probe_layers(features: torch.Tensor, samples: pd.DataFrame, *, seed: int, pr
                 probe = train_probe(kind, x_tr, y[tr], x_va, y[va], seed=seed + layer, **train_kw)
                 with torch.no_grad():
                     k = int((probe(x_te).argmax(-1) == y[te]).sum())
+                    k_va = int((probe(x_va).argmax(-1) == y[va]).sum())
                 lo, hi = wilson(k, len(te))
                 rows.append(dict(layer=layer, probe=kind, task=task, acc=k / len(te), ci_low=lo, ci_high=hi,
-                                 n_train=len(tr), n_test=len(te)))
+                                 val_acc=k_va / len(va), n_train=len(tr), n_val=len(va), n_test=len(te)))
     return pd.DataFrame(rows)
 
 
-def plot_accuracy(acc: pd.DataFrame, n_layers: int, stem) -> list:
-    """F-probe: test accuracy vs relative depth, one line per shot count; a panel per probe; control dotted."""
+def select_layers(acc: pd.DataFrame, baseline: dict | None = None) -> pd.DataFrame:
+    """Per (shots, probe): the layer with the highest *validation* accuracy on the real task (ties: the earliest)
+    and the test accuracy there, with the control task's test accuracy at the same layer and the word-type
+    baseline (``baseline`` from :func:`type_baseline`); ``test_max``/``test_max_layer`` = the biased maximum of
+    test accuracy over layers, for reference only."""
+    real, ctrl = acc[acc["task"] == "real"], acc[acc["task"] == "control"]
+    keys = ["shots", "probe"] if "shots" in acc.columns else ["probe"]
+    rows = []
+    for key, d in real.groupby(keys, sort=True):
+        d = d.sort_values("layer")
+        r = d.iloc[int(np.argmax(d["val_acc"].to_numpy()))]
+        t = d.iloc[int(np.argmax(d["acc"].to_numpy()))]
+        c = ctrl
+        for k, v in zip(keys, key if isinstance(key, tuple) else (key,)):
+            c = c[c[k] == v]
+        c = c[c["layer"] == r["layer"]]
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row.update(layer=int(r["layer"]), n_layers=int(d["layer"].max()), val_acc=float(r["val_acc"]),
+                   acc=float(r["acc"]), ci_low=float(r["ci_low"]), ci_high=float(r["ci_high"]),
+                   n_test=int(r["n_test"]), control_acc=float(c["acc"].iloc[0]) if len(c) else float("nan"),
+                   test_max=float(t["acc"]), test_max_layer=int(t["layer"]))
+        if baseline is not None:
+            row.update(type_acc=baseline["acc"], type_ci_low=baseline["ci_low"], type_ci_high=baseline["ci_high"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_accuracy(acc: pd.DataFrame, n_layers: int, stem, selected: pd.DataFrame | None = None) -> list:
+    """F-probe: test accuracy vs relative depth, one line per shot count; a panel per probe; control dotted;
+    the validation-selected layer of each line marked (``selected`` from :func:`select_layers`), the word-type
+    baseline as a dash-dotted line."""
     from .plotting import figure, save_figure
 
     probes = sorted(acc["probe"].unique())
@@ -327,6 +467,12 @@ def plot_accuracy(acc: pd.DataFrame, n_layers: int, stem) -> list:
                 ax.plot(x, d["acc"], ls, color=c, lw=1.2, label=f"{k}-shot" + (" control" if task == "control" else ""))
                 if task == "real":
                     ax.fill_between(x, d["ci_low"], d["ci_high"], color=c, alpha=0.12)
+            if selected is not None:
+                sel = selected[(selected["probe"] == kind) & (selected["shots"] == k)]
+                if len(sel):
+                    ax.plot(sel["layer"] / n_layers, sel["acc"], "o", color=c, ms=4)
+        if selected is not None and "type_acc" in selected.columns and len(selected):
+            ax.axhline(float(selected["type_acc"].iloc[0]), color="black", lw=0.8, ls="-.", label="word type only")
         ax.axhline(1 / len(LABELS), color="grey", lw=0.6, ls="--")
         ax.set_title(f"{kind} probe")
         ax.set_xlabel("relative depth (layer / L)")

@@ -48,6 +48,7 @@ RESULT_FILES = {
     "flow_sources": "flow/{dataset}/sources.csv",
     "roles": "roles/{dataset}/summary.json",
     "probing": "probing/accuracy.parquet",
+    "probing_selected": "probing/selected.csv",
     "knockout": "circuits/operating_points.csv",
     "horizon": "horizon/{dataset}/horizon.csv",
 }
@@ -282,8 +283,29 @@ def read_roles_share(mres: Path, datasets: Sequence[str], kind: str) -> dict | N
 
 
 def read_probe_peak(mres: Path, datasets: Sequence[str], col: str) -> dict | None:
+    """E8: test accuracy at the layer chosen on validation data (probing/selected.csv; the MLP probe, the shot
+    count with the best validation accuracy), with the word-type-only baseline and the biased test maximum in
+    the note. Older runs without selected.csv: the maximum of test accuracy over layers, noted as biased."""
     from .io import read_table
 
+    sel = mres / RESULT_FILES["probing_selected"]
+    if sel.exists():
+        df = read_table(sel)
+        if (df["probe"] == "mlp").any():
+            df = df[df["probe"] == "mlp"]
+        if df.empty:
+            return None
+        r = df.iloc[int(df["val_acc"].to_numpy().argmax())]
+        max_layer = int(r["n_layers"])
+        note = (f"{r['probe']}, {int(r['shots'])}-shot, layer {int(r['layer'])} of {max_layer} chosen on validation "
+                f"questions (novel words); control task {float(r['control_acc']):.2f}; word type only "
+                f"{float(r.get('type_acc', float('nan'))):.2f}; max over layers of test acc (biased) "
+                f"{float(r['test_max']):.2f} at layer {int(r['test_max_layer'])}")
+        source = _rel(sel, mres)
+        if col == "acc":
+            return {"ours": _num(r["acc"]), "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]),
+                    "n": _num(r["n_test"]), "source": source, "note": note}
+        return {"ours": int(r["layer"]) / max_layer if max_layer else None, "source": source, "note": note}
     p = mres / RESULT_FILES["probing"]
     if not p.exists():
         return None
@@ -297,7 +319,7 @@ def read_probe_peak(mres: Path, datasets: Sequence[str], col: str) -> dict | Non
     r = df.loc[df["acc"].idxmax()]
     max_layer = int(df["layer"].max())
     shots = f", {int(r['shots'])}-shot" if "shots" in df.columns else ""
-    note = f"peak at layer {int(r['layer'])} of {max_layer}{shots}"
+    note = f"peak at layer {int(r['layer'])} of {max_layer}{shots} (max of test accuracy: biased upward)"
     if col == "acc":
         return {"ours": _num(r["acc"]), "ci_low": _num(r.get("ci_low")), "ci_high": _num(r.get("ci_high")),
                 "n": _num(r.get("n")), "source": _rel(p, mres), "note": note}
@@ -487,3 +509,42 @@ takes its verdict from its same-quantity rows only: differs if any differs, agre
 <h2>Figures</h2><ul>{figs}</ul>
 </body></html>
 """
+
+
+# --------------------------------------------------------------------------------------------------
+# Provenance section (results/<model>/run_info.json, cotmech.provenance)
+# --------------------------------------------------------------------------------------------------
+def read_run_info(mres: str | Path) -> dict | None:
+    """``results/<model>/run_info.json`` or ``None`` if absent; a broken file raises naming it."""
+    p = Path(mres) / "run_info.json"
+    if not p.exists():
+        return None
+    try:
+        info = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON: {e}") from e
+    if not isinstance(info, dict):
+        raise ValueError(f"{p}: expected a JSON object")
+    return info
+
+
+def provenance_html(info: dict | None) -> str:
+    """An HTML section listing dtype, device, CPU/GPU and library versions of the run (or saying it is absent)."""
+    if info is None:
+        return "<h2>Run</h2><p><i>run_info.json absent: dtype, device and versions not recorded</i></p>\n"
+    rows = [("dtype", f"{info.get('dtype')} (requested {info.get('dtype_requested')})"),
+            ("device", info.get("device")), ("CPU", f"{info.get('cpu')} ({info.get('cpu_count')} logical cores, "
+                                                     f"native bf16: {info.get('cpu_native_bf16')})"),
+            ("GPU", info.get("gpu") or "none"), ("CUDA", info.get("cuda") or "none"),
+            ("Python", info.get("python")), ("platform", info.get("platform"))]
+    rows += [(name, ver or "not installed") for name, ver in (info.get("libraries") or {}).items()]
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<h2>Run</h2><table style=\"width:auto\">{body}</table>\n"
+
+
+def with_provenance(page: str, info: dict | None) -> str:
+    """``page`` (from :func:`summary_html`) with the :func:`provenance_html` section before ``</body>``."""
+    i = page.rfind("</body>")
+    if i < 0:
+        raise ValueError("summary page has no </body>")
+    return page[:i] + provenance_html(info) + page[i:]

@@ -26,6 +26,25 @@ rule generate_cot:
         " --threads {threads} --out {output.records:q} --accuracy {output.accuracy:q} > {log:q} 2>&1"
 
 
+rule run_info:
+    """Provenance of this model's runs: resolved dtype and device, CPU/GPU model, library versions (summary page)."""
+    output:
+        f"{MRES}/run_info.json",
+    input:
+        script="scripts/run_info.py",
+        code=src("models", "embedded"),
+    params:
+        settings=lambda w: settings("model"),
+    log:
+        logpath("run_info"),
+    resources:
+        **model_resources(),
+    conda:
+        "../../envs/cotmech.yaml"
+    shell:
+        "python {input.script} --settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
 rule accuracy:
     """One accuracy table over all datasets (rows of the per-dataset tables)."""
     output:
@@ -65,6 +84,7 @@ rule make_pairs:
 
 
 register_targets(
+    f"{MRES}/run_info.json",
     f"{MRES}/accuracy.csv",
     expand(f"{MRES}/pairs/{{dataset}}.jsonl", dataset=DATASETS),
 )

@@ -5,10 +5,12 @@ _PDIR = f"{MRES}/probing"
 
 
 rule probe:
-    """Per-layer linear and MLP probes (real and control task) for every shot count; accuracy table and F-probe."""
+    """Per-layer linear and MLP probes (real and control task) for every shot count; accuracy table, the layer
+    chosen on validation data with its test accuracy and the word-type baseline (selected.csv), F-probe."""
     output:
         accuracy=f"{_PDIR}/accuracy.parquet",
         samples=f"{_PDIR}/samples.parquet",
+        selected=f"{_PDIR}/selected.csv",
         figure=multiext(f"{_PDIR}/accuracy", ".png", ".pdf"),
     input:
         script="scripts/probe.py",

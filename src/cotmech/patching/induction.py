@@ -1,21 +1,38 @@
 """E3: induction heads on a synthetic 1-hop cloze task, through the same patcher (study.md E3).
 
-Template (one line per block, few-shot exemplars first, all words from :mod:`cotmech.vocab`)::
+Template = the form of the authors' ``Template_simple_1hop`` (``utilsFile/fewShotConstants.py``): blocks
+``"### Input:\n<sentences> <E> is\n### Response:\n<answer>"`` separated by a blank line, the test block with
+its response left empty; the model's next token is the answer's first token right after "### Response:\n".
+All words come from :mod:`cotmech.vocab` (the authors used further nonce words); the exemplars are drawn once
+per run (seeded) and shared by every example, as the authors' template is fixed.
 
-    <E> is <a>. <E2> is <d>. <A> is <p>. <E> is <p>.        (x shots; E2/d: a distractor fact)
-    Alex is sterpus. Max is lorpus. Sterpus is bitter. Alex is   ->  " bitter"
+Exemplars are of two kinds, in the authors' proportion (6 of their 9 are broken, :data:`BROKEN_SHARE`):
 
-E = entity, a = fictional concept (A capitalised), p = property; the distractor names another entity
-and concept. Corruptions of the test block (equal token length, everything else unchanged):
+- complete chain: "<E> is <c>. <C> is <p>." + one distractor sentence, answer <p>;
+- broken chain: "<E> is <c>." + two distractor sentences about other concepts, answer <c> — nothing follows
+  from the class, so the class itself is the answer.
 
-- ``class``    (0): the entity's class        "Alex is gorpus."      -> noise answer: gorpus
-- ``subject``  (1): the rule's subject        "Lempus is bitter."   -> noise answer: sterpus
-- ``property`` (2): the rule's property       "Sterpus is loud."    -> noise answer: loud
+Sentences of an exemplar are shuffled (the authors' exemplars put facts, rules and distractors in any order).
+Distractors are "<D> is <q>." (another concept's property) or "<D>s are <D2>s." (a subtype rule between two
+other concepts). The broken-chain exemplars are what make the ``subject`` corruption answerable: once the rule
+no longer starts from the entity's class, the template's own logic says the answer is the class.
 
-Per corruption the first ``n`` examples are kept whose clean top-1 token is the answer and whose corrupt
-top-1 token is not (``require_correct=False`` keeps the first ``n`` regardless, for random models). Each
-corruption's pairs are patched with ``exact`` (denoising, KL); the induction score of a head is the mean
-of its three normalised scores (its CI: percentiles of the mean of the three bootstrap draws).
+Test block (no distractor, as in the authors' ``simple_1hop.json``)::
+
+    Alex is sterpus. Sterpus is bitter. Alex is     ->  "bitter"
+
+Corruptions of the test block (equal token length, everything else unchanged), each with its noise label:
+
+- ``class``    (0): the entity's class        "Alex is gorpus."      -> noise label: gorpus
+- ``subject``  (1): the rule's subject        "Lempus is bitter."   -> noise label: sterpus (the class)
+- ``property`` (2): the rule's property       "Sterpus is loud."    -> noise label: loud
+
+Selection (the authors' rule): per corruption the first ``n`` examples are kept whose clean top-1 token is the
+answer's first token *and* whose corrupted top-1 token is the noise label's first token (the authors compared
+decoded, stripped tokens by prefix, which also accepts whitespace-only tokens; we compare token ids).
+``require_correct=False`` keeps the first ``n`` regardless, for random models. Each corruption's pairs are
+patched with ``exact`` (denoising, KL); the induction score of a head is the mean of its three normalised scores
+(its CI: percentiles of the mean of the three bootstrap draws).
 """
 from __future__ import annotations
 
@@ -31,6 +48,13 @@ from ..prontoqa.corrupt import encode
 from .data import Pair, make_pair
 
 CORRUPTIONS = ("class", "subject", "property")
+#: Share of broken-chain exemplars (answer = the class): 6 of the 9 in the authors' template.
+BROKEN_SHARE = 6 / 9
+
+
+def block(text: str, answer: str | None = None) -> str:
+    """One template block; ``answer=None`` leaves the response empty (the test block)."""
+    return f"### Input:\n{text}\n### Response:\n" + ("" if answer is None else answer)
 
 
 @dataclass
@@ -38,34 +62,59 @@ class Cloze:
     entity: str
     concept: str
     prop: str
-    distractor: tuple[str, str]  # (entity, concept)
 
-    def block(self, concept: str | None = None, subject: str | None = None, prop: str | None = None,
-              with_answer: bool = True) -> str:
+    def text(self, concept: str | None = None, subject: str | None = None, prop: str | None = None) -> str:
         c, s, p = concept or self.concept, subject or self.concept, prop or self.prop
-        de, dc = self.distractor
-        text = f"{self.entity} is {c}. {de} is {dc}. {s.capitalize()} is {p}. {self.entity} is"
-        return text + (f" {p}." if with_answer else "")
+        return f"{self.entity} is {c}. {s.capitalize()} is {p}. {self.entity} is"
+
+
+def _distractor(rng: np.random.Generator, avoid: Sequence[str]) -> str:
+    pool = [c for c in vocab.FICTIONAL_CONCEPTS if c not in avoid]
+    if rng.random() < 0.5:
+        return f"{str(rng.choice(pool)).capitalize()} is {rng.choice(vocab.PROPERTIES)}."
+    d, d2 = rng.choice(pool, size=2, replace=False)
+    return f"{vocab.plural(str(d)).capitalize()} are {vocab.plural(str(d2))}."
+
+
+def exemplar(rng: np.random.Generator, broken: bool) -> tuple[str, str]:
+    """(input text, answer) of one exemplar (see module docstring)."""
+    e = str(rng.choice(vocab.ENTITIES))
+    c = str(rng.choice(vocab.FICTIONAL_CONCEPTS))
+    fact = f"{e} is {c}."
+    if broken:
+        sents, answer = [fact, _distractor(rng, [c]), _distractor(rng, [c])], c
+    else:
+        p = str(rng.choice(vocab.PROPERTIES))
+        sents, answer = [fact, f"{c.capitalize()} is {p}.", _distractor(rng, [c])], p
+    sents = [sents[i] for i in rng.permutation(len(sents))]
+    return " ".join(sents) + f" {e} is", answer
+
+
+def exemplars(rng: np.random.Generator, shots: int) -> str:
+    """The few-shot part of the prompt: ``shots`` blocks, ``round(BROKEN_SHARE·shots)`` broken, in seeded order."""
+    n_broken = int(round(BROKEN_SHARE * shots))
+    kinds = [True] * n_broken + [False] * (shots - n_broken)
+    kinds = [kinds[i] for i in rng.permutation(shots)]
+    return "".join(block(*exemplar(rng, b)) + "\n\n" for b in kinds)
 
 
 def _draw(rng: np.random.Generator) -> Cloze:
-    e, e2 = rng.choice(vocab.ENTITIES, size=2, replace=False)
-    c, d = rng.choice(vocab.FICTIONAL_CONCEPTS, size=2, replace=False)
-    return Cloze(str(e), str(c), str(rng.choice(vocab.PROPERTIES)), (str(e2), str(d)))
+    return Cloze(str(rng.choice(vocab.ENTITIES)), str(rng.choice(vocab.FICTIONAL_CONCEPTS)),
+                 str(rng.choice(vocab.PROPERTIES)))
 
 
 def _first_token(tokenizer, prefix_ids: list[int], prefix: str, word: str) -> int | None:
-    full = encode(tokenizer, prefix + " " + word)
+    """First token of ``word`` written right after ``prefix`` (which ends with the response's newline)."""
+    full = encode(tokenizer, prefix + word)
     return full[len(prefix_ids)] if full[:len(prefix_ids)] == prefix_ids and len(full) > len(prefix_ids) else None
 
 
-def build_example(tokenizer, rng: np.random.Generator, shots: int, index: int, tries: int = 50
+def build_example(tokenizer, rng: np.random.Generator, head: str, index: int, tries: int = 50
                   ) -> dict[str, Pair] | None:
-    """One cloze example with its three equal-length corruptions (``None`` if none could be aligned)."""
-    shots_text = [_draw(rng).block() for _ in range(shots)]
+    """One cloze example after the few-shot ``head`` with its three equal-length corruptions (``None`` if none
+    could be aligned)."""
     test = _draw(rng)
-    head = "\n".join(shots_text + [""])
-    clean = head + test.block(with_answer=False)
+    clean = head + block(test.text())
     clean_ids = encode(tokenizer, clean)
     answer_id = _first_token(tokenizer, clean_ids, clean, test.prop)
     if answer_id is None:
@@ -75,12 +124,10 @@ def build_example(tokenizer, rng: np.random.Generator, shots: int, index: int, t
         for _ in range(tries):
             if kind == "property":
                 new = str(rng.choice([p for p in vocab.PROPERTIES if p != test.prop]))
-                text, noise = head + test.block(prop=new, with_answer=False), new
+                text, noise = head + block(test.text(prop=new)), new
             else:
-                new = str(rng.choice([c for c in vocab.FICTIONAL_CONCEPTS if c not in (test.concept,
-                                                                                     test.distractor[1])]))
-                text = head + test.block(**({"concept": new} if kind == "class" else {"subject": new}),
-                                         with_answer=False)
+                new = str(rng.choice([c for c in vocab.FICTIONAL_CONCEPTS if c != test.concept]))
+                text = head + block(test.text(**({"concept": new} if kind == "class" else {"subject": new})))
                 noise = new if kind == "class" else test.concept
             ids = encode(tokenizer, text)
             if len(ids) != len(clean_ids) or ids == clean_ids or ids[-1] != clean_ids[-1]:
@@ -91,7 +138,8 @@ def build_example(tokenizer, rng: np.random.Generator, shots: int, index: int, t
                     return None
                 continue
             out[kind] = make_pair(f"cloze-{index:05d}-{kind}", clean_ids, ids, answer_id, noise_id,
-                                  subtask=CORRUPTIONS.index(kind), corruption=kind, clean=clean, corrupt=text)
+                                  subtask=CORRUPTIONS.index(kind), corruption=kind, clean=clean, corrupt=text,
+                                  answer=test.prop, noise_label=noise)
             break
         else:
             return None
@@ -100,7 +148,8 @@ def build_example(tokenizer, rng: np.random.Generator, shots: int, index: int, t
 
 def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: bool = True,
                 max_candidates: int | None = None, batch_size: int = 16) -> dict[str, list[Pair]]:
-    """The first ``n`` usable pairs per corruption (see module docstring), drawn from one seeded RNG.
+    """The first ``n`` usable pairs per corruption (see module docstring), drawn from one seeded RNG
+    (first the ``shots`` exemplars shared by every example, then the test blocks).
 
     Screening is two-stage and sized to what is missing: the clean inputs of a few candidates first
     (``2 × missing``, at most ``batch_size``), then the corrupt inputs only of candidates the model
@@ -108,6 +157,7 @@ def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: b
     every candidate with every corruption in order; only wasted forwards are skipped.
     """
     rng = np.random.default_rng(seed)
+    head = exemplars(rng, shots)
     kept: dict[str, list[Pair]] = {k: [] for k in CORRUPTIONS}
     max_candidates = max_candidates or 20 * n
     index = 0
@@ -120,7 +170,7 @@ def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: b
         missing = max(n - len(v) for v in kept.values())
         cands = []
         while len(cands) < min(batch_size, 2 * missing) and index < max_candidates:
-            ex = build_example(model.tokenizer, rng, shots, index)
+            ex = build_example(model.tokenizer, rng, head, index)
             index += 1
             if ex is not None:
                 cands.append(ex)
@@ -135,8 +185,8 @@ def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: b
             for k in CORRUPTIONS:
                 if len(kept[k]) >= n:
                     continue
-                if require_correct and corrupt_top.get((j, k), c[k].answer_id) == c[k].answer_id:
-                    continue  # clean wrong (not screened) or corruption does not change the answer
+                if require_correct and corrupt_top.get((j, k)) != c[k].corrupt_answer_id:
+                    continue  # clean wrong (not screened) or the corrupted run does not give the noise label
                 kept[k].append(c[k])
     return kept
 
