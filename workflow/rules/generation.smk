@@ -32,7 +32,7 @@ rule run_info:
         f"{MRES}/run_info.json",
     input:
         script="scripts/run_info.py",
-        code=src("models", "embedded"),
+        code=code_inputs("scripts/run_info.py"),
     params:
         settings=lambda w: settings("model"),
     log:
@@ -42,7 +42,7 @@ rule run_info:
     conda:
         "../../envs/cotmech.yaml"
     shell:
-        "python {input.script} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "python {input.script:q} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule accuracy:
