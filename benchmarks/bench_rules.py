@@ -152,6 +152,8 @@ def load_config(path: str | os.PathLike, base: str | os.PathLike | None) -> dict
     (Snakemake's own functions where it is installed, which also validate; else the same merge and defaults)."""
     import yaml
 
+    from cotmech.configcheck import enabled_datasets
+
     schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
     cfg: dict = yaml.safe_load(Path(base).read_text()) if base else {}
     new: dict = {}
@@ -163,9 +165,11 @@ def load_config(path: str | os.PathLike, base: str | os.PathLike | None) -> dict
         print("note: snakemake not installed: config merged and defaults filled without schema validation")
         _merge(cfg, new)
         _defaults(cfg, yaml.safe_load(schema.read_text()))
+        cfg["datasets"] = enabled_datasets(cfg)
         return cfg
     update_config(cfg, new)
     validate(cfg, str(schema), set_default=True)
+    cfg["datasets"] = enabled_datasets(cfg)
     return cfg
 
 

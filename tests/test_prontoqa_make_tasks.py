@@ -70,7 +70,7 @@ def test_import_non_utf8(make_tasks, tmp_path, capsys):
     src.write_bytes(b'[{"question": "Caf\xe9 is a wumpus."}]')
     assert make_tasks(["--import", str(src), "--out", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: {src}: not UTF-8 text (byte 18: b'\\xe9')")
+    assert err.count("\n") == 1 and err.startswith(f"error: {src}: not UTF-8 text") and "byte 18" in err
     assert not (tmp_path / "x.jsonl").exists()
 
 

@@ -81,7 +81,7 @@ def test_run_info_script_and_summary_page_show_the_facts(tmp_path):
     page = tmp_path / "summary.html"
     subprocess.run([sys.executable, str(ROOT / "scripts/paper_table.py"), "--mres", str(m), "--datasets",
                     "fictional", "--model-name", "m", "--model-spec", TINY, "--csv", str(tmp_path / "t.csv"),
-                    "--html", str(page)], check=True, env=env, capture_output=True)
+                    "--claims", str(tmp_path / "c.csv"), "--html", str(page)], check=True, env=env, capture_output=True)
     text = page.read_text()
     run = text[text.index("<h2>Run</h2>"):]
     for fact in ("float32", "cpu", info["cpu"], f"<th>torch</th><td>{info['libraries']['torch']}</td>",
