@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .models import eager_attention
+from .stats import wilson
 
 PARTS = ("fewshot", "question", "generated")
 
@@ -446,12 +447,6 @@ def config_dict(cfg: FlowConfig) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Summaries (pure functions of trace records)
 # --------------------------------------------------------------------------------------------------
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    from .generation import wilson
-
-    return wilson(k, n)
-
-
 def _dims(traces: Sequence[dict]) -> tuple[int, int]:
     if not traces:
         raise ValueError("no traces")
@@ -480,7 +475,7 @@ def depth_summary(traces: Sequence[dict]) -> Any:
     for d, g in dm.groupby("depth"):
         n = int(g["count"].sum())
         second = int(g.loc[g["layer"] >= L // 2, "count"].sum())
-        lo, hi = _wilson(second, n)
+        lo, hi = wilson(second, n)
         mean_layer = float((g["layer"] * g["count"]).sum() / n)
         rows.append({"depth": int(d), "n": n, "mean_layer": mean_layer, "mean_rel_layer": mean_layer / L,
                      "share_second_half": second / n, "ci_low": lo, "ci_high": hi})
@@ -575,12 +570,12 @@ def rift_summary(traces: Sequence[dict], split: int | None = None) -> dict:
 
     def share(df: Any, n: str, c: str) -> dict:
         k, m = int(df[c].sum()), int(df[n].sum())
-        ci = _wilson(k, m)
+        ci = wilson(k, m)
         return {"n": m, "k": k, "share": k / m if m else math.nan, "ci_low": ci[0], "ci_high": ci[1]}
 
     writers = [nd for t in traces for nd in t["nodes"] if nd["depth"] == 0]
     w2 = sum(nd["layer"] >= split for nd in writers)
-    wci = _wilson(w2, len(writers))
+    wci = wilson(w2, len(writers))
     return {
         "n_layers": L, "split_layer": split, "n_traces": len(traces),
         "n_examples": len({t["example_id"] for t in traces}),

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .stats import bootstrap_weights
 from .vocab import FALSE_ONTOLOGY_CONCEPTS, plural
 
 RIFT_DEFINITION = ("first residual layer l (0 = embeddings, L = output of the last block) such that the mean "
@@ -166,14 +167,6 @@ def crossover_layer(in_context: np.ndarray, prior: np.ndarray) -> int | None:
     while i > 0 and below[i - 1]:
         i -= 1
     return int(i)
-
-
-def bootstrap_weights(groups: Sequence[Any], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster-bootstrap weights: (inverse [n_rows] group index per row, W [n_boot, n_groups] resample counts)."""
-    uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    W = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=n_boot).astype(float)
-    return inv, W
 
 
 def group_sums(values: np.ndarray, inv: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
