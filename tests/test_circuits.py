@@ -147,6 +147,47 @@ def test_direct_scores_vanish_when_the_reference_is_the_example(tiny_model):
     assert s[1].abs().max() > 0
 
 
+def test_direct_scores_equal_the_exact_direct_logit_drop_on_a_linear_model():
+    """Oracle: on a model whose logits are linear in every head's z (tests/test_patching.py), the first-order score
+    is exact. Reference = two plain forwards per head: clean, and with the head's z replaced by its reference mean at
+    the last position only (o_proj pre-hook) while every later layer's attention output is frozen to its clean value
+    (direct path only); score = clean top logit - ablated top logit."""
+    from test_patching import linear_model
+
+    m = linear_model()
+    seqs = _seqs(m)
+    means = C.head_means(m, seqs[2:])
+    got = C.direct_scores(m, seqs[:2], means, batch_size=2)  # two lengths: left padding in the batch
+    dh = m.d_head
+    for i, seq in enumerate(seqs[:2]):
+        ids = torch.tensor([seq])
+        clean_out = {}
+        hooks = [m.hf_o_proj(l).register_forward_hook(lambda mod, a, o, l=l: clean_out.__setitem__(l, o.detach()))
+                 for l in range(m.n_layers)]
+        with torch.no_grad():
+            clean = m.hf(ids).logits[0, -1]
+        for h in hooks:
+            h.remove()
+        t = int(clean.argmax())
+        for layer in range(m.n_layers):
+            mean = means.replacement(layer, 1)[0]
+            for head in range(m.n_heads):
+                def pre(mod, args, head=head, mean=mean):
+                    z = args[0].clone()
+                    z[:, -1, head * dh:(head + 1) * dh] = mean[head * dh:(head + 1) * dh]
+                    return (z,)
+                hooks = [m.hf_o_proj(layer).register_forward_pre_hook(pre)]
+                hooks += [m.hf_o_proj(l).register_forward_hook(lambda mod, a, o, l=l: clean_out[l])
+                          for l in range(layer + 1, m.n_layers)]
+                with torch.no_grad():
+                    ablated = m.hf(ids).logits[0, -1]
+                for hk in hooks:
+                    hk.remove()
+                drop = float(clean[t] - ablated[t])
+                assert float(got[i, layer, head]) == pytest.approx(drop, abs=1e-4, rel=1e-4), (i, layer, head)
+    assert got.abs().max() > 1e-2  # the heads matter: the comparison is not 0 = 0
+
+
 def test_overlap_and_reuse():
     sets = {(1, "r"): {(0, 0), (0, 1)}, (3, "r"): {(0, 1), (1, 1)}, (5, "r"): {(2, 2)}}
     ov = C.overlap_table(sets, n_total=16)
