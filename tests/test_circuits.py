@@ -28,7 +28,13 @@ def test_no_ablation_is_the_plain_run(tiny_model):
     plain = last_logits(tiny_model, left_pad(seqs, tiny_model.tokenizer.pad_token_id)).argmax(-1)
     assert torch.equal(C.ablated_argmax(tiny_model, seqs, means, [], batch_size=3), plain)
     curve = C.knockout_curve(tiny_model, seqs, means, _all_heads(tiny_model), [0, 4], plain, batch_size=2)
-    assert curve.acc.iloc[0] == 1.0 and curve.n_removed.tolist() == [0, 4]
+    assert curve.n_removed.tolist() == [0, 4]
+    # 4 heads removed: agreement with the plain run counted from the ablated predictions, Wilson 95% interval
+    k = int((C.ablated_argmax(tiny_model, seqs, means, _all_heads(tiny_model)[:4], batch_size=1) == plain).sum())
+    assert (curve.correct.iloc[1], curve.n.iloc[1], curve.acc.iloc[1]) == (k, len(seqs), k / len(seqs))
+    from statsmodels.stats.proportion import proportion_confint
+    assert (curve.ci_low.iloc[1], curve.ci_high.iloc[1]) == pytest.approx(
+        proportion_confint(k, len(seqs), alpha=0.05, method="wilson"), abs=1e-12)
     assert (curve.ci_low <= curve.acc).all() and (curve.acc <= curve.ci_high).all()
 
 
@@ -230,7 +236,6 @@ def test_run_knockout_and_scripts(tiny_llama, tmp_path):
                          steps=5, seed=3, batch_size=4, progress=False, log=lambda *a: None)
     cur, ops, heads = out["curves"], out["operating_points"], out["heads"]
     assert set(cur.subtask) == {0, 1} and set(cur.kind) == {"decision", "copy"}
-    assert (cur[cur.n_removed == 0].acc == 1.0).all()
     assert set(zip(cur.ranking, cur.scope, cur.heldout)) == {("direct", "rank_split", True),
                                                             ("direct", "eval_split", False),
                                                             ("table", "all_pairs", False)}
