@@ -63,6 +63,7 @@ $(VENV)/.models: $(STAMP)
 # fast tests, in mutants-work/<module>/ (summary.json: score and surviving mutants). MUTANT_MODULES picks modules.
 MUTANT_MODULES ?=
 MUTANT_JOBS ?= 2
+MUTANT_ONLY ?=
 mutants: $(STAMP)
 	$(BIN)/python -m pip install -q -r requirements-mutation.lock
-	$(BIN)/python dev/mutants.py --jobs $(MUTANT_JOBS) $(MUTANT_MODULES)
+	$(BIN)/python dev/mutants.py --jobs $(MUTANT_JOBS) $(if $(MUTANT_ONLY),--only $(MUTANT_ONLY)) $(MUTANT_MODULES)

@@ -35,7 +35,7 @@ def test_wilson_default_is_95_percent_and_edges():
         assert wilson(k, n) == pytest.approx(proportion_confint(k, n, alpha=0.05, method="wilson"), abs=1e-12)
     assert wilson(0, 12)[0] == 0.0 and wilson(12, 12)[1] == 1.0
     assert all(math.isnan(x) for x in wilson(0, 0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="wilson: need 0 <= k <= n, got k=5, n=4"):
         wilson(5, 4)
 
 
@@ -193,3 +193,13 @@ def test_percentile_interval_level_and_nans():
     x = np.r_[np.arange(1001.0), np.nan]
     lo, hi = percentile_interval(x, 0.9)
     assert (lo, hi) == pytest.approx((50.0, 950.0), abs=1e-9)
+    # default: 95%, per column of [replicates, ...]
+    lo, hi = percentile_interval(np.stack([x, 2 * x], 1))
+    np.testing.assert_allclose(lo, [25.0, 50.0], atol=1e-9)
+    np.testing.assert_allclose(hi, [975.0, 1950.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("ci", [0.0, 1.0, 1.5, -0.1])
+def test_interval_level_outside_zero_one_is_rejected(ci):
+    with pytest.raises(ValueError, match=r"interval level must lie in \(0, 1\)"):
+        wilson(3, 10, ci)
