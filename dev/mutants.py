@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         work = a.work / module
         prepare(module, work)
         t0 = time.time()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
         with open(work / "mutmut.log", "w") as log:
             only = [g for g in a.only if g.startswith(f"cotmech.{module}.")]
             if a.only and not only:
