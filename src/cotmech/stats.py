@@ -41,6 +41,11 @@ def wilson(k: int, n: int, ci: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
+def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n] how often each of n units is drawn when drawing n with replacement (the bootstrap), seeded."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+
+
 def bootstrap_weights(groups: Sequence[Any], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Cluster-bootstrap weights over the distinct ``groups`` (example ids), seeded.
 
@@ -49,9 +54,7 @@ def bootstrap_weights(groups: Sequence[Any], n_boot: int, seed: int) -> tuple[np
     a group by its group's count, so all rows of an example enter or leave together.
     """
     uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    W = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=n_boot).astype(float)
-    return inv, W
+    return inv, resample_counts(len(uniq), n_boot, seed).astype(float)
 
 
 def percentile_interval(boots: np.ndarray, ci: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
