@@ -60,10 +60,13 @@ $(VENV)/.models: $(STAMP)
 	touch $@
 
 # Mutation testing of the analysis modules (not CI; docs/MUTATION.md): each module mutated on its own against its
-# fast tests, in mutants-work/<module>/ (summary.json: score and surviving mutants). MUTANT_MODULES picks modules.
+# fast tests, in mutants-work/<module>/ (summary.json: score and surviving mutants). MUTANT_MODULES picks modules,
+# MUTANT_ONLY mutant-name globs, MUTANT_MINUTES a time budget per module (dev/mutants.py --help).
 MUTANT_MODULES ?=
 MUTANT_JOBS ?= 2
 MUTANT_ONLY ?=
+MUTANT_MINUTES ?=
 mutants: $(STAMP)
 	$(BIN)/python -m pip install -q -r requirements-mutation.lock
-	$(BIN)/python dev/mutants.py --jobs $(MUTANT_JOBS) $(if $(MUTANT_ONLY),--only $(MUTANT_ONLY)) $(MUTANT_MODULES)
+	$(BIN)/python dev/mutants.py --jobs $(MUTANT_JOBS) $(if $(MUTANT_MINUTES),--minutes $(MUTANT_MINUTES)) \
+		$(if $(MUTANT_ONLY),--only $(MUTANT_ONLY) --) $(MUTANT_MODULES)

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -51,10 +52,9 @@ def _toml_section(cfg: dict) -> str:
 
 
 def prepare(module: str, work: Path) -> None:
-    """A copy of the tracked tree with [tool.mutmut] narrowed to ``module`` and its tests."""
+    """A copy of the tracked tree with [tool.mutmut] narrowed to ``module`` and its tests. An existing copy is
+    updated in place: mutmut keeps the verdicts of mutants whose source and tests did not change."""
     files, tests = MODULES[module]
-    if work.exists():
-        shutil.rmtree(work)
     tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                              check=True, capture_output=True).stdout.decode().split("\0")
     for rel in filter(None, tracked):
@@ -63,7 +63,7 @@ def prepare(module: str, work: Path) -> None:
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / rel)
     shared = REPO.parent / "shared"  # tests/conftest.py looks for ../shared beside the checkout
-    if shared.is_dir():
+    if shared.is_dir() and not (work / "shared").exists():
         os.symlink(shared, work / "shared")
     pyproject = (work / "pyproject.toml").read_text()
     cfg = tomllib.loads(pyproject)["tool"]["mutmut"]
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel (mutmut --max-children)")
     ap.add_argument("--work", type=Path, default=REPO / "mutants-work")
     ap.add_argument("--only", nargs="+", default=[], metavar="GLOB", help="mutant-name globs (see above)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="time budget per module: stop mutmut then and score the mutants checked so far")
     a = ap.parse_args(argv)
     bad = [m for m in a.modules if m not in MODULES]
     if bad:
@@ -116,8 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             only = [g for g in a.only if g.startswith(f"cotmech.{module}.")]
             if a.only and not only:
                 continue
-            subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.jobs), *only], cwd=work, env=env,
-                           stdout=log, stderr=subprocess.STDOUT, check=False)
+            proc = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.jobs), *only],
+                                    cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                proc.wait(timeout=None if a.minutes is None else 60 * a.minutes)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGTERM)  # mutmut and its workers (their own session)
+                proc.wait()
         s = summarise(module, work, time.time() - t0)
         c = s["counts"]
         score = "n/a" if s["score"] is None else f"{100 * s['score']:.0f}%"
