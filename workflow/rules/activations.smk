@@ -9,7 +9,7 @@ rule extract_activations:
     input:
         pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
         script="scripts/extract_activations.py",
-        code=src("activations", "generation", "models", "embedded", "batching"),
+        code=src("activations", "generation", "models", "embedded", "batching", "stats"),
     params:
         settings=lambda w: settings("model", "activations"),
     log:

@@ -22,7 +22,7 @@ rule knockout_subtask:
         reference=f"{MRES}/pairs/{_CIRC['reference']}.jsonl",
         rankings=lambda w: circuit_ranking_files(_CSRC, int(w.k)),
         script="scripts/knockout.py",
-        code=src("circuits", "patching", "batching", "models", "embedded", "plotting"),
+        code=src("circuits", "patching", "batching", "models", "embedded", "plotting", "stats"),
     params:
         settings=lambda w: settings("model", "circuits", "seed"),
         rankings=lambda w: " ".join(f"--ranking {shlex.quote(f'{n}={s}')}" for n, s in _CSRC.items()),
@@ -52,7 +52,7 @@ rule knockout:
     input:
         parts=expand(f"{_CDIR}/parts/subtask{{k}}/curves.parquet", k=_CIRC["subtasks"]),
         script="scripts/knockout_merge.py",
-        code=src("circuits"),
+        code=src("circuits", "stats"),
     params:
         parts=lambda w, input: " ".join(f"--part {shlex.quote(os.path.dirname(p))}" for p in input.parts),
         outdir=lambda w, output: os.path.dirname(output.curves),
@@ -74,7 +74,7 @@ rule overlap:
     input:
         rules.knockout.output,
         script="scripts/overlap.py",
-        code=src("circuits", "plotting"),
+        code=src("circuits", "plotting", "stats"),
     params:
         settings=lambda w: settings("circuits.reuse_groups"),
         outdir=lambda w, output: os.path.dirname(output.overlap),

@@ -16,7 +16,7 @@ rule trace_flow:
         generations=f"{MRES}/generations/{{dataset}}.jsonl",
         ranking=flow_ranking,
         script="scripts/trace_flow.py",
-        code=src("flow", "models", "embedded", "generation"),
+        code=src("flow", "models", "embedded", "generation", "stats"),
     params:
         settings=lambda w: settings("model", "flow"),
         ranking=lambda w, input: f"--ranking {input.ranking}" if input.ranking else "",

@@ -9,7 +9,7 @@ rule generate_cot:
     input:
         tasks=f"{RESULTS}/tasks/{{dataset}}.jsonl",
         script="scripts/generate_cot.py",
-        code=src("generation", "models", "embedded", "batching", "prontoqa", "vocab"),
+        code=src("generation", "models", "embedded", "batching", "prontoqa", "vocab", "stats"),
     params:
         settings=lambda w: settings("model", "prompt", "generation"),
     log:
@@ -33,7 +33,7 @@ rule accuracy:
     input:
         tables=expand(f"{MRES}/generations/{{dataset}}.accuracy.csv", dataset=DATASETS),
         script="scripts/generate_cot.py",
-        code=src("generation"),
+        code=src("generation", "stats"),
     log:
         logpath("accuracy"),
     conda:

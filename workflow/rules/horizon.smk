@@ -12,7 +12,7 @@ rule horizon:
     input:
         generations=f"{MRES}/generations/{{dataset}}.jsonl",
         script="scripts/horizon.py",
-        code=src("horizon", "flow", "models", "embedded", "generation", "prontoqa", "vocab"),
+        code=src("horizon", "flow", "models", "embedded", "generation", "prontoqa", "vocab", "stats"),
     params:
         settings=lambda w: settings("model", "horizon", "seed", "pairs.require_correct"),
     log:

@@ -8,7 +8,7 @@ for _d in PATCH_DATASETS:
         raise ValueError(f"config patching.datasets: {_d!r} is not a dataset of config 'datasets' ({DATASETS})")
 PATCH_SUBTASKS = [int(k) for k in PATCH["subtasks"]]
 PATCH_SHARDS = int(PATCH["shards"])
-PATCH_CODE = src("patching", "models", "embedded", "batching", "plotting", "prontoqa", "vocab")
+PATCH_CODE = src("patching", "models", "embedded", "batching", "plotting", "prontoqa", "vocab", "stats")
 PATH_SUBTASKS = [int(k) for k in PATCH["path"]["subtasks"]]
 INDUCTION_CORRUPTIONS = ["class", "subject", "property"]
 

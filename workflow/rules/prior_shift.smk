@@ -43,7 +43,7 @@ rule prior_shift:
         index=f"{MRES}/activations/{{dataset}}.parquet",
         tuned=[f"{_PS}/tuned_lens.safetensors"] if _TUNED else [],
         script="scripts/prior_shift.py",
-        code=src("lens", "prior_shift", "models", "embedded", "batching", "plotting", "vocab"),
+        code=src("lens", "prior_shift", "models", "embedded", "batching", "plotting", "vocab", "stats"),
     params:
         settings=lambda w: settings("model", "prior_shift", "seed"),
         tuned=lambda w, input: f"--tuned-lens {input.tuned[0]}" if input.tuned else "",
@@ -72,7 +72,7 @@ rule rift:
     input:
         rows=expand(f"{_PS}/{{dataset}}.rows.parquet", dataset=DATASETS),
         script="scripts/prior_shift.py",
-        code=src("prior_shift", "plotting"),
+        code=src("prior_shift", "plotting", "stats"),
     params:
         settings=lambda w: settings("prior_shift", "seed"),
         stem=lambda w, output: os.path.splitext(output.png)[0],
@@ -98,7 +98,7 @@ rule head_roles:
         acts=f"{MRES}/activations/{{dataset}}.safetensors",
         index=f"{MRES}/activations/{{dataset}}.parquet",
         script="scripts/head_roles.py",
-        code=src("roles", "lens", "prior_shift", "models", "embedded", "plotting"),
+        code=src("roles", "lens", "prior_shift", "models", "embedded", "plotting", "stats"),
     params:
         settings=lambda w: settings("model", "roles", "seed"),
         outdir=lambda w: f"{MRES}/roles/{w.dataset}",

@@ -12,7 +12,7 @@ rule probe:
         figure=multiext(f"{_PDIR}/accuracy", ".png", ".pdf"),
     input:
         script="scripts/probe.py",
-        code=src("probing", "circuits", "prontoqa", "vocab", "batching", "models", "embedded", "plotting"),
+        code=src("probing", "circuits", "prontoqa", "vocab", "batching", "models", "embedded", "plotting", "stats"),
     params:
         settings=lambda w: settings("model", "probing", "seed"),
         outdir=lambda w, output: os.path.dirname(output.accuracy),

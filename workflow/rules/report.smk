@@ -36,7 +36,7 @@ rule paper_table:
         upstream=_UPSTREAM,
         gallery=expand(f"{_REP}/gallery/{{name}}.png", name=list(_GALLERY)),
         script="scripts/paper_table.py",
-        code=src("report", "generation") + ["src/cotmech/data/paper_numbers.yaml"],
+        code=src("report", "generation", "stats") + ["src/cotmech/data/paper_numbers.yaml"],
     params:
         datasets=" ".join(list(dict.fromkeys(FLOW_DATASETS + DATASETS))),
         spec=config["model"]["spec"],
