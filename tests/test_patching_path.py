@@ -1,4 +1,5 @@
-"""Path patching: all paths open = activation patching; paths into earlier layers carry nothing."""
+"""Path patching: all paths open = activation patching; unreachable receivers get nothing; frozen paths against
+references (last-layer sender, the analytic product on a linear model, receivers patched by hand with GQA)."""
 from __future__ import annotations
 
 import numpy as np
@@ -69,3 +70,100 @@ def test_pick_heads_splits_halves():
 def test_bad_path_rejected(model):
     with pytest.raises(ValueError, match="unknown path"):
         path_patch(model, pairs(), [(0, 0)], [(1, 0)], paths=["mlp"], progress=False)
+
+
+# ------------------------------------------------------------------ references (issue 19 item 3)
+def _capture_z(m, ids: list[int]) -> list[torch.Tensor]:
+    """Plain HF forward of one full sequence; every layer's o_proj input (z) as [seq, n_heads*d_head]."""
+    zs = {}
+    hooks = [m.hf_o_proj(l).register_forward_pre_hook(lambda mod, a, l=l: zs.__setitem__(l, a[0][0].detach()))
+             for l in range(m.n_layers)]
+    with torch.no_grad():
+        m.hf(torch.tensor([ids]))
+    for h in hooks:
+        h.remove()
+    return [zs[l] for l in range(m.n_layers)]
+
+
+def _logit_diff(logits: torch.Tensor, pair) -> float:
+    return float(logits[pair.answer_id] - logits[pair.corrupt_answer_id])
+
+
+def test_last_layer_sender_is_the_same_frozen_and_open(model):
+    # nothing sits above the last layer: freezing the other heads cannot change a last-layer sender's effect
+    ps, senders = pairs(), [(2, 0), (2, 3)]
+    open_ = path_patch(model, ps, senders, receivers=[], paths=["logits"], frozen="none", progress=False)
+    frozen = path_patch(model, ps, senders, receivers=[], paths=["logits"], frozen="all", progress=False)
+    np.testing.assert_allclose(frozen["patched"], open_["patched"], atol=1e-5, rtol=1e-5)
+    assert np.abs(frozen["patched"] - frozen["base"][:, None, None]).max() > 1e-3  # the senders do something
+
+
+def test_logits_path_on_linear_model_is_the_product_through_w_o_and_w_u():
+    # Logits linear in every head's z, MLPs zero, norms identity: with every other head frozen, the sender's effect on
+    # logit[a] - logit[c] is exactly (z_source - z_base)[last, head] @ W_O,head @ (W_U[a] - W_U[c]).
+    from test_patching import linear_model
+
+    m = linear_model()
+    ps, senders = pairs(), [(0, 1), (0, 2), (1, 0), (1, 3)]
+    v = path_patch(m, ps, senders, receivers=[], paths=["logits"], metric="logit_diff", frozen="all", progress=False)
+    w_u = m.hf.lm_head.weight.detach()
+    dh = m.d_head
+    for i, p in enumerate(ps):
+        z_src, z_base = _capture_z(m, p.clean_ids), _capture_z(m, p.corrupt_ids)  # denoising
+        with torch.no_grad():
+            base = _logit_diff(m.hf(torch.tensor([p.corrupt_ids])).logits[0, -1], p)
+        assert v["base"][i] == pytest.approx(base, abs=1e-4)
+        for s, (lay, h) in enumerate(senders):
+            dz = (z_src[lay] - z_base[lay])[-1, h * dh:(h + 1) * dh]
+            want = float(dz @ m.w_o(lay)[h].detach() @ (w_u[p.answer_id] - w_u[p.corrupt_answer_id]))
+            assert v["patched"][i, s, 0] - base == pytest.approx(want, abs=1e-4, rel=1e-4), (i, lay, h)
+    # the layer-0 senders' indirect path (through the layer-1 heads) is real: opening it changes the value
+    open_ = path_patch(m, ps, senders[:2], receivers=[], paths=["logits"], metric="logit_diff", frozen="none",
+                       progress=False)
+    assert np.abs(open_["patched"] - v["patched"][:, :2]).max() > 1e-3
+
+
+def test_channel_paths_equal_patching_the_receiver_by_hand(model):
+    # GQA model (4 query heads, 2 key-value heads): a receiver's k/v patch is its whole key-value group. Reference:
+    # step 1 = base forward with every o_proj input frozen at base except the sender's slice (from the source),
+    # capturing the receiver layer's q/k/v projections; step 2 = base forward with the receiver's slice of those
+    # projection outputs overwritten; metric = logit difference at the last position.
+    assert (model.n_heads, model.n_kv_heads) == (4, 2)
+    ps, sender, receiver = pairs(), (0, 1), (2, 2)  # head 2 is in key-value group 1 (2 // 2, not 2 % 2)
+    paths = ["q", "k", "v", "qkv"]
+    v = path_patch(model, ps, [sender], receivers=[receiver], paths=paths, metric="logit_diff", progress=False)
+    attn = [lay.self_attn for lay in model.hf.model.layers]
+    dh, rl, rh = model.d_head, receiver[0], receiver[1]
+    unit = {"q": rh, "k": rh // 2, "v": rh // 2}
+    for i, p in enumerate(ps):
+        z_src, z_base = _capture_z(model, p.clean_ids), _capture_z(model, p.corrupt_ids)
+        sl, sh = sender
+
+        def frozen(mod, a, lay):
+            z = z_base[lay].clone()[None]
+            if lay == sl:
+                z[0, :, sh * dh:(sh + 1) * dh] = z_src[lay][:, sh * dh:(sh + 1) * dh]
+            return (z,)
+        step1 = {}
+        hooks = [model.hf_o_proj(l).register_forward_pre_hook(lambda mod, a, l=l: frozen(mod, a, l))
+                 for l in range(model.n_layers)]
+        hooks += [getattr(attn[rl], f"{c}_proj").register_forward_hook(
+            lambda mod, a, o, c=c: step1.__setitem__(c, o.detach())) for c in "qkv"]
+        with torch.no_grad():
+            model.hf(torch.tensor([p.corrupt_ids]))
+        for h in hooks:
+            h.remove()
+        for j, path in enumerate(paths):
+            def put(mod, a, o, c):
+                o = o.clone()
+                u = unit[c]
+                o[..., u * dh:(u + 1) * dh] = step1[c][..., u * dh:(u + 1) * dh]
+                return o
+            hooks = [getattr(attn[rl], f"{c}_proj").register_forward_hook(lambda mod, a, o, c=c: put(mod, a, o, c))
+                     for c in (("q", "k", "v") if path == "qkv" else (path,))]
+            with torch.no_grad():
+                want = _logit_diff(model.hf(torch.tensor([p.corrupt_ids])).logits[0, -1], p)
+            for h in hooks:
+                h.remove()
+            assert v["patched"][i, 0, j] == pytest.approx(want, abs=1e-4, rel=1e-4), (i, path)
+    assert np.abs(v["patched"] - v["base"][:, None, None]).max() > 1e-3  # not all equal to the base run

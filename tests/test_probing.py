@@ -213,3 +213,44 @@ def test_relexicalise_keeps_number_articles_and_case():
                                "fimbles. Max is a zaffer.")
     assert out["cot"] == ["Max is a zaffer."] and out["answer"] == "Max is a zaffer. True"
     assert out["logic"]["chain"] == ["zaffer", "fimble"] and rec["question"].startswith("Sheep")
+
+
+def test_pair_features_are_the_residuals_at_each_words_first_token(tiny_llama):
+    """Oracle for the token offsets: a token's character span from cumulative decoding (no offset mapping), the
+    residuals from a plain unpadded HF forward (hidden states, and a hook on the last block for layer L)."""
+    import re
+
+    from cotmech.prontoqa.prompts import build_prompt
+
+    m, tok = tiny_llama, tiny_llama.tokenizer
+    recs = _records(4)
+    splits = P.split_questions([r["id"] for r in recs], 0.25, 0.25, seed=3)
+    s = P.sample_table(recs, splits, seed=3)
+    prompts = [build_prompt(r, shots=1, header="probe") for r in recs]
+    f = P.pair_features(m, recs, prompts, s, batch_size=3)  # batches of unequal lengths: left padding
+    d, L = m.d_model, m.n_layers
+    by_q = {r["id"]: (r, p) for r, p in zip(recs, prompts)}
+    cache = {}
+    for row, feat in zip(s.itertuples(), f):
+        rec, prompt = by_q[row.qid]
+        if row.qid not in cache:
+            ids = tok(prompt).input_ids
+            ends = [len(tok.decode(ids[:i + 1], skip_special_tokens=True)) for i in range(len(ids))]
+            last = {}
+            hook = m.hf.model.layers[-1].register_forward_hook(
+                lambda mod, a, o: last.__setitem__("h", (o[0] if isinstance(o, tuple) else o).detach()))
+            with torch.no_grad():
+                hs = m.hf(torch.tensor([ids]), output_hidden_states=True).hidden_states
+            hook.remove()
+            cache[row.qid] = ids, ends, torch.stack([h[0] for h in hs[:L]] + [last["h"][0]], 1)  # [seq, L+1, d]
+        ids, ends, ref = cache[row.qid]
+        base = prompt.rfind(rec["question"])
+        for lemma, char, part in ((row.a, row.a_char, feat[:, :d]), (row.b, row.b_char, feat[:, d:])):
+            at = base + char
+            word = re.match(r"[A-Za-z]+", prompt[at:]).group(0)
+            assert word.lower().startswith(lemma.lower()), (word, lemma)  # the intended word (plural -> lemma)
+            i = next(i for i, e in enumerate(ends) if e > at)  # the token covering the word's first letter
+            piece = tok.decode([ids[i]])
+            assert piece.strip() and word.startswith(piece.strip())  # decodes to the word's start
+            assert ends[i] - len(piece.lstrip()) == at  # ... and starts at its first letter
+            torch.testing.assert_close(part, ref[i].float(), atol=1e-4, rtol=1e-4)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import collections
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cotmech import vocab
+from cotmech.embedded import default_cache_dir
 from cotmech.models import task_tokenizer
 from cotmech.prontoqa import generate
 from cotmech.prontoqa.corrupt import Pair, Rejected, adds_bos, encode, make_pair
@@ -17,7 +17,7 @@ from cotmech.prontoqa.prompts import build_prompt
 from cotmech.prontoqa.sentences import parse
 from cotmech.prontoqa.subtasks import steps
 
-QWEN_DIR = Path.home() / ".cache" / "cotmech" / "qwen2.5-coder-1.5b-instruct"
+QWEN_DIR = default_cache_dir() / "qwen2.5-coder-1.5b-instruct"
 
 
 def word_level_tokenizer():
@@ -303,10 +303,12 @@ def test_encode_bos():
     assert encode(BosTokenizer(tok), "Max is wumpus.")[0] == 1
 
 
-@pytest.mark.skipif(not (QWEN_DIR / "tokenizer.json").exists(), reason="embedded Qwen tokenizer not converted")
+@pytest.mark.embedded
 def test_qwen_tokenizer():
     from transformers import AutoTokenizer
 
+    # `make test` installs the embedded model first (Makefile: test depends on models): a missing tokenizer fails
+    assert (QWEN_DIR / "tokenizer.json").exists(), f"{QWEN_DIR}: embedded Qwen tokenizer missing; run `make models`"
     tok = AutoTokenizer.from_pretrained(str(QWEN_DIR))
     assert not adds_bos(tok)
     reasons = collections.Counter()

@@ -71,8 +71,10 @@ def test_writer_components_match_direct_lens(biased_llama):
         whole = (lens.prep(attn_out[:, layer]) * g).sum(-1) / s_final
         np.testing.assert_allclose(comp["dla"][:, layer].sum(-1) + bias_part.numpy(), whole.numpy(), rtol=1e-4,
                                    atol=1e-5)
-    # the residual stream adds up as well: resid_mid(l) = resid_pre(l) + attn_out(l)
-    assert np.all(comp["p_pre"] > 0) and np.all(comp["p_mid"] <= 1)
+    # p_pre is the lens probability at resid_pre of every layer (p_mid, above, is at resid_pre + attn_out)
+    for layer in range(model.n_layers):
+        pre = torch.softmax(model.logits_from_resid(resid[:, layer]), -1)[rows, ans]
+        np.testing.assert_allclose(comp["p_pre"][:, layer], pre.numpy(), rtol=2e-4, atol=1e-7)
     # row chunking (one row per unembedding product) changes nothing
     one_row = writer_components(lens, model, resid, attn_out, z, ans, max_bytes=1)
     for key, val in comp.items():

@@ -34,7 +34,6 @@ heads.parquet with ``subtask == k``, ``primary`` and ``kept`` (:func:`primary_ci
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +44,7 @@ from tqdm import tqdm
 
 from .batching import Batch, chunks, left_pad
 from .patching.core import Edit, run_trace
+from .stats import wilson
 
 Head = tuple[int, int]
 #: Subtask families with one knockout figure each (a ``label`` subtask, if present, is only in the tables).
@@ -297,17 +297,6 @@ def scores_frame(per_example: torch.Tensor, rows: Sequence[int]) -> pd.DataFrame
 # --------------------------------------------------------------------------------------------------
 # Curves, operating points, splits
 # --------------------------------------------------------------------------------------------------
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion k/n."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (0.0 if k == 0 else max(0.0, c - h)), (1.0 if k == n else min(1.0, c + h))
-
-
 def step_grid(n_total: int, steps: int | Sequence[int]) -> list[int]:
     """Numbers of heads to remove: ``steps`` evenly spaced points over 0…n_total, or an explicit list."""
     if isinstance(steps, int):

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .models import eager_attention
+from .stats import bootstrap_weights, percentile_interval, wilson
 
 PARTS = ("fewshot", "question", "generated")
 START_TOKENS = ("argmax", "answer")
@@ -552,12 +553,6 @@ def config_dict(cfg: FlowConfig) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Summaries (pure functions of trace records)
 # --------------------------------------------------------------------------------------------------
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    from .generation import wilson
-
-    return wilson(k, n)
-
-
 def _dims(traces: Sequence[dict]) -> tuple[int, int]:
     if not traces:
         raise ValueError("no traces")
@@ -586,7 +581,7 @@ def depth_summary(traces: Sequence[dict]) -> Any:
     for d, g in dm.groupby("depth"):
         n = int(g["count"].sum())
         second = int(g.loc[g["layer"] >= L // 2, "count"].sum())
-        lo, hi = _wilson(second, n)
+        lo, hi = wilson(second, n)
         mean_layer = float((g["layer"] * g["count"]).sum() / n)
         rows.append({"depth": int(d), "n": n, "mean_layer": mean_layer, "mean_rel_layer": mean_layer / L,
                      "share_second_half": second / n, "ci_low": lo, "ci_high": hi})
@@ -665,8 +660,6 @@ def _layer_counts(traces: Sequence[dict]) -> tuple[list[str], np.ndarray]:
 def _boot(counts: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """Cluster-bootstrap resamples of per-example counts [G, ...] -> summed counts [B, ...] (examples resampled
     with replacement, seeded)."""
-    from .prior_shift import bootstrap_weights
-
     _, W = bootstrap_weights(np.arange(counts.shape[0]), n_boot, seed)
     return np.tensordot(W, counts, 1)
 
@@ -674,15 +667,6 @@ def _boot(counts: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
 def _ratio(k: np.ndarray, n: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, k / np.where(n > 0, n, 1), np.nan)
-
-
-def _pct(x: np.ndarray, ci: float, axis: int = 0) -> tuple[Any, Any]:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (layers never traced)
-        lo, hi = np.nanquantile(x, [(1 - ci) / 2, (1 + ci) / 2], axis=axis)
-    return lo, hi
 
 
 def crossing_layer(share: Sequence[float], level: float = RIFT_LEVEL) -> int | None:
@@ -706,8 +690,8 @@ def context_by_layer(traces: Sequence[dict], n_boot: int = 0, seed: int = 0, ci:
                        "share_without_writers": _ratio(tot[:, 3], tot[:, 2])})
     if n_boot > 0:
         b = _boot(a, n_boot, seed)  # [B, L, 4]
-        df["ci_low"], df["ci_high"] = _pct(_ratio(b[..., 1], b[..., 0]), ci)
-        df["ci_low_without_writers"], df["ci_high_without_writers"] = _pct(_ratio(b[..., 3], b[..., 2]), ci)
+        df["ci_low"], df["ci_high"] = percentile_interval(_ratio(b[..., 1], b[..., 0]), ci)
+        df["ci_low_without_writers"], df["ci_high_without_writers"] = percentile_interval(_ratio(b[..., 3], b[..., 2]), ci)
     return df
 
 
@@ -740,7 +724,7 @@ def rift_summary(traces: Sequence[dict], split: int | None = None, n_boot: int =
     def share(cols: tuple[int, int], sl: slice) -> dict:
         n, k = tot[sl, cols[0]].sum(), tot[sl, cols[1]].sum()
         bs = _ratio(b[:, sl, cols[1]].sum(1), b[:, sl, cols[0]].sum(1))
-        lo, hi = _pct(bs, ci) if len(bs) else (math.nan, math.nan)
+        lo, hi = percentile_interval(bs, ci) if len(bs) else (math.nan, math.nan)
         return {"n": int(n), "k": int(k), "share": float(k / n) if n else math.nan,
                 "ci_low": float(lo), "ci_high": float(hi)}
 
@@ -748,7 +732,7 @@ def rift_summary(traces: Sequence[dict], split: int | None = None, n_boot: int =
     cross = crossing_layer(per_layer)
     boots = np.array([np.nan if (c := crossing_layer(_ratio(x[:, 1], x[:, 0]))) is None else c for x in b], float)
     ok = np.isfinite(boots)
-    clo, chi = _pct(boots[ok], ci) if ok.any() else (math.nan, math.nan)
+    clo, chi = percentile_interval(boots[ok], ci) if ok.any() else (math.nan, math.nan)
     # depth-0 writers per example: [G, 2] = (n, in the second half)
     ex_idx = {e: i for i, e in enumerate(examples)}
     w = np.zeros((len(examples), 2))
@@ -757,7 +741,7 @@ def rift_summary(traces: Sequence[dict], split: int | None = None, n_boot: int =
             if nd["depth"] == 0:
                 w[ex_idx[str(t["example_id"])]] += (1, int(nd["layer"] >= split))
     bw = _boot(w, n_boot, seed) if n_boot > 0 else np.zeros((0, 2))
-    wlo, whi = _pct(_ratio(bw[:, 1], bw[:, 0]), ci) if n_boot > 0 else (math.nan, math.nan)
+    wlo, whi = percentile_interval(_ratio(bw[:, 1], bw[:, 0]), ci) if n_boot > 0 else (math.nan, math.nan)
     return {
         "definition": TRACE_RIFT_DEFINITION, "n_layers": L, "split_layer": split, "n_traces": len(traces),
         "n_examples": len(examples), "n_boot": int(n_boot), "ci": ci, "seed": int(seed),

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .batching import left_pad
+from .stats import wilson
 
 
 @dataclass
@@ -218,19 +219,6 @@ def generate_records(model: Any, records: Sequence[dict], shots: int = 6, max_ne
         out.append({**rec, "prompt": prompt, "generated": text, "correct": is_correct(rec, text),
                     "valid_proof": valid_proof(rec, text), "stop": g.stop, "n_generated": len(g.ids)})
     return out
-
-
-def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for k successes out of n (95% by default); (nan, nan) for n = 0."""
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return lo, hi
 
 
 ACCURACY_COLUMNS = ["dataset", "ontology", "hops", "n", "correct", "accuracy", "ci_low", "ci_high"]

@@ -319,7 +319,7 @@ def aggregate(table: Any, n_layers: int | None = None) -> Any:
     (+ the model's ``n_layers`` as a column, for relative depth in figures)."""
     import pandas as pd
 
-    from .generation import wilson
+    from .stats import wilson
 
     rows = []
     for (layer, s), g in table.groupby(["layer", "s"]):

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .stats import bootstrap_weights
 from .vocab import FALSE_ONTOLOGY_CONCEPTS, plural
 
 RIFT_DEFINITION = ("our extension (not the paper's statistic): first residual layer l (0 = embeddings, L = output "
@@ -185,14 +186,6 @@ def first_crossing(curve: Sequence[float], level: float = RIFT_LEVEL) -> int | N
         if np.isfinite(v) and v >= level:
             return int(i)
     return None
-
-
-def bootstrap_weights(groups: Sequence[Any], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster-bootstrap weights: (inverse [n_rows] group index per row, W [n_boot, n_groups] resample counts)."""
-    uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    W = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=n_boot).astype(float)
-    return inv, W
 
 
 def group_sums(values: np.ndarray, inv: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from .batching import chunks, left_pad
-from .circuits import wilson
+from .stats import wilson
 from .models import _getattr_path
 
 LABELS = ("related", "negated", "unrelated")

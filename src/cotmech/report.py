@@ -105,7 +105,8 @@ def _rel(p: Path, mres: Path) -> str:
 
 
 def read_accuracy(mres: Path, datasets: Sequence[str], ontology: str) -> dict | None:
-    from .generation import ACCURACY_DTYPES, wilson
+    from .generation import ACCURACY_DTYPES
+    from .stats import wilson
     from .io import read_table
 
     p = mres / RESULT_FILES["accuracy"]
@@ -256,7 +257,7 @@ def read_flow_depth(mres: Path, datasets: Sequence[str], depth: int, col: str) -
 
 
 def read_flow_source(mres: Path, datasets: Sequence[str], subtask: int, part: str) -> dict | None:
-    from .generation import wilson
+    from .stats import wilson
 
     def entry(r: Any, d: str) -> dict:
         n = int(r["n"])

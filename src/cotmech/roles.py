@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from .lens import Unembed
+from .stats import bootstrap_weights, percentile_interval
 from .prior_shift import select_rows  # noqa: F401  (re-exported: row caps are shared)
 
 WRITER_COMPONENTS = ("p_head", "p_pre", "p_mid", "p_alone", "dla")
@@ -212,8 +213,6 @@ def top_k_share(merged: np.ndarray, k: int, n_layers: int) -> tuple[float, list[
 def bootstrap_share(kind: str, comp: dict[str, np.ndarray], subtasks: np.ndarray, groups: np.ndarray, k: int,
                     n_layers: int, n_boot: int, seed: int, ci: float = 0.95) -> dict[str, Any]:
     """Top-k second-half share with a cluster bootstrap over examples (``groups``), seeded."""
-    from .prior_shift import bootstrap_weights
-
     scorer, maxabs = SCORERS[kind]
     inv, W = bootstrap_weights(groups, n_boot, seed)
     sts = sorted(np.unique(subtasks).tolist())
@@ -230,7 +229,7 @@ def bootstrap_share(kind: str, comp: dict[str, np.ndarray], subtasks: np.ndarray
         if maps:
             boots.append(top_k_share(merge(maps, maxabs), k, n_layers)[0])
     boots = np.asarray(boots)
-    lo, hi = np.quantile(boots, [(1 - ci) / 2, (1 + ci) / 2]) if boots.size else (np.nan, np.nan)
+    lo, hi = percentile_interval(boots, ci) if boots.size else (np.nan, np.nan)
     return {"k": k, "share_second_half": share, "ci_low": float(lo), "ci_high": float(hi), "n_boot": int(boots.size),
             "top_heads": [list(h) for h in heads], "n_rows": int(len(subtasks)), "n_examples": int(W.shape[1])}
 

@@ -45,6 +45,7 @@ import pandas as pd
 from .. import vocab
 from ..batching import left_pad, last_logits
 from ..prontoqa.corrupt import encode
+from ..stats import resample_counts
 from .data import Pair, make_pair
 
 CORRUPTIONS = ("class", "subject", "property")
@@ -221,8 +222,7 @@ def merge_scores(tables: dict[str, pd.DataFrame], boots: dict[str, np.ndarray] |
 def draw_boot(res, n_boot: int, seed: int) -> np.ndarray:
     """Bootstrap draws [boot, L, H] of the normalised score of one PatchResult (pairs resampled)."""
     N, L, H = res.patched.shape
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(N, np.full(N, 1.0 / N), size=n_boot) / N
+    w = resample_counts(N, n_boot, seed) / N
     flat = res.patched.reshape(N, -1)
     b = ((w @ flat) - (w @ res.base)[:, None]) / ((w @ res.source) - (w @ res.base))[:, None]
     return b.reshape(n_boot, L, H)

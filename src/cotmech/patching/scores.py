@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .. import io
+from ..stats import resample_counts
 from .exact import PatchResult
 
 TABLE_COLUMNS = ["subtask", "layer", "head", "score", "ci_low", "ci_high", "n"]
@@ -28,8 +29,7 @@ def aggregate(patched: np.ndarray, base: np.ndarray, source: np.ndarray, n_boot:
     if n_boot <= 0 or N < 2:
         nan = np.full(L * H, np.nan)
         return score.reshape(L, H), nan.reshape(L, H), nan.reshape(L, H)
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(N, np.full(N, 1.0 / N), size=n_boot) / N  # [boot, pairs] resampling weights
+    w = resample_counts(N, n_boot, seed) / N  # [boot, pairs] resampling weights
     boot = ((w @ np.nan_to_num(flat)) - (w @ base)[:, None]) / ((w @ source) - (w @ base))[:, None]
     boot[:, np.isnan(flat).any(0)] = np.nan
     lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0) if np.isfinite(boot).any() else (boot[0], boot[0])
