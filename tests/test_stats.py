@@ -154,8 +154,8 @@ def test_layer_table_resamples_examples_not_pairs():
             for layer in range(L + 1):
                 recs.append(dict(lens="logit", pair_id=f"e{e}-k{st}", example_id=f"e{e}", subtask=st, layer=layer,
                                  **{k: curve[layer] for k in ("p_answer", "rank_answer", "top1_in_context",
-                                                              "topk_context_mass", "js_final", "js_prior", "prefers_context", "p_real",
-                                                              "p_real_minus_answer")}))
+                                                              "topk_context_mass", "js_final", "js_prior",
+                                                              "prefers_context", "p_real", "p_real_minus_answer")}))
     rows = pd.DataFrame(recs)
     both = layer_table(rows, L, n_boot=300, seed=9)
     one = layer_table(rows[rows.subtask == 0], L, n_boot=300, seed=9)
