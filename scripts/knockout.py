@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", required=True, help="mean-ablation reference pairs JSONL (false ontology)")
     ap.add_argument("--ranking", action="append", default=[], metavar="NAME=SOURCE",
                     help="'builtin' (direct mean-ablation effect), 'builtin:writers' / 'builtin:copy' (E4/E5 scores on "
-                         "each split), a head-score table path or comma-separated raw patching shards "
-                         "(.safetensors); '{subtask}' allowed")
+                         "each split), a head-score table path or a raw patching shard (.safetensors; a NAME given "
+                         "several times reads all its shards); '{subtask}' allowed")
     ap.add_argument("--skipped", action="append", default=[], metavar="NAME", help="rankings skipped upstream (logged)")
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'circuits', 'seed' (what the rule passes)")
     ap.add_argument("--subtask", type=int, action="append", default=None, metavar="K",

@@ -396,6 +396,11 @@ def test_every_ranking_is_computed_on_the_ranking_split_only(tiny_llama, tmp_pat
                       rng.normal(size=(len(k_pairs), L, H)), rng.normal(size=len(k_pairs)) - 3,
                       rng.normal(size=len(k_pairs)) + 3)
     save_raw(tmp_path / "raw0.safetensors", res)
+    half = len(k_pairs) // 2  # the same scores as two shards, given as a list of files (the rule's sharding)
+    for i, sl in enumerate((slice(0, half), slice(half, None))):
+        save_raw(tmp_path / f"shard{i}-raw0.safetensors",
+                 PatchResult("exact", "kl", "denoise", res.pair_ids[sl], res.subtasks[sl], res.patched[sl],
+                             res.base[sl], res.source[sl]))
     perex = pd.DataFrame([dict(example_id=f"fictional-{e}", layer=l, head=h, score=rng.normal())
                           for e in range(8) for l in range(L) for h in range(H)])
     write_table(tmp_path / "pe.parquet", perex)
@@ -404,6 +409,7 @@ def test_every_ranking_is_computed_on_the_ranking_split_only(tiny_llama, tmp_pat
     write_table(tmp_path / "ind.parquet", induction)
     rankings = {"direct": "builtin", "decision": "builtin:writers", "copy": "builtin:copy",
                 "patching": str(tmp_path / "raw{subtask}.safetensors"), "perex": str(tmp_path / "pe.parquet"),
+                "sharded": [str(tmp_path / f"shard{i}-raw{{subtask}}.safetensors") for i in range(2)],
                 "induction": str(tmp_path / "ind.parquet")}
     seen_eval = []
     real = C.curve_for_sets
@@ -426,6 +432,7 @@ def test_every_ranking_is_computed_on_the_ranking_split_only(tiny_llama, tmp_pat
     want["copy"] = SCORERS["copy"][0](comp["copy"], np.arange(len(rank)))
     idx = [i for i, p in enumerate(k_pairs) if p["example_id"] in rank_ids]
     want["patching"] = aggregate(res.patched[idx], res.base[idx], res.source[idx], n_boot=0)[0]
+    want["sharded"] = want["patching"]
     want["perex"] = (perex[perex.example_id.isin(rank_ids)].groupby(["layer", "head"])["score"].mean()
                      .to_numpy().reshape(L, H))
     heads, ops = out["heads"], out["operating_points"]
@@ -438,7 +445,8 @@ def test_every_ranking_is_computed_on_the_ranking_split_only(tiny_llama, tmp_pat
     assert ind.scope.tolist() == ["other_data"] and ind.procedure.tolist() == ["fd_window"] and ind.primary.all()
     assert ops.primary.sum() == 1 and heads[heads.primary].ranking.unique().tolist() == ["induction"]
     # the in-sample line exists for every ranking with per-example scores, labelled
-    assert set(ops[ops.scope == "eval_split"].ranking) == {"direct", "decision", "copy", "patching", "perex"}
+    assert set(ops[ops.scope == "eval_split"].ranking) == {"direct", "decision", "copy", "patching", "sharded",
+                                                            "perex"}
     assert not ops[ops.scope == "eval_split"].heldout.any()
 
 

@@ -650,7 +650,7 @@ def subtask_data(clean: list[dict], reference: list[dict], k: int, rank_ids: set
     return SubtaskData(k, kind, _take(rank, n_rank, rng), _take(ev, n_eval, rng), rk, len(ck))
 
 
-def _rankings_for(model, d: SubtaskData, rankings: dict[str, str], means: HeadMeans, example_of: dict[str, str],
+def _rankings_for(model, d: SubtaskData, rankings: dict[str, str | list[str]], means: HeadMeans, example_of: dict[str, str],
                   other_data: Sequence[str], batch_size: int, log) -> list[Ranking]:
     """Every ranking of subtask ``d`` on the ranking split (held out) and, where per-example scores exist, on the
     evaluation split (in sample)."""
@@ -661,9 +661,9 @@ def _rankings_for(model, d: SubtaskData, rankings: dict[str, str], means: HeadMe
     out: list[Ranking] = []
     roles = None
     for name, source in rankings.items():
-        if source.startswith("builtin") and source not in BUILTINS:
+        if isinstance(source, str) and source.startswith("builtin") and source not in BUILTINS:
             raise ValueError(f"ranking {name!r}: unknown built-in {source!r} (known: {', '.join(BUILTINS)})")
-        if source in BUILTINS:
+        if isinstance(source, str) and source in BUILTINS:
             what = BUILTINS[source]
             if what == "direct":
                 per = direct_scores(model, [p["clean_ids"] for p in pairs], means, batch_size)
@@ -703,7 +703,7 @@ def _rankings_for(model, d: SubtaskData, rankings: dict[str, str], means: HeadMe
     return out
 
 
-def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict[str, str], *,
+def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict[str, str | list[str]], *,
                  subtasks: Sequence[int] | None = None, steps: int | Sequence[int] = 9, threshold: float = 0.9,
                  rank_fraction: float = 0.5, seed: int = 0, n_examples: int | None = None,
                  n_reference: int | None = None, batch_size: int = 8, window_rankings: Sequence[str] = (),
@@ -712,8 +712,8 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
                  log=print) -> dict[str, pd.DataFrame]:
     """Knockout curves for every subtask and ranking (E6) and the within-subtask E7 experiments.
 
-    ``rankings``: name -> a :data:`BUILTINS` key or a table path with an optional ``{subtask}`` placeholder
-    (comma-separated ``.safetensors`` paths: raw per-pair patching shards). Rankings named in
+    ``rankings``: name -> a :data:`BUILTINS` key, or a table path with an optional ``{subtask}`` placeholder, or a
+    list of such ``.safetensors`` paths (raw per-pair patching shards). Rankings named in
     ``window_rankings`` use the FD-window procedure (:func:`window_plan`, ``window_widths`` windows), the others
     remove the lowest scores first at the ``steps`` grid (:func:`sorted_plan`). Examples are split once for the
     whole dataset (:func:`split_examples`, ``seed``); every curve is measured on the evaluation split; ``scope``
