@@ -224,3 +224,35 @@ def test_patching_aggregate_equals_explicit_pair_resampling():
     ref_lo, ref_hi = np.percentile(reps, [2.5, 97.5], axis=0)
     np.testing.assert_allclose(lo, ref_lo, rtol=1e-10)
     np.testing.assert_allclose(hi, ref_hi, rtol=1e-10)
+
+
+def test_rift_context_abidance_interval_equals_explicit_example_resampling():
+    # prior_shift.rift_summary's context-abidance shares below/above a layer pool (pair, layer) cells; its interval
+    # resamples examples. Reference: the drawn examples' cells listed explicitly, the pooled share recomputed.
+    from test_prior_shift import _synthetic_rows
+
+    from cotmech.prior_shift import rift_summary
+
+    L = 12
+    rows = _synthetic_rows(rift=5, L=L, n_ex=15, seed=2)
+    rng = np.random.default_rng(6)
+    rows["top1_in_context"] = (rng.random(len(rows)) < np.where(rows["layer"] >= 5, 0.8, 0.2)).astype(float)
+    s = rift_summary(rows, n_layers=L, n_boot=250, seed=3, ci=0.9)
+    wide = rows.pivot(index="pair_id", columns="layer", values="top1_in_context")
+    ex = rows.drop_duplicates("pair_id").set_index("pair_id")["example_id"].loc[wide.index].to_numpy()
+    vals = wide.to_numpy(float)
+    _, W = bootstrap_weights(ex, 250, seed=3)
+    ids = np.unique(ex.astype(str))
+    for split, layer in (("context_abidance_rift", s["rift_layer"]), ("context_abidance_midpoint", s["midpoint_layer"])):
+        for name, cols in (("below", slice(0, layer)), ("above", slice(layer, None))):
+            part = vals[:, cols]
+            shares = []
+            for w in W:
+                drawn = np.repeat(ids, w.astype(int))
+                cells = np.concatenate([part[ex == g].ravel() for g in drawn])
+                shares.append(cells.mean())
+            lo, hi = np.quantile(shares, [0.05, 0.95])
+            got = s[split][name]
+            assert got["mean"] == pytest.approx(part.mean(), abs=1e-12)
+            assert (got["ci_low"], got["ci_high"]) == pytest.approx((lo, hi), abs=1e-12), (split, name)
+            assert got["ci_low"] < got["ci_high"]  # not a degenerate interval
