@@ -169,11 +169,14 @@ def test_bootstrap_share_equals_explicit_resampling_of_example_rows():
     # roles.bootstrap_share weights rows by their example's draw count; the reference duplicates the drawn
     # examples' rows and scores them unweighted, then takes the same percentile interval.
     rng = np.random.default_rng(7)
-    n, L, H = 24, 4, 3
+    n, L, H = 24, 10, 4
     groups = np.repeat([f"q{i}" for i in range(8)], 3)
     subtasks = np.tile([0, 1, 2], 8)
-    comp = {"p_head": rng.random((n, L, H)), "p_pre": rng.random((n, L)), "p_mid": 0.5 + rng.random((n, L))}
-    k, n_boot, seed = 3, 120, 13
+    # heavy-tailed head probabilities: the top-k set (and its second-half share) changes from resample to resample
+    comp = {"p_head": rng.exponential(1.0, (n, L, H)) ** 2, "p_pre": rng.random((n, L)), "p_mid": 0.5 + rng.random((n, L))}
+    for s in range(3):  # each subtask has its own writers
+        comp["p_head"][subtasks == s, 3 * s, s] += 3.0
+    k, n_boot, seed = 10, 120, 13
     got = bootstrap_share("writers", comp, subtasks, groups, k, L, n_boot, seed, ci=0.9)
     scorer, maxabs = SCORERS["writers"]
     inv, W = bootstrap_weights(groups, n_boot, seed)
@@ -256,3 +259,26 @@ def test_rift_context_abidance_interval_equals_explicit_example_resampling():
             assert got["mean"] == pytest.approx(part.mean(), abs=1e-12)
             assert (got["ci_low"], got["ci_high"]) == pytest.approx((lo, hi), abs=1e-12), (split, name)
             assert got["ci_low"] < got["ci_high"]  # not a degenerate interval
+
+
+def test_writer_score_formula_and_top_k_boundary():
+    # score_table("writers") per subtask = (mean p_head - mean p_pre) / mean p_mid, written out by hand; top_k_share
+    # counts layer n_layers/2 as second half and never picks a NaN head.
+    from cotmech.roles import score_table
+
+    rng = np.random.default_rng(9)
+    n, L, H = 10, 4, 3
+    comp = {"p_head": rng.random((n, L, H)), "p_pre": rng.random((n, L)), "p_mid": 0.2 + rng.random((n, L)),
+            "p_alone": np.zeros((n, L, H)), "dla": np.zeros((n, L, H))}
+    subtasks = np.repeat([0, 1], 5)
+    t = score_table("writers", comp, subtasks)
+    for s in (0, 1):
+        r = subtasks == s
+        want = (comp["p_head"][r].mean(0) - comp["p_pre"][r].mean(0)[:, None]) / comp["p_mid"][r].mean(0)[:, None]
+        got = t[t.subtask == s].sort_values(["layer", "head"])["score"].to_numpy().reshape(L, H)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    m = np.full((4, 2), np.nan)
+    m[2, 0], m[1, 1], m[0, 0] = 3.0, 2.0, 1.0  # layer 2 of 4 is the first second-half layer
+    share, heads = top_k_share(m, 2, 4)
+    assert heads == [(2, 0), (1, 1)] and share == 0.5
+    assert top_k_share(m, 3, 4) == (pytest.approx(1 / 3), [(2, 0), (1, 1), (0, 0)])  # NaN heads come last
