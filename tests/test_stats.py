@@ -190,6 +190,11 @@ def test_bootstrap_share_equals_explicit_resampling_of_example_rows():
     lo, hi = np.quantile(shares, [0.05, 0.95])
     assert (got["ci_low"], got["ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
     assert got["n_examples"] == 8
+    # the point estimate: per-subtask maps from each subtask's own rows, merged
+    full = merge([scorer({key: v[subtasks == s] for key, v in comp.items()}, np.arange(8)) for s in range(3)], maxabs)
+    share, heads = top_k_share(full, k, L)
+    assert got["share_second_half"] == share and got["top_heads"] == [list(h) for h in heads]
+    assert (got["k"], got["n_boot"], got["n_rows"]) == (k, n_boot, n)
 
 
 def test_percentile_interval_level_and_nans():
