@@ -287,3 +287,27 @@ def test_writer_score_formula_and_top_k_boundary():
     share, heads = top_k_share(m, 2, 4)
     assert heads == [(2, 0), (1, 1)] and share == 0.5
     assert top_k_share(m, 3, 4) == (pytest.approx(1 / 3), [(2, 0), (1, 1), (0, 0)])  # NaN heads come last
+
+
+def test_copy_score_table_merges_max_abs_normalised_subtasks():
+    # copy scores: per subtask mean(attn · proj) over rows with an answer position; merged = mean over subtasks of
+    # each map divided by its max |score| (so every subtask weighs the same), written out by hand
+    from cotmech.roles import score_table
+
+    rng = np.random.default_rng(4)
+    n, L, H = 9, 3, 2
+    comp = {"attn": rng.random((n, L, H)), "proj": rng.normal(size=(n, L, H)) * np.repeat([1, 10, 100], 3)[:, None, None]}
+    comp["attn"][4] = np.nan  # a row without an answer position
+    comp["proj"][4] = np.nan
+    subtasks = np.repeat([0, 1, 2], 3)
+    t = score_table("copy", comp, subtasks)
+    maps = []
+    for s in range(3):
+        r = (subtasks == s) & np.isfinite(comp["attn"][:, 0, 0])
+        m = (comp["attn"][r] * comp["proj"][r]).mean(0)
+        got = t[t.subtask == s].sort_values(["layer", "head"])
+        np.testing.assert_allclose(got["score"].to_numpy().reshape(L, H), m, rtol=1e-12)
+        assert (got["n"] == r.sum()).all() and (got["n_excluded"] == 3 - r.sum()).all()
+        maps.append(m / np.abs(m).max())
+    merged = t[t.subtask == -1].sort_values(["layer", "head"])["score"].to_numpy().reshape(L, H)
+    np.testing.assert_allclose(merged, np.mean(maps, 0), rtol=1e-12)
