@@ -289,3 +289,9 @@ def test_run_knockout_and_scripts(tiny_llama, tmp_path):
     write_jsonl(bad, [{"pair_id": "x"}])
     assert script("knockout").main(["--clean", str(bad), "--reference", str(tmp_path / "ref.jsonl"), "--ranking",
                                     "d=builtin", "--settings", settings, "--out-dir", str(tmp_path / "b")]) == 2
+
+
+def test_operating_point_default_threshold_is_the_papers_90_percent():
+    # the documented default is the paper's rule (E6: the step whose accuracy is nearest 90%)
+    assert C.operating_point([0, 50, 100], [1.0, 0.91, 0.5]) == 1
+    assert C.operating_point([0, 50, 100], [1.0, 0.75, 0.5]) == 0  # |1 - 0.9| < |0.75 - 0.9|
