@@ -51,10 +51,13 @@ def _toml_section(cfg: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare(module: str, work: Path) -> None:
-    """A copy of the tracked tree with [tool.mutmut] narrowed to ``module`` and its tests. An existing copy is
-    updated in place: mutmut keeps the verdicts of mutants whose source and tests did not change."""
+def prepare(module: str, work: Path, keep: bool = False) -> None:
+    """A fresh copy of the tracked tree with [tool.mutmut] narrowed to ``module`` and its tests. ``keep`` updates an
+    existing copy in place instead, so mutmut resumes with its verdicts (it does not re-check them when only the
+    tests changed: use it to continue an interrupted run, not after editing tests)."""
     files, tests = MODULES[module]
+    if work.exists() and not keep:
+        shutil.rmtree(work)
     tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                              check=True, capture_output=True).stdout.decode().split("\0")
     for rel in filter(None, tracked):
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel (mutmut --max-children)")
     ap.add_argument("--work", type=Path, default=REPO / "mutants-work")
     ap.add_argument("--only", nargs="+", default=[], metavar="GLOB", help="mutant-name globs (see above)")
+    ap.add_argument("--keep", action="store_true", help="resume in the existing work copies (see prepare)")
     ap.add_argument("--minutes", type=float, default=None,
                     help="time budget per module: stop mutmut then and score the mutants checked so far")
     a = ap.parse_args(argv)
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for module in a.modules:
         work = a.work / module
-        prepare(module, work)
+        prepare(module, work, a.keep)
         t0 = time.time()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
         with open(work / "mutmut.log", "w") as log:

@@ -530,3 +530,9 @@ def test_isolation_and_cross_removal_match_reference_loops(tiny_llama):
                               ("intersection", -1): m & a}.items():
         assert cs.loc[(mode, src), "n_kept"] == len(kept)
         assert cs.loc[(mode, src), "acc"] == pytest.approx(ref_acc(kept)), (mode, src)
+
+
+def test_operating_point_default_threshold_is_the_papers_90_percent():
+    # the documented default is the paper's rule (E6: the step whose accuracy is nearest 90%)
+    assert C.operating_point([0, 50, 100], [1.0, 0.91, 0.5]) == 1
+    assert C.operating_point([0, 50, 100], [1.0, 0.75, 0.5]) == 0  # |1 - 0.9| < |0.75 - 0.9|

@@ -284,3 +284,13 @@ def test_bad_inputs_are_named(inputs, tmp_path, capsys):
                                       "--rows", str(tmp_path / "r.parquet"), "--figure", str(tmp_path / "f")])
     err = capsys.readouterr().err
     assert rc == 2 and "idx.parquet" in err and "answer_pos" in err
+
+
+def test_real_world_word_two_word_subjects_and_final_period():
+    # two-word concepts are looked up whole ("real number" -> number, not "number" -> its parent), and the answer
+    # may carry the sentence's final period; the form (plural/singular) follows the answer
+    assert real_world_word("Real numbers are", "carnivores") == "numbers"
+    assert real_world_word("Max is cat. Natural numbers are", "mammals") == "integers"
+    assert real_world_word("Mersenne primes are", "felines") == "prime numbers"
+    assert real_world_word("Each real number is", "mammal") == "number"
+    assert real_world_word("Vertebrates are", "carnivores.") == "animals"

@@ -169,11 +169,14 @@ def test_bootstrap_share_equals_explicit_resampling_of_example_rows():
     # roles.bootstrap_share weights rows by their example's draw count; the reference duplicates the drawn
     # examples' rows and scores them unweighted, then takes the same percentile interval.
     rng = np.random.default_rng(7)
-    n, L, H = 24, 4, 3
+    n, L, H = 24, 10, 4
     groups = np.repeat([f"q{i}" for i in range(8)], 3)
     subtasks = np.tile([0, 1, 2], 8)
-    comp = {"p_head": rng.random((n, L, H)), "p_pre": rng.random((n, L)), "p_mid": 0.5 + rng.random((n, L))}
-    k, n_boot, seed = 3, 120, 13
+    # heavy-tailed head probabilities: the top-k set (and its second-half share) changes from resample to resample
+    comp = {"p_head": rng.exponential(1.0, (n, L, H)) ** 2, "p_pre": rng.random((n, L)), "p_mid": 0.5 + rng.random((n, L))}
+    for s in range(3):  # each subtask has its own writers
+        comp["p_head"][subtasks == s, 3 * s, s] += 3.0
+    k, n_boot, seed = 10, 120, 13
     got = bootstrap_share("writers", comp, subtasks, groups, k, L, n_boot, seed, ci=0.9)
     scorer, maxabs = SCORERS["writers"]
     inv, W = bootstrap_weights(groups, n_boot, seed)
@@ -187,6 +190,11 @@ def test_bootstrap_share_equals_explicit_resampling_of_example_rows():
     lo, hi = np.quantile(shares, [0.05, 0.95])
     assert (got["ci_low"], got["ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
     assert got["n_examples"] == 8
+    # the point estimate: per-subtask maps from each subtask's own rows, merged
+    full = merge([scorer({key: v[subtasks == s] for key, v in comp.items()}, np.arange(8)) for s in range(3)], maxabs)
+    share, heads = top_k_share(full, k, L)
+    assert got["share_second_half"] == share and got["top_heads"] == [list(h) for h in heads]
+    assert (got["k"], got["n_boot"], got["n_rows"]) == (k, n_boot, n)
 
 
 def test_percentile_interval_level_and_nans():
@@ -224,3 +232,82 @@ def test_patching_aggregate_equals_explicit_pair_resampling():
     ref_lo, ref_hi = np.percentile(reps, [2.5, 97.5], axis=0)
     np.testing.assert_allclose(lo, ref_lo, rtol=1e-10)
     np.testing.assert_allclose(hi, ref_hi, rtol=1e-10)
+
+
+def test_rift_context_abidance_interval_equals_explicit_example_resampling():
+    # prior_shift.rift_summary's context-abidance shares below/above a layer pool (pair, layer) cells; its interval
+    # resamples examples. Reference: the drawn examples' cells listed explicitly, the pooled share recomputed.
+    from test_prior_shift import _synthetic_rows
+
+    from cotmech.prior_shift import rift_summary
+
+    L = 12
+    rows = _synthetic_rows(rift=5, L=L, n_ex=15, seed=2)
+    rng = np.random.default_rng(6)
+    rows["top1_in_context"] = (rng.random(len(rows)) < np.where(rows["layer"] >= 5, 0.8, 0.2)).astype(float)
+    s = rift_summary(rows, n_layers=L, n_boot=250, seed=3, ci=0.9)
+    wide = rows.pivot(index="pair_id", columns="layer", values="top1_in_context")
+    ex = rows.drop_duplicates("pair_id").set_index("pair_id")["example_id"].loc[wide.index].to_numpy()
+    vals = wide.to_numpy(float)
+    _, W = bootstrap_weights(ex, 250, seed=3)
+    ids = np.unique(ex.astype(str))
+    for split, layer in (("context_abidance_rift", s["rift_layer"]), ("context_abidance_midpoint", s["midpoint_layer"])):
+        for name, cols in (("below", slice(0, layer)), ("above", slice(layer, None))):
+            part = vals[:, cols]
+            shares = []
+            for w in W:
+                drawn = np.repeat(ids, w.astype(int))
+                cells = np.concatenate([part[ex == g].ravel() for g in drawn])
+                shares.append(cells.mean())
+            lo, hi = np.quantile(shares, [0.05, 0.95])
+            got = s[split][name]
+            assert got["mean"] == pytest.approx(part.mean(), abs=1e-12)
+            assert (got["ci_low"], got["ci_high"]) == pytest.approx((lo, hi), abs=1e-12), (split, name)
+            assert got["ci_low"] < got["ci_high"]  # not a degenerate interval
+
+
+def test_writer_score_formula_and_top_k_boundary():
+    # score_table("writers") per subtask = (mean p_head - mean p_pre) / mean p_mid, written out by hand; top_k_share
+    # counts layer n_layers/2 as second half and never picks a NaN head.
+    from cotmech.roles import score_table
+
+    rng = np.random.default_rng(9)
+    n, L, H = 10, 4, 3
+    comp = {"p_head": rng.random((n, L, H)), "p_pre": rng.random((n, L)), "p_mid": 0.2 + rng.random((n, L)),
+            "p_alone": np.zeros((n, L, H)), "dla": np.zeros((n, L, H))}
+    subtasks = np.repeat([0, 1], 5)
+    t = score_table("writers", comp, subtasks)
+    for s in (0, 1):
+        r = subtasks == s
+        want = (comp["p_head"][r].mean(0) - comp["p_pre"][r].mean(0)[:, None]) / comp["p_mid"][r].mean(0)[:, None]
+        got = t[t.subtask == s].sort_values(["layer", "head"])["score"].to_numpy().reshape(L, H)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    m = np.full((4, 2), np.nan)
+    m[2, 0], m[1, 1], m[0, 0] = 3.0, 2.0, 1.0  # layer 2 of 4 is the first second-half layer
+    share, heads = top_k_share(m, 2, 4)
+    assert heads == [(2, 0), (1, 1)] and share == 0.5
+    assert top_k_share(m, 3, 4) == (pytest.approx(1 / 3), [(2, 0), (1, 1), (0, 0)])  # NaN heads come last
+
+
+def test_copy_score_table_merges_max_abs_normalised_subtasks():
+    # copy scores: per subtask mean(attn · proj) over rows with an answer position; merged = mean over subtasks of
+    # each map divided by its max |score| (so every subtask weighs the same), written out by hand
+    from cotmech.roles import score_table
+
+    rng = np.random.default_rng(4)
+    n, L, H = 9, 3, 2
+    comp = {"attn": rng.random((n, L, H)), "proj": rng.normal(size=(n, L, H)) * np.repeat([1, 10, 100], 3)[:, None, None]}
+    comp["attn"][4] = np.nan  # a row without an answer position
+    comp["proj"][4] = np.nan
+    subtasks = np.repeat([0, 1, 2], 3)
+    t = score_table("copy", comp, subtasks)
+    maps = []
+    for s in range(3):
+        r = (subtasks == s) & np.isfinite(comp["attn"][:, 0, 0])
+        m = (comp["attn"][r] * comp["proj"][r]).mean(0)
+        got = t[t.subtask == s].sort_values(["layer", "head"])
+        np.testing.assert_allclose(got["score"].to_numpy().reshape(L, H), m, rtol=1e-12)
+        assert (got["n"] == r.sum()).all() and (got["n_excluded"] == 3 - r.sum()).all()
+        maps.append(m / np.abs(m).max())
+    merged = t[t.subtask == -1].sort_values(["layer", "head"])["score"].to_numpy().reshape(L, H)
+    np.testing.assert_allclose(merged, np.mean(maps, 0), rtol=1e-12)
