@@ -105,9 +105,9 @@ def test_rows_are_read_from_result_files(mres, smoke_layout):
     assert t.loc["source_question_k5", "status"] == "no value"  # subtask 5 not traced
     assert t.loc["roles_writers_second_half", "ours"] == 0.8
     assert t.loc["probe_peak_acc", "ours"] == 0.68 and t.loc["probe_peak_rel_layer", "ours"] == 7 / 28
-    # induction rows only, one scope per subtask (all_pairs preferred): subtasks 0 and 1
-    assert math.isclose(t.loc["knockout_kept_share", "ours"], (136 / 336 + 236 / 336) / 2, rel_tol=1e-5)
-    assert math.isclose(t.loc["knockout_acc", "ours"], (0.9 + 0.8) / 2)
+    # no primary column: induction rows only, one scope per subtask (held out preferred): subtasks 0 and 1
+    assert math.isclose(t.loc["knockout_kept_share", "ours"], (326 / 336 + 236 / 336) / 2, rel_tol=1e-5)
+    assert math.isclose(t.loc["knockout_acc", "ours"], (0.2 + 0.8) / 2)
     assert t.loc["horizon_layer0_s0", "ours"] == 0.5
     assert set(t["model"]) == {"m"}
     # the quantity column: the trace rows are the paper's, the lens rows our extension, E4 top-k a different one
@@ -333,17 +333,18 @@ def check_smoke_table(wd: Path) -> None:
     heads = read_table(mres / "circuits" / "heads.parquet")
     for tr in traces:
         h = heads[(heads.subtask == tr["subtask"]) & (heads.ranking == "induction")]
-        h = h[h.scope == ("rank_split" if (h.scope == "rank_split").any() else "all_pairs")]
+        h = h[h.scope == next(sc for sc in ("rank_split", "other_data", "all_pairs") if (h.scope == sc).any())]
         kept = {(int(a), int(b)) for a, b, c in zip(h["layer"], h["head"], h["kept"]) if c}
         assert {(nd["layer"], nd["head"]) for nd in tr["nodes"]} <= kept, tr["pair_id"]
         assert tr["n_circuit_heads"] == len(kept)
     # the knockout row, from operating_points.csv
     ops = pd.read_csv(mres / "circuits" / "operating_points.csv")
-    ops = ops[ops.ranking == "induction"]
+    ops = ops[ops.primary.astype(bool)]  # each subtask's circuit: the primary ranking at its held-out scope
+    assert (ops.ranking == cfg["circuits"]["primary"]).all() and ops.heldout.astype(bool).all()
     shares = []
     for sub in sorted(set(ops.subtask)):
         o = ops[ops.subtask == sub]
-        o = next(o[o.scope == s] for s in ("all_pairs", "rank_split", "eval_split") if (o.scope == s).any())
+        assert len(o) == 1
         shares.append(float(o.n_kept.iloc[0]) / float(o.n_kept.iloc[0] + o.n_removed.iloc[0]))
     assert t.loc["knockout_kept_share", "ours"] == pytest.approx(sum(shares) / len(shares), abs=1e-5)
     # verdicts: each same-quantity row by the rule, each claim from its rows
@@ -383,3 +384,17 @@ def test_probe_row_reads_the_validation_selected_layer(mres):
     assert t.loc["probe_peak_acc", "ours"] == 0.62 and t.loc["probe_peak_acc", "ci_low"] == 0.57
     assert t.loc["probe_peak_rel_layer", "ours"] == 9 / 28
     assert "word type only 0.69" in t.loc["probe_peak_acc", "note"] and "2-shot" in t.loc["probe_peak_acc", "note"]
+
+
+def test_knockout_row_reads_each_subtasks_primary_circuit(mres):
+    """With the primary column (run_knockout), the row is the mean over subtasks of the primary rows' operating
+    points, whatever ranking or scope they are (here the direct ranking, and the induction rows are not primary)."""
+    write_table(mres / "circuits" / "operating_points.csv", pd.DataFrame(
+        {"subtask": [0, 0, 1, 1, 1], "ranking": ["induction", "direct", "induction", "direct", "direct"],
+         "scope": ["other_data", "rank_split", "other_data", "rank_split", "eval_split"],
+         "primary": [False, True, False, True, False], "n_removed": [200, 30, 100, 60, 90],
+         "n_kept": [136, 306, 236, 276, 246], "acc": [0.9, 0.95, 0.8, 0.85, 0.7]}))
+    t = report.paper_vs_run(mres, ["fictional"], "m").set_index("id")
+    assert math.isclose(t.loc["knockout_kept_share", "ours"], (306 / 336 + 276 / 336) / 2, rel_tol=1e-5)
+    assert math.isclose(t.loc["knockout_acc", "ours"], (0.95 + 0.85) / 2)
+    assert t.loc["knockout_acc", "n"] == 2

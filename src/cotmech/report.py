@@ -328,8 +328,10 @@ def read_probe_peak(mres: Path, datasets: Sequence[str], col: str) -> dict | Non
 
 
 def read_knockout(mres: Path, datasets: Sequence[str], col: str) -> dict | None:
-    """Mean over subtasks of the induction-ranking operating points (one scope per subtask: the first present of
-    all_pairs, rank_split, eval_split); the interval is the min–max over subtasks, not a CI."""
+    """Mean over subtasks of the operating points of each subtask's circuit: the ``primary`` rows of
+    operating_points.csv (the primary ranking at its held-out scope, E6); for tables without that column the
+    induction ranking, one scope per subtask (the first present of rank_split, other_data, all_pairs, eval_split).
+    The interval is the min–max over subtasks, not a CI."""
     from .io import read_table
 
     p = mres / RESULT_FILES["knockout"]
@@ -338,10 +340,12 @@ def read_knockout(mres: Path, datasets: Sequence[str], col: str) -> dict | None:
     df = read_table(p)
     if df.empty:
         return None
-    if "ranking" in df.columns and (df["ranking"].astype(str) == "induction").any():
+    if "primary" in df.columns and df["primary"].astype(bool).any():
+        df = df[df["primary"].astype(bool)]
+    elif "ranking" in df.columns and (df["ranking"].astype(str) == "induction").any():
         df = df[df["ranking"].astype(str) == "induction"]
     if "scope" in df.columns:
-        order = {"all_pairs": 0, "rank_split": 1, "eval_split": 2}
+        order = {"rank_split": 0, "other_data": 1, "all_pairs": 2, "eval_split": 3}
         df = (df.assign(_o=df["scope"].map(order).fillna(9)).sort_values(["subtask", "ranking", "_o"], kind="stable")
               .drop_duplicates(["subtask", "ranking"]))
     rankings = ", ".join(sorted(set(map(str, df.get("ranking", [])))))
