@@ -944,3 +944,20 @@ def plot_overlap(overlap: pd.DataFrame, subtasks: Sequence[int], stem) -> list:
         ax.set_xticks(range(len(ks)), ks)
         ax.set_yticks(range(len(ks)), ks)
     return save_figure(fig, stem)
+
+
+#: keys of config section ``circuits`` that are :func:`run_knockout` keyword arguments of the same name
+KNOCKOUT_KEYS = ("subtasks", "steps", "threshold", "rank_fraction", "n_examples", "n_reference", "batch_size",
+                 "window_rankings", "window_widths", "other_data", "primary")
+#: the keys of :func:`run_cross_subtask`
+CROSS_SUBTASK_KEYS = ("subtasks", "rank_fraction", "n_examples", "n_reference", "batch_size")
+
+
+def knockout_options(section, subtasks: Sequence[int] | None = None) -> dict:
+    """Config section ``circuits`` (every default filled in: :func:`cotmech.config.section`) as the keyword
+    arguments of :func:`run_knockout`; ``subtasks`` given replaces ``circuits.subtasks`` (one job per subtask)."""
+    out = {k: section[k] for k in KNOCKOUT_KEYS}
+    out["isolation_spec"], out["cross_spec"] = section["isolation"], section["cross_removal"]
+    if subtasks is not None:
+        out["subtasks"] = list(subtasks)
+    return out
