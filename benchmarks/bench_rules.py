@@ -26,6 +26,7 @@ import csv
 import math
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -426,9 +427,9 @@ class Bench:
 
         from cotmech import circuits as C
 
-        st, model = self.study, self.model
         from cotmech import config
 
+        st, model = self.study, self.model
         cc = config.section(self.cfg, "circuits")
         clean_d, ref_d, bs = cc["dataset"], cc["reference"], int(cc["batch_size"])
         subtasks = [int(k) for k in (cc["subtasks"] if cc["subtasks"] is not None else st.subtasks(clean_d))]
@@ -438,15 +439,21 @@ class Bench:
         pcfg = self.cfg["patching"]
         # builtins and per-pair patching shards rank on each split (2 orderings); the FD-window rankings have at
         # most window_widths removed sets, the others the inner grid steps
-        builtin, tables, skipped, n_direct, n_window = 0, [], [], 0, 0
-        for name, src in cc["rankings"].items():
-            if src.startswith("builtin"):
+        raw = re.compile(r"(?:^|/)patching/([^/]+)/raw/[^/]+/subtask(\d+)\.")
+
+        def made(path: str) -> bool:  # the patching rules write raw shards for patching.datasets × subtasks only
+            m = raw.search(path)
+            return m is None or (m[1] in pcfg["datasets"] and int(m[2]) in pcfg["subtasks"])
+
+        fields = dict(results="results", model="model", mres="results/model", method=pcfg["method"])
+        sources, skipped = C.ranking_sources(cc["rankings"], clean_d, subtasks, fields, pcfg["shards"], made)
+        builtin, tables, n_direct, n_window = 0, [], 0, 0
+        for name, src in sources.items():
+            if isinstance(src, str):
                 builtin += 1
                 n_direct += C.BUILTINS.get(src) == "direct"
-            elif "patching/" in src and not (clean_d in pcfg["datasets"] and set(subtasks) <= set(pcfg["subtasks"])):
-                skipped.append(name)
             else:
-                tables += [name] * (2 if "{shard}" in src else 1)
+                tables += [name] * (2 if "{shard}" in cc["rankings"][name] else 1)
                 n_window += name in cc["window_rankings"]
         n_orders = 2 * builtin + len(tables)
         grid = C.step_grid(n_total, cc["steps"])

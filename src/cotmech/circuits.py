@@ -961,3 +961,25 @@ def knockout_options(section, subtasks: Sequence[int] | None = None) -> dict:
     if subtasks is not None:
         out["subtasks"] = list(subtasks)
     return out
+
+
+def ranking_sources(rankings: dict[str, str], dataset: str, subtasks: Sequence[int], fields: dict[str, str],
+                    shards: int, producible) -> tuple[dict[str, str | list[str]], list[str]]:
+    """Knockout rankings of config ``circuits.rankings`` that can run: (name -> 'builtin…' or its files, skipped
+    names). A table pattern is filled with ``fields`` (results, model, mres, method) and ``dataset``; '{shard}'
+    expands to ``shards`` files, '{subtask}' stays a placeholder; the ranking is skipped unless
+    ``producible(path)`` holds for every file of every subtask (the workflow: a rule writes it)."""
+    sources: dict[str, str | list[str]] = {}
+    skipped: list[str] = []
+    for name, pattern in rankings.items():
+        if pattern == "builtin" or pattern.startswith("builtin:"):
+            sources[name] = pattern
+            continue
+        path = pattern.format(**fields, dataset=dataset, subtask="{subtask}", shard="{shard}")
+        files = [path.replace("{shard}", str(i)) for i in range(int(shards))] if "{shard}" in path else [path]
+        need = [f.format(subtask=k) for f in files for k in subtasks] if "{subtask}" in path else files
+        if all(producible(p) for p in need):
+            sources[name] = files
+        else:
+            skipped.append(name)
+    return sources, skipped

@@ -213,21 +213,11 @@ def circuit_rankings(circ):
     skipped. `circuit_ranking_files` gives one subtask's input files.
     '{shard}' expands to every shard of config patching (a list of files: raw per-pair patching scores), '{method}' to
     patching.method."""
-    sources, skipped = {}, []
-    for name, pattern in circ["rankings"].items():
-        if pattern == "builtin" or pattern.startswith("builtin:"):
-            sources[name] = pattern
-            continue
-        path = pattern.format(results=RESULTS, model=MODEL, mres=MRES, dataset=circ["dataset"], subtask="{subtask}",
-                              method=config["patching"]["method"], shard="{shard}")
-        files = ([path.replace("{shard}", str(i)) for i in range(int(config["patching"]["shards"]))]
-                 if "{shard}" in path else [path])
-        need = [f.format(subtask=k) for f in files for k in circ["subtasks"]] if "{subtask}" in path else files
-        if all(producible(p) for p in need):
-            sources[name] = files
-        else:
-            skipped.append(name)
-    return sources, skipped
+    from cotmech.circuits import ranking_sources
+
+    fields = dict(results=RESULTS, model=MODEL, mres=MRES, method=config["patching"]["method"])
+    return ranking_sources(circ["rankings"], circ["dataset"], circ["subtasks"], fields,
+                           config["patching"]["shards"], producible)
 
 
 def circuit_ranking_files(sources, k):

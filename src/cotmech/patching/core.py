@@ -349,12 +349,3 @@ def run_in_batches(fn: Callable[[Sequence[Any]], None], items: Sequence[Any], ba
             continue
         i += len(chunk)
     return batch
-
-
-def one_hot_rows(heads: Sequence[tuple[int, int]], layer: int, n_heads: int) -> torch.Tensor:
-    """mask [len(heads), n_heads]: row r is True at its head if heads[r] lies in ``layer``."""
-    mask = torch.zeros(len(heads), n_heads, dtype=torch.bool)
-    for r, (lay, h) in enumerate(heads):
-        if lay == layer:
-            mask[r, h] = True
-    return mask
