@@ -140,3 +140,18 @@ def test_fill_does_not_touch_its_input():
     before = copy.deepcopy(given)
     config.fill(given, config.node("patching"))
     assert given == before
+
+
+def test_ranking_sources_skips_a_table_that_is_not_made_for_every_subtask():
+    """circuits.ranking_sources (common.smk's circuit_rankings and bench_rules): the explicit expected result."""
+    rankings = {"direct": "builtin", "copy": "builtin:copy", "raw": "{mres}/p/{dataset}/{method}/s{subtask}.{shard}.st",
+                "ind": "{results}/{model}/ind.parquet", "gone": "{mres}/missing.parquet"}
+    made = {"R/M/p/fic/exact/s1.0.st", "R/M/p/fic/exact/s1.1.st", "R/M/p/fic/exact/s2.0.st",
+            "R/M/p/fic/exact/s2.1.st", "R/M/ind.parquet"}
+    fields = dict(results="R", model="M", mres="R/M", method="exact")
+    src, skipped = circuits.ranking_sources(rankings, "fic", [1, 2], fields, 2, made.__contains__)
+    assert src == {"direct": "builtin", "copy": "builtin:copy", "ind": ["R/M/ind.parquet"],
+                   "raw": ["R/M/p/fic/exact/s{subtask}.0.st", "R/M/p/fic/exact/s{subtask}.1.st"]}
+    assert skipped == ["gone"]
+    src, skipped = circuits.ranking_sources(rankings, "fic", [1, 2, 3], fields, 2, made.__contains__)
+    assert skipped == ["raw", "gone"] and "raw" not in src
