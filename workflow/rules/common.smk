@@ -29,19 +29,13 @@ MRES = f"{RESULTS}/{MODEL}"  # per-model results folder
 DATASETS = list(config["datasets"])
 MODEL_THREADS = int(config["cluster"]["threads"])  # threads of each model-running job
 
-# Rule files after tasks.smk, in DAG order; a step whose file exists is included by the Snakefile.
-STEPS = [
-    "generation",
-    "activations",
-    "patching",
-    "prior_shift",
-    "circuits",
-    "probing",
-    "flow",
-    "horizon",
-    "figures",
-    "report",
-]
+
+# One set of wildcard constraints for every rule: dataset names as the schema allows them, subtask (k) and shard (i)
+# indices as integers. (report_gallery adds its own: `name` is one of the gallery's figures.)
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_\-]+",
+    k=r"[0-9]+",
+    i=r"[0-9]+",
 
 _TARGETS = []
 
