@@ -111,9 +111,8 @@ def test_shared_prefix_attention_equals_concatenated_prefix(model, monkeypatch):
         heads = [(lay, h) for lay in range(model.n_layers) for h in (0, model.n_heads - 1)]
         out = {}
         for mode in ("concat", "shared"):
-            monkeypatch.setattr(core, "PREFIX_ATTENTION", mode)
             n0 = len(calls)
-            out[mode] = patch_suffix(model, pr, heads)
+            out[mode] = patch_suffix(model, pr, heads, prefix_attention=mode)
             assert (len(calls) > n0) == (mode == "shared")
         torch.testing.assert_close(out["shared"], out["concat"], atol=2e-5, rtol=2e-5)
         # and the shared path reproduces the plain corrupt run when nothing is patched
@@ -121,6 +120,12 @@ def test_shared_prefix_attention_equals_concatenated_prefix(model, monkeypatch):
         none = core.run_trace(model, pair.ids("corrupt")[pair.first_diff:][None], cache=pr.cache)
         torch.testing.assert_close(none.logits[0], plain, atol=1e-4, rtol=1e-4)
     assert core._SHARED_NAME != model.hf.config._attn_implementation  # restored after every trace
+
+
+def test_prefix_attention_mode_is_checked(model):
+    pair = random_pairs(1)[0]
+    with pytest.raises(ValueError, match=r"prefix_attention 'copy': use one of shared, concat"):
+        core.run_trace(model, pair.ids("clean")[None], prefix_attention="copy")
 
 
 def test_run_in_batches_reraises_other_errors():
