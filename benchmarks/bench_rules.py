@@ -115,43 +115,6 @@ def spread(items: Sequence[dict], subtasks: Sequence[int] | None, k: int) -> lis
 # --------------------------------------------------------------------------------------------------
 # Config and inputs
 # --------------------------------------------------------------------------------------------------
-def _merge(into: dict, new: dict) -> None:
-    """Recursive dict update (snakemake.utils.update_config)."""
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = v
-
-
-def load_config(path: str | os.PathLike, base: str | os.PathLike | None) -> dict:
-    """``base`` (config.yaml) with ``path`` merged in and the schema's defaults filled, as Snakemake does
-    (Snakemake's own functions where it is installed, which also validate; else the same merge and defaults)."""
-    import yaml
-
-    from cotmech.configcheck import enabled_datasets
-
-    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
-    cfg: dict = yaml.safe_load(Path(base).read_text()) if base else {}
-    new: dict = {}
-    if not base or Path(path).resolve() != Path(base).resolve():
-        new = yaml.safe_load(Path(path).read_text()) or {}
-    try:
-        from snakemake.utils import update_config, validate
-    except ImportError:  # e.g. a GPU node with torch only: no validation
-        print("note: snakemake not installed: config merged and defaults filled without schema validation")
-        from cotmech import config
-
-        _merge(cfg, new)
-        cfg = config.fill(cfg, config.schema())
-        cfg["datasets"] = enabled_datasets(cfg)
-        return cfg
-    update_config(cfg, new)
-    validate(cfg, str(schema), set_default=True)
-    cfg["datasets"] = enabled_datasets(cfg)
-    return cfg
-
-
 class Study:
     """Sample inputs of every dataset and the unit counts the config implies.
 
@@ -810,7 +773,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    cfg = load_config(args.config, args.base)
+    from cotmech import config
+
+    cfg = config.load(args.config, args.base)  # as the workflow sees it (merged, checked, defaults filled)
     t0 = time.perf_counter()
     model = load_from_args(args, {"model": cfg["model"]})
     t_load = time.perf_counter() - t0

@@ -8,13 +8,16 @@ so that scripts run standalone, benchmarks and an installed package fill in the 
 - :func:`value` — one value by dotted key (``seed``, ``pairs.require_correct``): the rule's dotted key, else the
   nested one, else the schema default.
 - :func:`dataset` — one entry of ``datasets`` completed with the defaults of a dataset.
+- :func:`load` — a whole study configuration from its files, as a workflow run sees it (benchmarks).
 """
 from __future__ import annotations
 
 import copy
 import functools
+import os
 from collections.abc import Mapping
 from importlib import resources
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -110,3 +113,35 @@ def dataset(spec: Mapping[str, Any], where: str = "datasets") -> dict:
     sch = node("datasets.*")
     _check(dict(spec), sch, where)
     return fill(dict(spec), sch)
+
+
+def _merge(into: dict, new: Mapping) -> None:
+    """Recursive update, as Snakemake merges config files (``snakemake.utils.update_config``)."""
+    for k, v in new.items():
+        if isinstance(v, Mapping) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = copy.deepcopy(v)
+
+
+def load(path: str | os.PathLike, base: str | os.PathLike | None = None) -> dict:
+    """The study configuration a workflow run with ``--configfile path`` on top of ``base`` (config.yaml) sees,
+    without Snakemake: files merged key by key, checked against the schema (:mod:`cotmech.configcheck`, one line
+    naming the key), every default filled in, datasets with ``enabled: false`` dropped, cross-key ranges checked."""
+    from . import configcheck
+
+    cfg: dict = {}
+    files = [base] if base else []
+    if not base or Path(path).resolve() != Path(base).resolve():
+        files.append(path)
+    for f in files:
+        data = yaml.safe_load(Path(f).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{f}: not a mapping of config keys")
+        _merge(cfg, data)
+    configcheck.coerce(cfg, _schema())
+    configcheck.check_schema(cfg, _schema())
+    cfg = fill(cfg, _schema())
+    cfg["datasets"] = configcheck.enabled_datasets(cfg)
+    configcheck.check_cross(cfg)
+    return cfg
