@@ -10,7 +10,7 @@ from cotmech.patching import core
 from cotmech.patching.atp import atp_sweep
 from cotmech.patching.data import make_pair
 from cotmech.patching.exact import exact_sweep, naive_sweep, pair_runs, patch_suffix
-from cotmech.patching.metrics import METRICS, normalise
+from cotmech.patching.metrics import METRICS
 
 # init 0.2 (not 0.02): outputs far from uniform, so KL_noise is not tiny and normalised scores are well defined
 SPECS = {"mha": "random:tiny-llama?initializer_range=0.2&num_hidden_layers=3",
@@ -157,8 +157,9 @@ def test_no_patch_is_corrupt_and_all_heads_is_clean(model):
         for name, fn in METRICS.items():
             ref = pr.ref
             m_clean, m_cor = fn(clean_ref[None], ref), fn(corrupt_ref[None], ref)
-            assert float(normalise(fn(allp.logits, ref), m_cor, m_clean)) == pytest.approx(1.0, abs=1e-3), name
-            assert float(normalise(fn(none.logits, ref), m_cor, m_clean)) == pytest.approx(0.0, abs=1e-3), name
+            # normalised score (m_patched - m_base) / (m_source - m_base): 1 with every head patched, 0 with none
+            assert float((fn(allp.logits, ref) - m_cor) / (m_clean - m_cor)) == pytest.approx(1.0, abs=1e-3), name
+            assert float((fn(none.logits, ref) - m_cor) / (m_clean - m_cor)) == pytest.approx(0.0, abs=1e-3), name
 
 
 def linear_model():
