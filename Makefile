@@ -8,7 +8,7 @@ CORES ?= all
 SNAKEMAKE_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: study test test-all report venv models lint dryrun clean-results mutants
+.PHONY: study test report venv models lint dryrun clean-results mutants
 
 venv: $(STAMP)
 
@@ -35,9 +35,6 @@ PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 test: $(STAMP) models
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
-
-# Kept for old instructions: the same as `make test`.
-test-all: test
 
 report: $(STAMP)
 	$(BIN)/snakemake --cores 1 --report results/report.html

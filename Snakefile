@@ -8,15 +8,20 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# One file per step, in DAG order (report last: it collects every target registered before it).
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tasks.smk"
-
-
-# Later steps are included in DAG order when present (one file per step).
-for _step in STEPS:
-    if os.path.exists(f"workflow/rules/{_step}.smk"):
-
-        include: f"workflow/rules/{_step}.smk"
+include: "workflow/rules/generation.smk"
+include: "workflow/rules/activations.smk"
+include: "workflow/rules/patching.smk"
+include: "workflow/rules/prior_shift.smk"
+include: "workflow/rules/roles.smk"
+include: "workflow/rules/circuits.smk"
+include: "workflow/rules/probing.smk"
+include: "workflow/rules/flow.smk"
+include: "workflow/rules/horizon.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

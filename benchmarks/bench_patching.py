@@ -4,7 +4,7 @@
 Prints, per method, seconds per full head sweep (per pair), the ratio to naive and max |Δscore| vs naive
 (per-pair normalised KL scores, over the heads naive ran). ``--naive-heads N`` times naive on N heads spread
 evenly over the layers and extrapolates to all heads (documented in the output); 0 = all heads.
-``exact`` attends over the shared prefix with one product for all batch rows (``core.PREFIX_ATTENTION =
+``exact`` attends over the shared prefix with one product for all batch rows (``prefix_attention=
 "shared"``, the default); ``exact-concat`` is the same sweep with the prefix copied into every row and the
 model's own attention (the previous implementation), for comparison in the same run; likewise ``atp`` works on
 the suffix with the shared prefix cache and ``atp-full`` on the whole inputs (the previous implementation).
@@ -105,7 +105,6 @@ def profile_exact(model, pairs, head_batch: int, rows: int = 25) -> None:
 
 
 def bench_case(model, pairs, args, label: str) -> dict:
-    from cotmech.patching import core
     from cotmech.patching.atp import atp_sweep
     from cotmech.patching.exact import all_heads, exact_sweep, naive_sweep
 
@@ -129,11 +128,8 @@ def bench_case(model, pairs, args, label: str) -> dict:
         if method == "naive":
             res[name] = naive_sweep(model, pairs, heads=sample, pair_batch=1, progress=False)
         elif method in ("exact", "exact-concat"):
-            core.PREFIX_ATTENTION = "concat" if method == "exact-concat" else "shared"
-            try:
-                res[name] = exact_sweep(model, pairs, head_batch=hb, progress=False)
-            finally:
-                core.PREFIX_ATTENTION = "shared"
+            res[name] = exact_sweep(model, pairs, head_batch=hb, progress=False,
+                                    prefix_attention="concat" if method == "exact-concat" else "shared")
         else:  # atp: on the suffix after first_diff (the default); atp-full: the whole inputs
             res[name] = atp_sweep(model, pairs, pair_batch=1, progress=False, suffix=method == "atp")
         sync(model)

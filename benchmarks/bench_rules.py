@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import math
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -81,14 +81,6 @@ class Row:
         return self.per_unit * self.units
 
 
-def script(name: str) -> Any:
-    """scripts/<name>.py as a module (its DEFAULTS and helpers are what the rule uses)."""
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def timed(model: Any, fn: Callable[[], Any]) -> tuple[float, Any]:
     from bench_patching import sync
 
@@ -123,56 +115,6 @@ def spread(items: Sequence[dict], subtasks: Sequence[int] | None, k: int) -> lis
 # --------------------------------------------------------------------------------------------------
 # Config and inputs
 # --------------------------------------------------------------------------------------------------
-def _merge(into: dict, new: dict) -> None:
-    """Recursive dict update (snakemake.utils.update_config)."""
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = v
-
-
-def _defaults(data: dict, schema: dict) -> None:
-    """Fill the schema's ``default`` values into ``data``, recursively (validate(..., set_default=True))."""
-    import copy
-
-    props = schema.get("properties") or {}
-    for k, sub in props.items():
-        if k not in data and "default" in sub:
-            data[k] = copy.deepcopy(sub["default"])
-    extra = schema.get("additionalProperties")
-    for k, v in data.items():
-        sub = props.get(k, extra if isinstance(extra, dict) else None)
-        if isinstance(v, dict) and sub:
-            _defaults(v, sub)
-
-
-def load_config(path: str | os.PathLike, base: str | os.PathLike | None) -> dict:
-    """``base`` (config.yaml) with ``path`` merged in and the schema's defaults filled, as Snakemake does
-    (Snakemake's own functions where it is installed, which also validate; else the same merge and defaults)."""
-    import yaml
-
-    from cotmech.configcheck import enabled_datasets
-
-    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
-    cfg: dict = yaml.safe_load(Path(base).read_text()) if base else {}
-    new: dict = {}
-    if not base or Path(path).resolve() != Path(base).resolve():
-        new = yaml.safe_load(Path(path).read_text()) or {}
-    try:
-        from snakemake.utils import update_config, validate
-    except ImportError:  # e.g. a GPU node with torch only: no validation
-        print("note: snakemake not installed: config merged and defaults filled without schema validation")
-        _merge(cfg, new)
-        _defaults(cfg, yaml.safe_load(schema.read_text()))
-        cfg["datasets"] = enabled_datasets(cfg)
-        return cfg
-    update_config(cfg, new)
-    validate(cfg, str(schema), set_default=True)
-    cfg["datasets"] = enabled_datasets(cfg)
-    return cfg
-
-
 class Study:
     """Sample inputs of every dataset and the unit counts the config implies.
 
@@ -196,7 +138,7 @@ class Study:
         self.per_subtask: dict[str, Counter] = {}
         self.ex_subtasks: dict[str, list[set]] = {}
         for name, spec in cfg["datasets"].items():
-            n_cfg = int(spec.get("n", 100))
+            n_cfg = int(spec["n"])
             if spec.get("import"):
                 recs = build_dataset(name, spec, self.seed)
                 n = len(recs)
@@ -212,7 +154,7 @@ class Study:
             gens = [{**r, "prompt": build_prompt(r, shots=shots), "generated": r["answer"], "correct": True,
                      "valid_proof": True} for r in recs]
             pairs, _ = build_pairs(gens[:m], model.tokenizer, name, self.seed,
-                                   include_label=bool(pc.get("include_label", False)))
+                                   include_label=bool(pc["include_label"]))
             self.n[name], self.used[name], self.m[name], self.frac[name] = n, used, m, f
             self.tasks[name], self.gens[name], self.pairs[name] = recs, gens, pairs
             self.per_subtask[name] = Counter(int(p["subtask"]) for p in pairs)
@@ -349,9 +291,10 @@ class Bench:
     def patch_heads(self, s: int) -> list[Row]:
         from cotmech.patching.atp import atp_sweep
         from cotmech.patching.exact import exact_sweep, naive_sweep
-        from cotmech.patching.run import options, sweep
+        from cotmech import config
+        from cotmech.patching.run import sweep
 
-        opts = options({"patching": self.cfg["patching"]})
+        opts = config.section(self.cfg, "patching")
         L, H = self.model.n_layers, self.model.n_heads
         subtasks, ds = [int(k) for k in opts["subtasks"]], list(opts["datasets"])
         pairs = self._patch_pairs(subtasks, s)
@@ -381,9 +324,9 @@ class Bench:
         import pandas as pd
 
         from cotmech.patching.path import path_patch, pick_heads
-        from cotmech.patching.run import options
+        from cotmech import config
 
-        opts = options({"patching": self.cfg["patching"]})
+        opts = config.section(self.cfg, "patching")
         po = opts["path"]
         L, H = self.model.n_layers, self.model.n_heads
         if not po["subtasks"]:
@@ -405,9 +348,10 @@ class Bench:
     def induction_cloze(self, s: int) -> list[Row]:
         from cotmech.patching import induction as ind
         from cotmech.patching.exact import exact_sweep
-        from cotmech.patching.run import options, sub_seed
+        from cotmech import config
+        from cotmech.patching.run import sub_seed
 
-        opts = options({"patching": self.cfg["patching"]})
+        opts = config.section(self.cfg, "patching")
         io_ = opts["induction"]
         n, shots, maxc = int(io_["n"]), int(io_["shots"]), io_["max_candidates"] or 20 * int(io_["n"])
         seed = sub_seed(self.seed, "induction")
@@ -446,8 +390,10 @@ class Bench:
 
         from cotmech import circuits as C
 
+        from cotmech import config
+
         st, model = self.study, self.model
-        cc = {**script("knockout").DEFAULTS, **self.cfg["circuits"]}
+        cc = config.section(self.cfg, "circuits")
         clean_d, ref_d, bs = cc["dataset"], cc["reference"], int(cc["batch_size"])
         subtasks = [int(k) for k in (cc["subtasks"] if cc["subtasks"] is not None else st.subtasks(clean_d))]
         n_total = model.n_total_heads
@@ -456,15 +402,21 @@ class Bench:
         pcfg = self.cfg["patching"]
         # builtins and per-pair patching shards rank on each split (2 orderings); the FD-window rankings have at
         # most window_widths removed sets, the others the inner grid steps
-        builtin, tables, skipped, n_direct, n_window = 0, [], [], 0, 0
-        for name, src in cc["rankings"].items():
-            if src.startswith("builtin"):
+        raw = re.compile(r"(?:^|/)patching/([^/]+)/raw/[^/]+/subtask(\d+)\.")
+
+        def made(path: str) -> bool:  # the patching rules write raw shards for patching.datasets × subtasks only
+            m = raw.search(path)
+            return m is None or (m[1] in pcfg["datasets"] and int(m[2]) in pcfg["subtasks"])
+
+        fields = dict(results="results", model="model", mres="results/model", method=pcfg["method"])
+        sources, skipped = C.ranking_sources(cc["rankings"], clean_d, subtasks, fields, pcfg["shards"], made)
+        builtin, tables, n_direct, n_window = 0, [], 0, 0
+        for name, src in sources.items():
+            if isinstance(src, str):
                 builtin += 1
                 n_direct += C.BUILTINS.get(src) == "direct"
-            elif "patching/" in src and not (clean_d in pcfg["datasets"] and set(subtasks) <= set(pcfg["subtasks"])):
-                skipped.append(name)
             else:
-                tables += [name] * (2 if "{shard}" in src else 1)
+                tables += [name] * (2 if "{shard}" in cc["rankings"][name] else 1)
                 n_window += name in cc["window_rankings"]
         n_orders = 2 * builtin + len(tables)
         grid = C.step_grid(n_total, cc["steps"])
@@ -567,18 +519,12 @@ class Bench:
     def probe(self, s: int) -> list[Row]:
         import torch
 
-        from cotmech import probing
-        from cotmech.prontoqa import generate
+        from cotmech import config, probing
         from cotmech.prontoqa.prompts import build_prompt
 
-        cfg = {**script("probe").DEFAULTS, **self.cfg["probing"]}
+        cfg = config.section(self.cfg, "probing")
         model, seed, bs = self.model, self.seed, int(cfg["batch_size"])
-        records = generate(cfg["ontology"], int(cfg["hops"]), int(cfg["n_questions"]), style="original",
-                           distractors="relevant", ordering="random", seed=seed, id_prefix="probe-")
-        splits = probing.split_questions([r["id"] for r in records], cfg["test_fraction"], cfg["val_fraction"], seed)
-        if cfg["novel_words"]:
-            records = probing.novel_words(records, splits, seed)
-        samples = probing.sample_table(records, splits, seed)
+        records, _, samples, _ = probing.prepare(cfg, seed)
         qids = list(dict.fromkeys(samples["qid"]))
         shots = [int(k) for k in cfg["shots"]]
         sub = [r for r in records if r["id"] in set(qids[:bs * s])]
@@ -619,13 +565,10 @@ class Bench:
 
         st, hs = self.study, self.cfg["horizon"]
         hds = list(hs.get("datasets") or st.datasets[:1])
-        settings = {"horizon": hs, "pairs.require_correct": self.cfg["pairs"]["require_correct"]}
-        req = script("horizon")._require_correct(settings)
-        L = self.model.n_layers
-        layers = [int(x) for x in (hs.get("layers") if hs.get("layers") is not None
-                                   else range(0, L, int(hs.get("layer_stride", 1))))]
+        req = hz.require_correct(self.cfg)
+        layers = hz.choose_layers(hs["layers"], hs["layer_stride"], self.model.n_layers)
         sentences = [int(x) for x in hs["sentences"]]
-        mx = int(hs.get("max_new_tokens", 64))
+        mx = int(hs["max_new_tokens"])
         # the sample: the first s records that give an example (records without an equal-token-count corruption
         # are skipped by the rule and cost nothing); found untimed
         pool = st.gens[hds[0]][:max(40, 4 * s)]
@@ -648,7 +591,7 @@ class Bench:
         rows = [Row("horizon", "divergence_table", f"example ({len(layers) + 1} patched rows)", len(recs), t, units,
                     f"Σ over {hds} of min(n_examples {hs['n_examples']}, {'correct' if req else 'all'} examples) = "
                     f"{units} (none skipped); the shared prefix is prefilled once per run, here once per sample")]
-        n_verify = int(hs.get("verify", 0))
+        n_verify = int(hs["verify"])
         use = [e for e in examples if "skipped" not in e]
         if n_verify and use:
             e = use[0]
@@ -830,7 +773,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    cfg = load_config(args.config, args.base)
+    from cotmech import config
+
+    cfg = config.load(args.config, args.base)  # as the workflow sees it (merged, checked, defaults filled)
     t0 = time.perf_counter()
     model = load_from_args(args, {"model": cfg["model"]})
     t_load = time.perf_counter() - t0

@@ -33,7 +33,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "roles": (["src/cotmech/roles.py"], ["tests/test_roles.py", "tests/test_stats.py"]),
     "report": (["src/cotmech/report.py"], ["tests/test_report.py"]),
     "lens": (["src/cotmech/lens.py"], ["tests/test_lens.py"]),
-    "circuits": (["src/cotmech/circuits.py"], ["tests/test_circuits.py"]),
+    "circuits": (["src/cotmech/circuits.py"], ["tests/test_circuits.py", "tests/test_config.py"]),
     "probing": (["src/cotmech/probing.py"], ["tests/test_probing.py"]),
     "flow": (["src/cotmech/flow.py"], ["tests/test_flow.py"]),
     "patching": (["src/cotmech/patching/*"], ["tests/test_patching.py", "tests/test_patching_data_scores.py",

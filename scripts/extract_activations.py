@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from cotmech import config
 from cotmech.cli import add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_tables(args, "--index")
         settings = read_settings(args.settings)
-        batch = int(settings.get("activations", {}).get("batch_size", 16))
+        batch = int(config.section(settings, "activations")["batch_size"])
         pairs = read_jsonl(args.pairs)
         if not pairs:
             raise RecordError(f"{args.pairs}: no pairs (no example was solved exactly? see the make_pairs log)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
+from cotmech import config
 from cotmech.cli import add_model_args, check_tables, fail, load_from_args, parser, read_settings
 from cotmech.io import RecordError, read_jsonl, read_table, write_jsonl, write_table
 
@@ -47,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         records = read_jsonl(args.tasks)
         if not records:
             raise RecordError(f"{args.tasks}: no task records")
-        shots = int(settings.get("prompt", {}).get("shots", 6))
-        gen = settings.get("generation", {})
-        max_new, batch = int(gen.get("max_new_tokens", 64)), int(gen.get("batch_size", 48))
+        shots = config.section(settings, "prompt")["shots"]
+        gen = config.section(settings, "generation")
+        max_new, batch = gen["max_new_tokens"], gen["batch_size"]
         model = load_from_args(args, settings)
     except (RecordError, ModelSpecError, ValueError, TypeError) as e:
         return fail(e)

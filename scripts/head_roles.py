@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from cotmech import config
 from cotmech.cli import add_activation_args, add_model_args, check_pair_ids, fail, load_from_args, parser, read_settings
 
 
@@ -33,16 +34,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = read_settings(args.settings)
-        cfg, seed = settings.get("roles", {}), int(settings.get("seed", 0))
+        cfg, seed = config.section(settings, "roles"), config.value(settings, "seed")
         tensors, index = load_activations(args.pairs, args.activations, args.index,
                                           keys=("resid", "attn_out", "z", "attn"))
         model = load_from_args(args, settings)
         check_pair_ids(model, index.to_dict("records"), args.pairs)
         lens = make_unembed(model, device=model.device)  # the writer scan runs where the model runs
         t0 = time.time()
-        writers, copy, summary = run_roles(model, lens, tensors, index, cfg.get("max_per_subtask"), seed,
-                                           float(cfg.get("top_frac", 0.05)), int(cfg.get("n_boot", 200)),
-                                           float(cfg.get("ci", 0.95)))
+        writers, copy, summary = run_roles(model, lens, tensors, index, cfg["max_per_subtask"], seed,
+                                           float(cfg["top_frac"]), int(cfg["n_boot"]), float(cfg["ci"]))
     except (RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
         return fail(e)
     out = Path(args.outdir)

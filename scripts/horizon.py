@@ -11,15 +11,8 @@ from __future__ import annotations
 import sys
 import time
 
+from cotmech import config
 from cotmech.cli import add_model_args, check_tables, fail, load_from_args, parser, read_settings
-
-
-def _require_correct(settings: dict) -> bool:
-    """horizon.require_correct, or pairs.require_correct when that is null/absent (default true)."""
-    v = settings.get("horizon", {}).get("require_correct")
-    if v is None:
-        v = settings.get("pairs.require_correct", settings.get("pairs", {}).get("require_correct", True))
-    return bool(v)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,25 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_tables(args, "--table", "--summary")
         settings = read_settings(args.settings)
-        hs = settings.get("horizon", {})
+        hs = config.section(settings, "horizon")
         records = read_jsonl(args.generations)
-        sentences = [int(s) for s in hs.get("sentences", [0, 1, 2, 3, 4])]
-        if not sentences or min(sentences) < 0:
-            raise ValueError(f"horizon.sentences must be non-negative integers, got {sentences}")
+        sentences = [int(s) for s in hs["sentences"]]
         model = load_from_args(args, settings)
+        layers = horizon.choose_layers(hs["layers"], hs["layer_stride"], model.n_layers)
     except (RecordError, ModelSpecError, ValueError, TypeError, OSError) as e:
         return fail(e)
-    layers = hs.get("layers")
-    if layers is None:
-        layers = list(range(0, model.n_layers, int(hs.get("layer_stride", 1))))
-    bad = [x for x in layers if not 0 <= int(x) < model.n_layers]
-    if bad:
-        return fail(f"horizon.layers {bad} outside 0..{model.n_layers - 1}")
     t1 = time.time()
     try:
-        examples = horizon.prepare_examples(model, records, int(hs.get("n_examples", 2)),
-                                            int(settings.get("seed", 0)), int(hs.get("max_new_tokens", 64)),
-                                            _require_correct(settings))
+        examples = horizon.prepare_examples(model, records, int(hs["n_examples"]), config.value(settings, "seed"),
+                                            int(hs["max_new_tokens"]), horizon.require_correct(settings))
     except ValueError as e:
         return fail(e)
     for e in examples:
@@ -64,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {e['id']}: {e['skipped']}")
     table = horizon.divergence_table(model, examples, layers, sentences)
     summary = horizon.aggregate(table, model.n_layers)
-    n_verify = int(hs.get("verify", 0))
+    n_verify = int(hs["verify"])
     checks = []
     for e in [x for x in examples if "skipped" not in x][:n_verify]:
         clean, corrupt = e["prompt_ids"], e["corrupt_prompt_ids"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cotmech import config
 from cotmech.cli import add_model_args, check_tables, fail, load_from_args, parser, read_settings
 
 
@@ -31,15 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.models import ModelSpecError
     from cotmech.patching import induction as ind
     from cotmech.patching.exact import PatchResult, exact_sweep
-    from cotmech.patching.run import options, sub_seed
+    from cotmech.patching.run import sub_seed
     from cotmech.patching.scores import heatmap_figure, load_raw, save_raw, score_table, to_matrix
 
     try:
         check_tables(args, "--out")
         settings = read_settings(args.settings)
-        opts = options(settings)
+        opts = config.section(settings, "patching")
         io_ = opts["induction"]
-        seed = int(settings.get("seed", 0))
+        seed = config.value(settings, "seed")
         if args.merge:
             if not args.out:
                 ap.error("--merge needs --out")

@@ -15,15 +15,10 @@ from __future__ import annotations
 import sys
 import time
 
-from cotmech import circuits
+from cotmech import circuits, config
 from cotmech.cli import add_model_args, check_pair_ids, fail, load_from_args, parser, read_settings
 from cotmech.io import RecordError, read_jsonl, read_table, write_table
 from cotmech.models import ModelSpecError
-
-DEFAULTS = dict(subtasks=None, steps=9, threshold=0.9, rank_fraction=0.5, n_examples=None, n_reference=None,
-                batch_size=8, window_rankings=[], window_widths=10, other_data=[], primary=None, isolation=None,
-                cross_removal=None)
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
@@ -61,25 +56,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: ranking {name!r} skipped: its upstream rule is not in the workflow")
     try:
         s = read_settings(args.settings)
-        cfg = {**DEFAULTS, **{k: v for k, v in s.get("circuits", {}).items() if k in DEFAULTS}}
-        if args.subtask is not None:
-            cfg["subtasks"] = args.subtask
+        cfg = circuits.knockout_options(config.section(s, "circuits"), args.subtask)
         clean, ref = read_jsonl(args.clean), read_jsonl(args.reference)
         model = load_from_args(args, s)
         check_pair_ids(model, clean, args.clean)
         check_pair_ids(model, ref, args.reference)
         if args.circuits:
-            keep = ("subtasks", "rank_fraction", "n_examples", "n_reference", "batch_size")
-            t = circuits.run_cross_subtask(model, clean, ref, read_table(args.circuits), seed=int(s.get("seed", 0)),
-                                           **{k: cfg[k] for k in keep})
+            t = circuits.run_cross_subtask(model, clean, ref, read_table(args.circuits), seed=config.value(s, "seed"),
+                                           **{k: cfg[k] for k in circuits.CROSS_SUBTASK_KEYS})
             write_table(f"{args.out_dir}/cross_subtask.csv", t)
             print(t.to_string(index=False) if len(t) else "no subtask evaluated")
             print(f"done in {time.time() - t0:.1f} s")
             return 0
         print(f"model {model.spec}: {model.n_layers}×{model.n_heads} heads; "
               f"{len(clean)} clean / {len(ref)} reference pairs; rankings {rankings}")
-        cfg["isolation_spec"], cfg["cross_spec"] = cfg.pop("isolation"), cfg.pop("cross_removal")
-        out = circuits.run_knockout(model, clean, ref, rankings, seed=int(s.get("seed", 0)), **cfg)
+        out = circuits.run_knockout(model, clean, ref, rankings, seed=config.value(s, "seed"), **cfg)
     except (RecordError, ModelSpecError, ValueError, FileNotFoundError) as e:
         return fail(e)
     for name, file in circuits.KNOCKOUT_FILES.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
+from cotmech import config
 from cotmech.cli import check_tables, fail, parser, read_settings
 
 
@@ -30,13 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_tables(args, "--rejected")
         settings = read_settings(args.settings)
-        cfg = settings.get("pairs", {})
+        cfg = config.section(settings, "pairs")
         records = read_jsonl(args.generations)
-        chosen = select_examples(records, bool(cfg.get("require_correct", True)), cfg.get("max_examples"),
+        chosen = select_examples(records, bool(cfg["require_correct"]), cfg["max_examples"],
                                  where=args.generations)
         tok = tokenizer_from_settings(settings)
-        pairs, rejected = build_pairs(chosen, tok, args.dataset, int(settings.get("seed", 0)),
-                                      include_label=bool(cfg.get("include_label", False)))
+        pairs, rejected = build_pairs(chosen, tok, args.dataset, config.value(settings, "seed"),
+                                      include_label=bool(cfg["include_label"]))
         for p in pairs:
             check_pair(p)
     except (RecordError, ModelSpecError, ValueError) as e:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     write_jsonl(args.out, pairs)
     write_table(args.rejected, pd.DataFrame(rejected, columns=["subtask", "reason", "count"]))
     print(f"{args.dataset}: {len(records)} generations, {len(chosen)} used "
-          f"({'exactly correct' if cfg.get('require_correct', True) else 'gold CoT'}), {len(pairs)} pairs, "
+          f"({'exactly correct' if cfg['require_correct'] else 'gold CoT'}), {len(pairs)} pairs, "
           f"{sum(r['count'] for r in rejected)} steps rejected; {time.time() - t0:.1f} s")
     for r in rejected:
         print(f"  subtask {r['subtask']}: {r['count']} x {r['reason']}")

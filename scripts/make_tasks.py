@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
+from cotmech import config
 from cotmech.cli import fail, parser, read_settings
 from cotmech.io import RecordError, write_jsonl
 from cotmech.prontoqa.datasets import build_dataset, drop_duplicates, rejection_lines, verify_records
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             key = f"datasets.{args.dataset}"
             if key not in settings:
                 raise RecordError(f"--settings: missing key {key!r}")
-            kept = build_dataset(args.dataset, settings[key], settings.get("seed", 0), where="--settings")
+            kept = build_dataset(args.dataset, settings[key], config.value(settings, "seed"), where="--settings")
             labels = sum(r["label"] for r in kept)
             print(f"{args.dataset}: {len(kept)} verified records (True {labels} / False {len(kept) - labels})")
     except RecordError as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from cotmech import circuits
+from cotmech import circuits, config
 from cotmech.cli import fail, parser, read_settings
 from cotmech.io import RecordError, read_table, write_table
 
@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default="{}", help="JSON with 'circuits.reuse_groups' (what the rule passes)")
     args = ap.parse_args(argv)
     try:
-        groups = read_settings(args.settings).get("circuits.reuse_groups", [[1, 3], [2, 4, 8], [5, 9]])
-    except RecordError as e:
+        groups = config.value(read_settings(args.settings), "circuits.reuse_groups")
+    except (RecordError, ValueError) as e:
         return fail(e)
     curves = read_table(f"{args.dir}/curves.parquet")
     ops = read_table(f"{args.dir}/operating_points.csv")

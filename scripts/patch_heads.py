@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import time
 
+from cotmech import config
 from cotmech.cli import add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
 
 
@@ -58,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.models import ModelSpecError
     from cotmech.patching.data import load_pairs
     from cotmech.patching.exact import PatchResult
-    from cotmech.patching.run import options, sweep, write_scores
+    from cotmech.patching.run import sweep, write_scores
     from cotmech.patching.scores import load_raw, save_raw, spearman_table
 
     try:
         check_tables(args, "--out")
         settings = read_settings(args.settings)
-        opts = options(settings)
-        seed = int(settings.get("seed", 0))
+        opts = config.section(settings, "patching")
+        seed = config.value(settings, "seed")
         if args.exact or args.atp:
             if not (args.exact and args.atp and args.out):
                 ap.error("compare mode needs --exact, --atp and --out")

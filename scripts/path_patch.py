@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from cotmech import config
 from cotmech.cli import add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
 
 
@@ -29,14 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.models import ModelSpecError
     from cotmech.patching.data import load_pairs
     from cotmech.patching.path import path_figure, path_patch, path_table, pick_heads
-    from cotmech.patching.run import options, sub_seed
+    from cotmech.patching.run import sub_seed
 
     try:
         check_tables(args, "--out")
         settings = read_settings(args.settings)
-        opts = options(settings)
+        opts = config.section(settings, "patching")
         po = opts["path"]
-        seed = int(settings.get("seed", 0))
+        seed = config.value(settings, "seed")
         tables = {int(t["subtask"].iloc[0]): t for t in map(read_table, args.tables)}
         model = load_from_args(args, settings)
         parts = []

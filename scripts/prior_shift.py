@@ -20,6 +20,7 @@ import json
 import sys
 import time
 
+from cotmech import config
 from cotmech.cli import (add_activation_args, add_model_args, check_pair_ids, check_tables, fail, load_from_args,
                          parser, read_settings)
 
@@ -31,10 +32,10 @@ def _dataset(args: argparse.Namespace, settings: dict) -> None:
     from cotmech.io import write_table
     from cotmech.prior_shift import heldout_rows, layer_table, load_activations, plot_curves, run_lenses, select_rows
 
-    cfg = settings.get("prior_shift", {})
-    seed = int(settings.get("seed", 0))
+    cfg = config.section(settings, "prior_shift")
+    seed = config.value(settings, "seed")
     tensors, index = load_activations(args.pairs, args.activations, args.index, keys=("resid",))
-    rows = select_rows(index, cfg.get("max_per_subtask"), seed)
+    rows = select_rows(index, cfg["max_per_subtask"], seed)
     index = index.iloc[rows].reset_index(drop=True)
     resid = tensors["resid"][torch.as_tensor(rows)]
     model = load_from_args(args, settings)
@@ -46,13 +47,13 @@ def _dataset(args: argparse.Namespace, settings: dict) -> None:
                          f"model has {model.n_layers} × {model.d_model}")
     print(f"lens fast path: {lens.fast}; {len(index)} of {len(rows)} rows", flush=True)
     t1 = time.time()
-    frame, facts = run_lenses(model, lens, resid, index, tuned, top_k=int(cfg.get("top_k", 10)),
-                              prior_batch_size=int(cfg.get("prior_batch_size", 16)))
+    frame, facts = run_lenses(model, lens, resid, index, tuned, top_k=int(cfg["top_k"]),
+                              prior_batch_size=int(cfg["prior_batch_size"]))
     frame.insert(0, "dataset", args.dataset)
     if tuned is not None:
         frame = heldout_rows(frame, _heldout(args.tuned_report))
     print(f"lenses done in {time.time() - t1:.1f} s: {json.dumps(facts)}", flush=True)
-    table = layer_table(frame, model.n_layers, int(cfg.get("n_boot", 1000)), seed, float(cfg.get("ci", 0.95)))
+    table = layer_table(frame, model.n_layers, int(cfg["n_boot"]), seed, float(cfg["ci"]))
     table.insert(0, "dataset", args.dataset)
     write_table(args.rows, frame)
     write_table(args.table, table)
@@ -78,8 +79,8 @@ def _rift(args: argparse.Namespace, settings: dict) -> None:
     from cotmech.prior_shift import (PAPER_RIFT, RIFT_DEFINITION, heldout_rows, layer_table, plot_curves,
                                      rift_summary)
 
-    cfg = settings.get("prior_shift", {})
-    seed, n_boot, ci = int(settings.get("seed", 0)), int(cfg.get("n_boot", 1000)), float(cfg.get("ci", 0.95))
+    cfg = config.section(settings, "prior_shift")
+    seed, n_boot, ci = config.value(settings, "seed"), int(cfg["n_boot"]), float(cfg["ci"])
     frames = []
     for p in args.rows:
         df = read_table(p)

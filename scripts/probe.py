@@ -16,17 +16,11 @@ import sys
 import time
 
 import pandas as pd
-from cotmech import probing
+from cotmech import config, probing
 from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
 from cotmech.io import RecordError, write_table
 from cotmech.models import ModelSpecError
-from cotmech.prontoqa import generate
 from cotmech.prontoqa.prompts import build_prompt
-
-DEFAULTS = dict(n_questions=60, hops=2, ontology="fictional", shots=[0, 2, 4], test_fraction=0.3, val_fraction=0.2,
-                probes=["linear", "mlp"], hidden=[128, 64], lr=0.01, weight_decay=1e-4, max_epochs=100, patience=10,
-                batch_size=4, novel_words=True)
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
@@ -37,18 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         s = read_settings(args.settings)
-        unknown = set(s.get("probing", {})) - set(DEFAULTS)
-        if unknown:
-            raise RecordError(f"--settings: unknown probing keys {sorted(unknown)}")
-        cfg = {**DEFAULTS, **s.get("probing", {})}
-        seed = int(s.get("seed", 0))
-        records = generate(cfg["ontology"], int(cfg["hops"]), int(cfg["n_questions"]), style="original",
-                           distractors="relevant", ordering="random", seed=seed, id_prefix="probe-")
-        splits = probing.split_questions([r["id"] for r in records], cfg["test_fraction"], cfg["val_fraction"], seed)
-        if cfg["novel_words"]:
-            records = probing.novel_words(records, splits, seed)
-        samples = probing.sample_table(records, splits, seed)
-        baseline = probing.type_baseline(samples)
+        cfg, seed = config.section(s, "probing"), config.value(s, "seed")
+        records, splits, samples, baseline = probing.prepare(cfg, seed)
         model = load_from_args(args, s)
     except (RecordError, ModelSpecError, ValueError) as e:
         return fail(e)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 
+from cotmech import config
 from cotmech.cli import add_model_args, check_pair_ids, fail, load_from_args, parser, read_settings
 
 
@@ -42,18 +43,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = read_settings(args.settings)
-        fs = settings.get("flow", {})
+        fs = config.section(settings, "flow")
         cfg = flow.FlowConfig(**{k: fs[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob",
-                                                       "prefilter", "start")
-                                 if k in fs})
-        pruned = bool(fs.get("pruned", False))
+                                                       "prefilter", "start")})
+        pruned = bool(fs["pruned"])
         if pruned and not (args.circuit_heads and args.reference):
             raise ValueError("flow.pruned needs --circuit-heads and --reference")
-        subtasks = fs.get("subtasks")
+        subtasks = fs["subtasks"]
         if pruned and subtasks is None:
-            subtasks = settings.get("circuits.subtasks")
+            subtasks = config.value(settings, "circuits.subtasks")
         pairs = read_jsonl(args.pairs)
-        chosen = flow.select_examples(pairs, int(fs.get("n_examples", 1)), subtasks)
+        chosen = flow.select_examples(pairs, int(fs["n_examples"]), subtasks)
         gens = {r["id"]: r for r in read_jsonl(args.generations)} if args.generations else {}
         ranking = read_table(args.ranking) if args.ranking and not pruned else None
         heads = read_table(args.circuit_heads) if pruned else None
@@ -67,16 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     if pruned:
         want = sorted({int(p["subtask"]) for ps in chosen.values() for p in ps})
         try:
-            circuits = flow.pruned_circuits(model, heads, fs.get("circuit_ranking", "induction"), reference, want,
-                                            settings.get("circuits.n_reference"), int(settings.get("seed", 0)),
-                                            int(settings.get("circuits.batch_size", 8)))
+            circuits = flow.pruned_circuits(model, heads, fs["circuit_ranking"], reference, want,
+                                            config.value(settings, "circuits.n_reference"),
+                                            config.value(settings, "seed"),
+                                            int(config.value(settings, "circuits.batch_size")))
         except ValueError as e:
             return fail(f"{args.circuit_heads}: {e}")
         for k, c in circuits.items():
             print(f"subtask {k}: pruned circuit, {c.note}")
         circuit = circuits.__getitem__
     elif ranking is not None:
-        top_k = int(fs.get("top_k") or model.n_total_heads)
+        top_k = int(fs["top_k"] or model.n_total_heads)
         cache: dict = {}
 
         def important(k: int):  # noqa: F811 - per-subtask mask, cached
@@ -90,15 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             return fail(f"example {ex_id}: {e}")
     meta = {"model": model.spec, "pairs": args.pairs, "config": flow.config_dict(cfg),
-            "model_state": (f"pruned: {fs.get('circuit_ranking', 'induction')} knockout circuit, other heads "
+            "model_state": (f"pruned: {fs['circuit_ranking']} knockout circuit, other heads "
                             "mean-ablated" if pruned else "unpruned (all heads run)"),
             "pruned": pruned, "circuit_heads": args.circuit_heads if pruned else None,
             "ranking": args.ranking if ranking is not None else None,
-            "top_k": fs.get("top_k") if ranking is not None else None,
+            "top_k": fs["top_k"] if ranking is not None else None,
             "argmax_is_answer": sum(t["argmax_is_answer"] for t in traces), "seconds": round(time.time() - t1, 1)}
     summary = flow.write_outputs(traces, args.outdir, model.tokenizer, {p["pair_id"]: p for p in pairs}, meta,
-                                 n_boot=int(fs.get("n_boot", 1000)), seed=int(settings.get("seed", 0)),
-                                 ci=float(fs.get("ci", 0.95)))
+                                 n_boot=int(fs["n_boot"]), seed=config.value(settings, "seed"),
+                                 ci=float(fs["ci"]))
     if not traces:
         print(f"warning: {args.pairs}: no pairs (no correctly solved example?); wrote empty tables")
         return 0

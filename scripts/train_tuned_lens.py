@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from cotmech import config
 from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
 
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = read_settings(args.settings)
-        cfg, seed = settings.get("tuned_lens", {}), int(settings.get("seed", 0))
+        cfg, seed = config.section(settings, "tuned_lens"), config.value(settings, "seed")
         names = args.datasets or [Path(a).name.split(".")[0] for a in args.activations]
         if not (len(args.activations) == len(args.index) == len(names)):
             raise ValueError("--activations, --index (and --datasets) need the same number of entries")
@@ -56,24 +57,24 @@ def main(argv: list[str] | None = None) -> int:
             groups += [f"{dataset}/{e}" for e in idx["example_id"]]
         resid_all = torch.cat(resid)
         uniq = np.unique(groups)
-        val_ex = tuned_lens_split(groups, float(cfg.get("val_frac", 0.25)), seed)
+        val_ex = tuned_lens_split(groups, float(cfg["val_frac"]), seed)
         is_val = torch.tensor([g in val_ex for g in groups])
         model = load_from_args(args, settings)
         lens = make_unembed(model, device=model.device)  # trains where the model runs (its GPU, if any)
         if not lens.fast:
             raise LensError(f"{model.spec}: the final norm is not RMSNorm/LayerNorm-shaped; tuned lens not supported")
         t0 = time.time()
-        rank = cfg.get("rank", 8)
+        rank = cfg["rank"]
         tl, hist = train_tuned_lens(lens, resid_all[~is_val], resid_all[is_val], rank=rank,
-                                    steps=int(cfg.get("steps", 150)), batch=int(cfg.get("batch", 8)),
-                                    lr=float(cfg.get("lr", 1e-3)), seed=seed,
-                                    time_limit_s=cfg.get("time_limit_s"), eval_rows=cfg.get("eval_rows"))
+                                    steps=int(cfg["steps"]), batch=int(cfg["batch"]),
+                                    lr=float(cfg["lr"]), seed=seed,
+                                    time_limit_s=cfg["time_limit_s"], eval_rows=cfg["eval_rows"])
     except (RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
         return fail(e)
     save_tuned_lens(args.out, tl, extra={"spec": model.spec, "seed": str(seed)})
     report = {"n_train": int((~is_val).sum()), "n_val": int(is_val.sum()), "n_examples": int(len(uniq)),
               "n_val_examples": len(val_ex), "heldout_examples": sorted(val_ex),
-              "rank": "full" if rank is None else rank, "settings": cfg,
+              "rank": "full" if rank is None else rank, "settings": dict(cfg),
               "data": "residual stream at the predicting positions of the task inputs (one per pair)",
               "note": "trained on few positions: biased towards these inputs, indicative only", **hist}
     write_json(args.report, report)

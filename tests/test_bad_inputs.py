@@ -19,7 +19,8 @@ from cotmech.prontoqa.prompts import build_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"}, "seed": 1,
-            "patching": {"n_pairs": 2, "n_boot": 0}, "activations": {"batch_size": 4}}
+            "patching": {"n_pairs": 2, "n_boot": 0}, "activations": {"batch_size": 4},
+            "flow": {"pruned": False}}  # the unpruned trace needs no knockout circuit (the schema's default is pruned)
 
 
 def _module(name):

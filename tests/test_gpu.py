@@ -11,7 +11,6 @@ import torch
 
 from cotmech.lens import make_unembed
 from cotmech.models import load_model, wrap
-from cotmech.patching import core
 from cotmech.patching.exact import exact_sweep, naive_sweep
 from cotmech.roles import copy_components, writer_components
 
@@ -38,11 +37,7 @@ def test_exact_equals_naive_on_gpu_both_prefix_attentions(models):
     pairs = random_pairs(5)
     ref = naive_sweep(cpu, pairs, progress=False)
     for mode in ("shared", "concat"):
-        core.PREFIX_ATTENTION = mode
-        try:
-            got = exact_sweep(gpu, pairs, head_batch=7, progress=False)
-        finally:
-            core.PREFIX_ATTENTION = "shared"
+        got = exact_sweep(gpu, pairs, head_batch=7, progress=False, prefix_attention=mode)
         assert np.max(np.abs(got.per_pair_scores() - ref.per_pair_scores())) <= 1e-4, mode
 
 

@@ -10,7 +10,7 @@ from cotmech.patching import core
 from cotmech.patching.atp import atp_sweep
 from cotmech.patching.data import make_pair
 from cotmech.patching.exact import exact_sweep, naive_sweep, pair_runs, patch_suffix
-from cotmech.patching.metrics import METRICS, normalise
+from cotmech.patching.metrics import METRICS
 
 # init 0.2 (not 0.02): outputs far from uniform, so KL_noise is not tiny and normalised scores are well defined
 SPECS = {"mha": "random:tiny-llama?initializer_range=0.2&num_hidden_layers=3",
@@ -111,9 +111,8 @@ def test_shared_prefix_attention_equals_concatenated_prefix(model, monkeypatch):
         heads = [(lay, h) for lay in range(model.n_layers) for h in (0, model.n_heads - 1)]
         out = {}
         for mode in ("concat", "shared"):
-            monkeypatch.setattr(core, "PREFIX_ATTENTION", mode)
             n0 = len(calls)
-            out[mode] = patch_suffix(model, pr, heads)
+            out[mode] = patch_suffix(model, pr, heads, prefix_attention=mode)
             assert (len(calls) > n0) == (mode == "shared")
         torch.testing.assert_close(out["shared"], out["concat"], atol=2e-5, rtol=2e-5)
         # and the shared path reproduces the plain corrupt run when nothing is patched
@@ -121,6 +120,12 @@ def test_shared_prefix_attention_equals_concatenated_prefix(model, monkeypatch):
         none = core.run_trace(model, pair.ids("corrupt")[pair.first_diff:][None], cache=pr.cache)
         torch.testing.assert_close(none.logits[0], plain, atol=1e-4, rtol=1e-4)
     assert core._SHARED_NAME != model.hf.config._attn_implementation  # restored after every trace
+
+
+def test_prefix_attention_mode_is_checked(model):
+    pair = random_pairs(1)[0]
+    with pytest.raises(ValueError, match=r"prefix_attention 'copy': use one of shared, concat"):
+        core.run_trace(model, pair.ids("clean")[None], prefix_attention="copy")
 
 
 def test_run_in_batches_reraises_other_errors():
@@ -152,8 +157,9 @@ def test_no_patch_is_corrupt_and_all_heads_is_clean(model):
         for name, fn in METRICS.items():
             ref = pr.ref
             m_clean, m_cor = fn(clean_ref[None], ref), fn(corrupt_ref[None], ref)
-            assert float(normalise(fn(allp.logits, ref), m_cor, m_clean)) == pytest.approx(1.0, abs=1e-3), name
-            assert float(normalise(fn(none.logits, ref), m_cor, m_clean)) == pytest.approx(0.0, abs=1e-3), name
+            # normalised score (m_patched - m_base) / (m_source - m_base): 1 with every head patched, 0 with none
+            assert float((fn(allp.logits, ref) - m_cor) / (m_clean - m_cor)) == pytest.approx(1.0, abs=1e-3), name
+            assert float((fn(none.logits, ref) - m_cor) / (m_clean - m_cor)) == pytest.approx(0.0, abs=1e-3), name
 
 
 def linear_model():

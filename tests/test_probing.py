@@ -254,3 +254,23 @@ def test_pair_features_are_the_residuals_at_each_words_first_token(tiny_llama):
             assert piece.strip() and word.startswith(piece.strip())  # decodes to the word's start
             assert ends[i] - len(piece.lstrip()) == at  # ... and starts at its first letter
             torch.testing.assert_close(part, ref[i].float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("novel", [True, False])
+def test_prepare_is_the_probe_scripts_data(novel):
+    """probing.prepare (probe.py and bench_rules) = the explicit chain: generate the config's questions (original
+    style, relevant distractors, random order), split, nonce words in val/test when novel_words, pairs, baseline."""
+    from cotmech import config
+    from cotmech.prontoqa import generate
+
+    cfg = config.section({"probing": {"n_questions": 12, "novel_words": novel}}, "probing")
+    records, splits, samples, baseline = P.prepare(cfg, 5)
+    want = generate(cfg["ontology"], cfg["hops"], 12, style="original", distractors="relevant", ordering="random",
+                    seed=5, id_prefix="probe-")
+    want_splits = P.split_questions([r["id"] for r in want], cfg["test_fraction"], cfg["val_fraction"], 5)
+    if novel:
+        want = P.novel_words(want, want_splits, 5)
+    assert records == want and splits == want_splits
+    pd.testing.assert_frame_equal(samples, P.sample_table(want, want_splits, 5))
+    assert baseline == P.type_baseline(samples)
+    assert len(records) == 12 and {r["ontology"] for r in records} == {cfg["ontology"]}

@@ -56,15 +56,6 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[i:i + size]
 
 
-def by_length(seqs: Sequence[Sequence[int]], max_batch: int) -> Iterator[list[int]]:
-    """Indices of ``seqs`` grouped into batches of equal length (no padding needed), at most ``max_batch`` each."""
-    groups: dict[int, list[int]] = {}
-    for i, s in enumerate(seqs):
-        groups.setdefault(len(s), []).append(i)
-    for length in sorted(groups):
-        yield from (list(c) for c in chunks(groups[length], max_batch))
-
-
 @torch.no_grad()
 def last_logits(model, batch: Batch) -> torch.Tensor:
     """Plain forward; logits at each row's last position, float32: [batch, vocab]."""

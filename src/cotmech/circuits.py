@@ -944,3 +944,42 @@ def plot_overlap(overlap: pd.DataFrame, subtasks: Sequence[int], stem) -> list:
         ax.set_xticks(range(len(ks)), ks)
         ax.set_yticks(range(len(ks)), ks)
     return save_figure(fig, stem)
+
+
+#: keys of config section ``circuits`` that are :func:`run_knockout` keyword arguments of the same name
+KNOCKOUT_KEYS = ("subtasks", "steps", "threshold", "rank_fraction", "n_examples", "n_reference", "batch_size",
+                 "window_rankings", "window_widths", "other_data", "primary")
+#: the keys of :func:`run_cross_subtask`
+CROSS_SUBTASK_KEYS = ("subtasks", "rank_fraction", "n_examples", "n_reference", "batch_size")
+
+
+def knockout_options(section, subtasks: Sequence[int] | None = None) -> dict:
+    """Config section ``circuits`` (every default filled in: :func:`cotmech.config.section`) as the keyword
+    arguments of :func:`run_knockout`; ``subtasks`` given replaces ``circuits.subtasks`` (one job per subtask)."""
+    out = {k: section[k] for k in KNOCKOUT_KEYS}
+    out["isolation_spec"], out["cross_spec"] = section["isolation"], section["cross_removal"]
+    if subtasks is not None:
+        out["subtasks"] = list(subtasks)
+    return out
+
+
+def ranking_sources(rankings: dict[str, str], dataset: str, subtasks: Sequence[int], fields: dict[str, str],
+                    shards: int, producible) -> tuple[dict[str, str | list[str]], list[str]]:
+    """Knockout rankings of config ``circuits.rankings`` that can run: (name -> 'builtin…' or its files, skipped
+    names). A table pattern is filled with ``fields`` (results, model, mres, method) and ``dataset``; '{shard}'
+    expands to ``shards`` files, '{subtask}' stays a placeholder; the ranking is skipped unless
+    ``producible(path)`` holds for every file of every subtask (the workflow: a rule writes it)."""
+    sources: dict[str, str | list[str]] = {}
+    skipped: list[str] = []
+    for name, pattern in rankings.items():
+        if pattern == "builtin" or pattern.startswith("builtin:"):
+            sources[name] = pattern
+            continue
+        path = pattern.format(**fields, dataset=dataset, subtask="{subtask}", shard="{shard}")
+        files = [path.replace("{shard}", str(i)) for i in range(int(shards))] if "{shard}" in path else [path]
+        need = [f.format(subtask=k) for f in files for k in subtasks] if "{subtask}" in path else files
+        if all(producible(p) for p in need):
+            sources[name] = files
+        else:
+            skipped.append(name)
+    return sources, skipped

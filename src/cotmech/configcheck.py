@@ -122,40 +122,38 @@ def _datasets(config: dict, key: str, names: Any) -> list[str]:
 
 
 def _subtasks(config: dict, key: str, subtasks: Any, datasets: list[str]) -> None:
-    label = bool(config.get("pairs", {}).get("include_label", False))
+    label = bool(config["pairs"]["include_label"])
     for d in datasets:
         ds = config["datasets"][d]
-        n = n_subtasks(ds["hops"], ds.get("cot_skip", 0), label)
+        n = n_subtasks(ds["hops"], ds["cot_skip"], label)
         bad = [k for k in subtasks if not 0 <= int(k) < n]
         if bad:
             raise ConfigError(f"config {key}: subtask {bad[0]} does not exist for dataset {d!r} ({ds['hops']} hops, "
-                              f"cot_skip {ds.get('cot_skip', 0)}{', include_label' if label else ''}: "
+                              f"cot_skip {ds['cot_skip']}{', include_label' if label else ''}: "
                               f"subtasks 0..{n - 1})")
 
 
 def check_cross(config: dict) -> None:
-    """Constraints between keys (after defaults are filled in and disabled datasets dropped)."""
+    """Constraints between keys (after the schema's defaults are filled in and disabled datasets dropped)."""
     for name, ds in config["datasets"].items():
-        if ds.get("cot_skip", 0) > ds["hops"] - 1:
+        if ds["cot_skip"] > ds["hops"] - 1:
             raise ConfigError(f"config datasets.{name}.cot_skip: {ds['cot_skip']} skipped facts need at least "
                               f"{ds['cot_skip'] + 1} hops, the dataset has {ds['hops']}")
     all_ds = list(config["datasets"])
     first = all_ds[:1]
-    patch = config.get("patching", {})
-    if patch:
-        pds = _datasets(config, "patching.datasets", patch.get("datasets", []))
-        _subtasks(config, "patching.subtasks", patch.get("subtasks", []), pds)
-        _subtasks(config, "patching.path.subtasks", patch.get("path", {}).get("subtasks", []), pds)
-    circ = config.get("circuits", {})
-    if circ:
-        cds = _datasets(config, "circuits.dataset", circ["dataset"])
-        rds = _datasets(config, "circuits.reference", circ["reference"])
-        _subtasks(config, "circuits.subtasks", circ.get("subtasks", []), cds + rds)
+    patch = config["patching"]
+    pds = _datasets(config, "patching.datasets", patch["datasets"])
+    _subtasks(config, "patching.subtasks", patch["subtasks"], pds)
+    _subtasks(config, "patching.path.subtasks", patch["path"]["subtasks"], pds)
+    circ = config["circuits"]
+    cds = _datasets(config, "circuits.dataset", circ["dataset"])
+    rds = _datasets(config, "circuits.reference", circ["reference"])
+    _subtasks(config, "circuits.subtasks", circ["subtasks"], cds + rds)
     for section in ("flow", "horizon", "roles"):
-        chosen = config.get(section, {}).get("datasets")
+        chosen = config[section]["datasets"]
         if chosen:
             _datasets(config, f"{section}.datasets", chosen)
-    flow = config.get("flow", {})
-    if flow.get("subtasks"):
+    flow = config["flow"]
+    if flow["subtasks"]:
         _subtasks(config, "flow.subtasks", flow["subtasks"], _datasets(config, "flow.datasets",
-                                                                        flow.get("datasets") or first))
+                                                                        flow["datasets"] or first))

@@ -330,3 +330,21 @@ def aggregate(table: Any, n_layers: int | None = None) -> Any:
                      "first_div": float(g["first_div"].mean()), "n_layers": n_layers})
     return pd.DataFrame(rows, columns=["layer", "s", "n", "exact", "exact_ci_low", "exact_ci_high", "agree",
                                        "first_div", "n_layers"])
+
+
+def require_correct(settings: dict[str, Any]) -> bool:
+    """Config ``horizon.require_correct``, or ``pairs.require_correct`` when that is null."""
+    from . import config
+
+    v = config.section(settings, "horizon")["require_correct"]
+    return bool(config.value(settings, "pairs.require_correct") if v is None else v)
+
+
+def choose_layers(layers: Sequence[int] | None, layer_stride: int, n_layers: int) -> list[int]:
+    """The layers patched: config ``horizon.layers``, or every ``layer_stride``-th layer from 0 when null;
+    ``ValueError`` naming the layers outside the model."""
+    chosen = list(range(0, n_layers, int(layer_stride))) if layers is None else [int(x) for x in layers]
+    bad = [x for x in chosen if not 0 <= x < n_layers]
+    if bad:
+        raise ValueError(f"horizon.layers {bad} outside 0..{n_layers - 1}")
+    return chosen

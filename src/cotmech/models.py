@@ -423,14 +423,16 @@ def model_settings(settings: dict[str, Any], where: str = "--settings") -> dict[
     unknown = set(m) - {"name", "spec", "dtype", "device", "cache_dir", "trust_remote_code"}
     if unknown:
         raise ModelSpecError(f"{where}: unknown key(s) in 'model': {', '.join(sorted(unknown))}")
-    return m
+    from . import config
+
+    return config.fill(m, config.node("model"))
 
 
 def load_from_settings(settings: dict[str, Any], where: str = "--settings") -> LoadedModel:
     """:func:`load_model` with config ``model.{spec, dtype, device, cache_dir, trust_remote_code}``."""
     m = model_settings(settings, where)
-    return load_model(m["spec"], dtype=m.get("dtype", "auto"), device=m.get("device", "auto"),
-                      cache_dir=m.get("cache_dir"), trust_remote_code=bool(m.get("trust_remote_code", False)))
+    return load_model(m["spec"], dtype=m["dtype"], device=m["device"], cache_dir=m["cache_dir"],
+                      trust_remote_code=bool(m["trust_remote_code"]))
 
 
 def load_tokenizer(spec: str, cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False) -> Any:

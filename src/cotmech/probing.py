@@ -479,3 +479,21 @@ def plot_accuracy(acc: pd.DataFrame, n_layers: int, stem, selected: pd.DataFrame
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=6)
     return save_figure(fig, stem)
+
+
+def prepare(cfg, seed: int) -> tuple[list[dict], dict[str, list[str]], pd.DataFrame, dict]:
+    """The probing data of config section ``probing`` (E3): ``n_questions`` generated questions (original style,
+    relevant distractors, random order), split into train/val/test questions, nonce words in val/test when
+    ``novel_words``, the balanced pair samples and the word-type-only baseline on the test split.
+
+    Returns ``(records, splits, samples, baseline)``.
+    """
+    from .prontoqa import generate
+
+    records = generate(cfg["ontology"], int(cfg["hops"]), int(cfg["n_questions"]), style="original",
+                       distractors="relevant", ordering="random", seed=seed, id_prefix="probe-")
+    splits = split_questions([r["id"] for r in records], cfg["test_fraction"], cfg["val_fraction"], seed)
+    if cfg["novel_words"]:
+        records = novel_words(records, splits, seed)
+    samples = sample_table(records, splits, seed)
+    return records, splits, samples, type_baseline(samples)

@@ -51,15 +51,18 @@ def run_info(model: dict[str, Any]) -> dict[str, Any]:
 
     from .models import cpu_has_native_bf16, resolve_device, resolve_dtype
 
-    device = resolve_device(str(model.get("device", "auto")))
-    dtype = resolve_dtype(str(model.get("dtype", "auto")), device)
+    from . import config
+
+    model = config.fill(dict(model), config.node("model"))
+    device = resolve_device(str(model["device"]))
+    dtype = resolve_dtype(str(model["dtype"]), device)
     gpu = None
     if device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
     return {
         "model_name": model.get("name"),
         "spec": model.get("spec"),
-        "dtype_requested": str(model.get("dtype", "auto")),
+        "dtype_requested": str(model["dtype"]),
         "dtype": str(dtype).removeprefix("torch."),
         "device": str(device),
         "cpu": cpu_model(),

@@ -30,8 +30,6 @@ rule knockout_subtask:
                                     for f in ([s] if isinstance(s, str) else s)),
         skipped=lambda w: " ".join(f"--skipped {shlex.quote(n)}" for n in _CSKIP),
         outdir=lambda w, output: os.path.dirname(output.curves),
-    wildcard_constraints:
-        k=r"\d+",
     log:
         logpath("knockout", "subtask{k}"),
     threads: MODEL_THREADS

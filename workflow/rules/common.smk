@@ -29,19 +29,13 @@ MRES = f"{RESULTS}/{MODEL}"  # per-model results folder
 DATASETS = list(config["datasets"])
 MODEL_THREADS = int(config["cluster"]["threads"])  # threads of each model-running job
 
-# Rule files after tasks.smk, in DAG order; a step whose file exists is included by the Snakefile.
-STEPS = [
-    "generation",
-    "activations",
-    "patching",
-    "prior_shift",
-    "circuits",
-    "probing",
-    "flow",
-    "horizon",
-    "figures",
-    "report",
-]
+
+# One set of wildcard constraints for every rule: dataset names as the schema allows them, subtask (k) and shard (i)
+# indices as integers. (report_gallery adds its own: `name` is one of the gallery's figures.)
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_\-]+",
+    k=r"[0-9]+",
+    i=r"[0-9]+",
 
 _TARGETS = []
 
@@ -213,21 +207,11 @@ def circuit_rankings(circ):
     skipped. `circuit_ranking_files` gives one subtask's input files.
     '{shard}' expands to every shard of config patching (a list of files: raw per-pair patching scores), '{method}' to
     patching.method."""
-    sources, skipped = {}, []
-    for name, pattern in circ["rankings"].items():
-        if pattern == "builtin" or pattern.startswith("builtin:"):
-            sources[name] = pattern
-            continue
-        path = pattern.format(results=RESULTS, model=MODEL, mres=MRES, dataset=circ["dataset"], subtask="{subtask}",
-                              method=config["patching"]["method"], shard="{shard}")
-        files = ([path.replace("{shard}", str(i)) for i in range(int(config["patching"]["shards"]))]
-                 if "{shard}" in path else [path])
-        need = [f.format(subtask=k) for f in files for k in circ["subtasks"]] if "{subtask}" in path else files
-        if all(producible(p) for p in need):
-            sources[name] = files
-        else:
-            skipped.append(name)
-    return sources, skipped
+    from cotmech.circuits import ranking_sources
+
+    fields = dict(results=RESULTS, model=MODEL, mres=MRES, method=config["patching"]["method"])
+    return ranking_sources(circ["rankings"], circ["dataset"], circ["subtasks"], fields,
+                           config["patching"]["shards"], producible)
 
 
 def circuit_ranking_files(sources, k):

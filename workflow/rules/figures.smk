@@ -28,8 +28,6 @@ rule flow_figures:
         trees=_N_TREES,
     log:
         logpath("flow_figures", "{dataset}"),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:
@@ -50,8 +48,6 @@ rule horizon_figure:
         stem=lambda w: f"{_FIG}/{w.dataset}/horizon",
     log:
         logpath("horizon_figure", "{dataset}"),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:

@@ -45,8 +45,6 @@ rule trace_flow:
     threads: MODEL_THREADS
     resources:
         **model_resources(),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:

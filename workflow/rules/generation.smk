@@ -17,8 +17,6 @@ rule generate_cot:
     threads: MODEL_THREADS
     resources:
         **model_resources(),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:
@@ -74,8 +72,6 @@ rule make_pairs:
         settings=lambda w: settings("model", "pairs", "seed"),
     log:
         logpath("make_pairs", "{dataset}"),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:

@@ -20,8 +20,6 @@ rule horizon:
     threads: MODEL_THREADS
     resources:
         **model_resources(),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:

@@ -32,10 +32,6 @@ rule patch_heads:
     threads: MODEL_THREADS
     resources:
         **model_resources(),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
-        k="[0-9]+",
-        i="[0-9]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:
@@ -58,9 +54,6 @@ rule merge_patching:
         settings=lambda w: settings("patching", "seed"),
     log:
         logpath("merge_patching", "{dataset}", "subtask{k}"),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
-        k="[0-9]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:
@@ -68,8 +61,8 @@ rule merge_patching:
         " --out {output.table:q} --figure {output.png:q} > {log:q} 2>&1"
 
 
-rule merge_atp:
-    """AtP head table and heat-map of one subtask."""
+# AtP head table and heat-map of one subtask: merge_patching on the AtP shards.
+use rule merge_patching as merge_atp with:
     output:
         table=f"{MRES}/patching/{{dataset}}/atp/subtask{{k}}.parquet",
         png=f"{MRES}/patching/{{dataset}}/atp/subtask{{k}}.png",
@@ -78,18 +71,8 @@ rule merge_atp:
         raw=patch_raw("atp", PATCH_SHARDS),
         script="scripts/patch_heads.py",
         code=code_inputs("scripts/patch_heads.py"),
-    params:
-        settings=lambda w: settings("patching", "seed"),
     log:
         logpath("merge_atp", "{dataset}", "subtask{k}"),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
-        k="[0-9]+",
-    conda:
-        "../../envs/cotmech.yaml"
-    shell:
-        "python {input.script:q} --merge {input.raw:q} --subtask {wildcards.k} --settings {params.settings:q}"
-        " --out {output.table:q} --figure {output.png:q} > {log:q} 2>&1"
 
 
 rule atp_vs_exact:
@@ -103,8 +86,6 @@ rule atp_vs_exact:
         code=code_inputs("scripts/patch_heads.py"),
     log:
         logpath("atp_vs_exact", "{dataset}"),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:
@@ -129,8 +110,6 @@ rule path_patch:
     threads: MODEL_THREADS
     resources:
         **model_resources(),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:

@@ -1,7 +1,6 @@
-# Step: layer-wise prior shift (logit + tuned lens, lens rift — our extension of E10, C4) and head roles (E4, E5; C5).
+# Step: layer-wise prior shift (logit + tuned lens, lens rift — our extension of E10, C4).
 
 _PS = f"{MRES}/prior_shift"
-_ROLES_DATASETS = config["roles"]["datasets"] or DATASETS
 _TUNED = config["tuned_lens"]["enabled"]
 
 
@@ -56,8 +55,6 @@ rule prior_shift:
     threads: MODEL_THREADS
     resources:
         **model_resources(),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
     conda:
         "../../envs/cotmech.yaml"
     shell:
@@ -92,39 +89,7 @@ rule rift:
         " --out {output.json:q} --figure {params.stem:q} > {log:q} 2>&1"
 
 
-rule head_roles:
-    """Answer-writer (E4) and copy (E5) head scores of one dataset, merged over subtasks; top-k share in the
-    second half next to the paper's 99.1%."""
-    output:
-        writers=f"{MRES}/roles/{{dataset}}/writers.parquet",
-        copy_heads=f"{MRES}/roles/{{dataset}}/copy.parquet",
-        summary=f"{MRES}/roles/{{dataset}}/summary.json",
-        figures=multiext(f"{MRES}/roles/{{dataset}}/", "writers.png", "writers.pdf", "copy.png", "copy.pdf"),
-    input:
-        pairs=f"{MRES}/pairs/{{dataset}}.jsonl",
-        acts=f"{MRES}/activations/{{dataset}}.safetensors",
-        index=f"{MRES}/activations/{{dataset}}.parquet",
-        script="scripts/head_roles.py",
-        code=code_inputs("scripts/head_roles.py"),
-    params:
-        settings=lambda w: settings("model", "roles", "seed"),
-        outdir=lambda w: f"{MRES}/roles/{w.dataset}",
-    log:
-        logpath("head_roles", "{dataset}"),
-    threads: MODEL_THREADS
-    resources:
-        **model_resources(),
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
-    conda:
-        "../../envs/cotmech.yaml"
-    shell:
-        "python {input.script:q} --pairs {input.pairs:q} --activations {input.acts:q} --index {input.index:q}"
-        " --settings {params.settings:q} --threads {threads} --outdir {params.outdir:q} > {log:q} 2>&1"
-
-
 register_targets(
     f"{_PS}/rift.json",
     expand(f"{_PS}/{{dataset}}.parquet", dataset=DATASETS),
-    expand(f"{MRES}/roles/{{dataset}}/summary.json", dataset=_ROLES_DATASETS),
 )

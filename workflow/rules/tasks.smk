@@ -13,8 +13,6 @@ rule make_tasks:
         settings=lambda w: settings(f"datasets.{w.dataset}", "seed"),
     log:
         f"{RESULTS}/logs/tasks/{{dataset}}.log",
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_\-]+",
     threads: 1
     conda:
         "../../envs/cotmech.yaml"

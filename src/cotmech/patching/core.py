@@ -91,11 +91,11 @@ def _read_only_update(layer: Any, shared: bool) -> Callable[..., tuple[torch.Ten
 # --------------------------------------------------------------------------------------------------
 # attention over a shared prefix without copying it per batch row
 # --------------------------------------------------------------------------------------------------
-#: How :func:`run_trace` attends over a :class:`PrefixCache`: ``"shared"`` (one product of every row's queries
-#: with the prefix keys, then one float32 softmax over each row's [prefix, causal suffix] scores) or ``"concat"``
-#: (copy the prefix into every row and call the model's own attention). Same numbers up to float rounding.
-#: Models that :func:`shared_prefix_supported` rejects always use ``"concat"``.
-PREFIX_ATTENTION = "shared"
+#: How :func:`run_trace` can attend over a :class:`PrefixCache` (its ``prefix_attention``): ``"shared"`` (one
+#: product of every row's queries with the prefix keys, then one float32 softmax over each row's [prefix, causal
+#: suffix] scores) or ``"concat"`` (copy the prefix into every row and call the model's own attention). Same numbers
+#: up to float rounding. Models that :func:`shared_prefix_supported` rejects always use ``"concat"``.
+PREFIX_ATTENTION_MODES = ("shared", "concat")
 _SHARED_NAME = "cotmech_shared_prefix"
 _active_prefix: list[PrefixCache] = []
 
@@ -237,7 +237,8 @@ def prefix_cache(model, ids: torch.Tensor) -> PrefixCache | None:
 def run_trace(model, ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
               position_ids: torch.Tensor | None = None, cache: PrefixCache | None = None, start_layer: int = 0,
               start_resid: torch.Tensor | None = None, edits: Sequence[Edit] = (),
-              save: Iterable[tuple[str, int]] = (), grad: bool = False) -> TraceOut:
+              save: Iterable[tuple[str, int]] = (), grad: bool = False,
+              prefix_attention: str = "shared") -> TraceOut:
     """One nnsight forward of ``ids`` [rows, pos] with per-head edits; logits at the last position.
 
     - ``cache``: a shared prefix; ``ids`` then continue it (positions start at ``cache.length``).
@@ -246,12 +247,15 @@ def run_trace(model, ids: torch.Tensor, *, attention_mask: torch.Tensor | None =
     - ``save``: ``(site, layer)`` pairs to return, site in q/k/v/z (as [rows, pos, units, d_head]) or
       ``"resid"`` (block output [rows, pos, d_model]).
     - ``grad``: add a zero offset to every layer's z that requires grad (returned in ``deltas``), for AtP.
+    - ``prefix_attention``: how the suffix attends over ``cache`` (:data:`PREFIX_ATTENTION_MODES`).
     """
+    if prefix_attention not in PREFIX_ATTENTION_MODES:
+        raise ValueError(f"prefix_attention {prefix_attention!r}: use one of {', '.join(PREFIX_ATTENTION_MODES)}")
     R, S = ids.shape
     dev = model.device
     save = set(save)
     kwargs: dict[str, Any] = {"input_ids": ids.to(dev), "logits_to_keep": 1, "use_cache": cache is not None}
-    shared = cache is not None and PREFIX_ATTENTION == "shared" and _shared_ok(model)
+    shared = cache is not None and prefix_attention == "shared" and _shared_ok(model)
     if cache is not None:
         kwargs[_cache_kwarg(model)] = cache.dynamic(R, model.hf.config, shared=shared)
         if position_ids is None:
@@ -349,12 +353,3 @@ def run_in_batches(fn: Callable[[Sequence[Any]], None], items: Sequence[Any], ba
             continue
         i += len(chunk)
     return batch
-
-
-def one_hot_rows(heads: Sequence[tuple[int, int]], layer: int, n_heads: int) -> torch.Tensor:
-    """mask [len(heads), n_heads]: row r is True at its head if heads[r] lies in ``layer``."""
-    mask = torch.zeros(len(heads), n_heads, dtype=torch.bool)
-    for r, (lay, h) in enumerate(heads):
-        if lay == layer:
-            mask[r, h] = True
-    return mask

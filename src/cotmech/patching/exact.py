@@ -135,22 +135,24 @@ class PairRuns:
     ref: PairRef
 
 
-def pair_runs(model, pair: Pair) -> PairRuns:
+def pair_runs(model, pair: Pair, prefix_attention: str = "shared") -> PairRuns:
     """Prefix KV cache (once) plus the clean and corrupt suffixes in one 2-row forward saving z and the residual
-    stream (``runs[w]``: a batch-1 :class:`TraceOut` per input)."""
+    stream (``runs[w]``: a batch-1 :class:`TraceOut` per input); ``prefix_attention`` as in :func:`run_trace`."""
     p = pair.first_diff
     cache = prefix_cache(model, pair.ids("clean")[:p])
     want = [("z", lay) for lay in range(model.n_layers)] + [("resid", lay) for lay in range(model.n_layers)]
     names = ("clean", "corrupt")
-    both = run_trace(model, torch.stack([pair.ids(w)[p:] for w in names]), cache=cache, save=want)
+    both = run_trace(model, torch.stack([pair.ids(w)[p:] for w in names]), cache=cache, save=want,
+                     prefix_attention=prefix_attention)
     runs = {w: TraceOut(both.logits[i:i + 1], {k: v[i:i + 1] for k, v in both.saved.items()})
             for i, w in enumerate(names)}
     return PairRuns(pair, cache, runs, pair_ref(pair, runs["clean"].logits[0], runs["corrupt"].logits[0]))
 
 
 def patch_suffix(model, pr: PairRuns, heads: Sequence[tuple[int, int]], direction: str = "denoise",
-                 extra_edits: Sequence[Edit] = ()) -> torch.Tensor:
-    """Last-position logits [len(heads), vocab]: row r = base run with head ``heads[r]``'s z from the source run."""
+                 extra_edits: Sequence[Edit] = (), prefix_attention: str = "shared") -> torch.Tensor:
+    """Last-position logits [len(heads), vocab]: row r = base run with head ``heads[r]``'s z from the source run
+    (``prefix_attention`` as in :func:`run_trace`)."""
     b_name, s_name = _roles(direction)
     base, src = pr.runs[b_name], pr.runs[s_name]
     start = min(lay for lay, _ in heads)
@@ -165,14 +167,15 @@ def patch_suffix(model, pr: PairRuns, heads: Sequence[tuple[int, int]], directio
     ids = pr.pair.ids(b_name)[pr.pair.first_diff:][None].expand(R, -1)
     resid = base.saved[("resid", start - 1)] if start > 0 else None
     out = run_trace(model, ids, cache=pr.cache, start_layer=start, start_resid=resid,
-                    edits=list(edits) + list(extra_edits))
+                    edits=list(edits) + list(extra_edits), prefix_attention=prefix_attention)
     return out.logits
 
 
 def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise",
                 heads: Sequence[tuple[int, int]] | None = None, head_batch: int = 64,
-                progress: bool = True) -> PatchResult:
-    """Same numbers as :func:`naive_sweep` (up to float rounding), computed per pair on the suffix only."""
+                progress: bool = True, prefix_attention: str = "shared") -> PatchResult:
+    """Same numbers as :func:`naive_sweep` (up to float rounding), computed per pair on the suffix only
+    (``prefix_attention`` as in :func:`run_trace`)."""
     _check(direction)
     fn = get_metric(metric)
     heads = sorted(heads if heads is not None else all_heads(model))
@@ -182,12 +185,12 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
     bar = tqdm(total=len(pairs) * len(heads), desc="exact patching", disable=not progress)
     batch = head_batch
     for i, pair in enumerate(pairs):
-        pr = pair_runs(model, pair)
+        pr = pair_runs(model, pair, prefix_attention)
         base_m[i] = float(fn(pr.runs[b_name].logits, pr.ref)[0])
         src_m[i] = float(fn(pr.runs[s_name].logits, pr.ref)[0])
 
         def do(chunk, i=i, pr=pr):
-            vals = fn(patch_suffix(model, pr, chunk, direction), pr.ref).detach().cpu().double().numpy()
+            vals = fn(patch_suffix(model, pr, chunk, direction, prefix_attention=prefix_attention), pr.ref).detach().cpu().double().numpy()
             for (lay, h), v in zip(chunk, vals):
                 patched[i, lay, h] = v
             bar.update(len(chunk))

@@ -60,8 +60,3 @@ def get_metric(name: str | MetricFn) -> MetricFn:
     if name not in METRICS:
         raise ValueError(f"unknown patching metric {name!r}; use one of {', '.join(METRICS)}")
     return METRICS[name]
-
-
-def normalise(m_patched, m_base, m_source):
-    """(m_patched - m_base) / (m_source - m_base), broadcasting; works on numpy arrays and tensors."""
-    return (m_patched - m_base) / (m_source - m_base)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import io
@@ -14,33 +14,12 @@ from .scores import heatmap_figure, score_table, to_matrix
 
 METHODS = ("naive", "exact", "atp")
 
-#: defaults of the config section ``patching`` (the schema documents each key)
-DEFAULTS: dict[str, Any] = {
-    "datasets": ["fictional"], "subtasks": list(range(10)), "n_pairs": 4, "shards": 1, "method": "exact",
-    "atp": True, "metric": "kl", "direction": "denoise", "head_batch": 64, "pair_batch": 4, "n_boot": 1000,
-    "path": {"subtasks": [0], "n_pairs": 2, "n_senders": 4, "n_receivers": 4,
-             "paths": ["logits", "q", "k", "v", "qkv"], "frozen": "all"},
-    "induction": {"n": 4, "shots": 3, "require_correct": True, "max_candidates": 200},
-}
-
-
-def options(settings: dict[str, Any]) -> dict[str, Any]:
-    """The ``patching`` section with defaults filled in (also for standalone runs without a config)."""
-    sec = dict(DEFAULTS)
-    user = settings.get("patching") or {}
-    for k, v in user.items():
-        sec[k] = {**DEFAULTS[k], **v} if isinstance(DEFAULTS.get(k), dict) else v
-    if sec["metric"] not in ("kl", "logit_diff", "prob"):
-        raise ValueError(f"patching.metric: {sec['metric']!r} is not one of kl, logit_diff, prob")
-    return sec
-
-
 def sub_seed(seed: int, *parts: Any) -> int:
     """A stable seed for one (seed, parts...) combination."""
     return zlib.crc32(repr((int(seed),) + parts).encode()) & 0x7FFFFFFF
 
 
-def sweep(model, pairs: Sequence[Pair], method: str, opts: dict[str, Any], progress: bool = True) -> PatchResult:
+def sweep(model, pairs: Sequence[Pair], method: str, opts: Mapping[str, Any], progress: bool = True) -> PatchResult:
     if method not in METHODS:
         raise ValueError(f"patching method {method!r}: use one of {', '.join(METHODS)}")
     kw = dict(metric=opts["metric"], direction=opts["direction"], progress=progress)

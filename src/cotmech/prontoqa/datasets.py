@@ -72,8 +72,11 @@ def build_dataset(name: str, spec: dict[str, Any], master_seed: int, where: str 
     unknown = set(spec) - _KEYS
     if unknown:
         raise RecordError(f"{where}: datasets.{name}: unknown keys {sorted(unknown)}")
-    n = spec.get("n", 100)
-    if spec.get("import"):
+    from .. import config
+
+    spec = config.fill(spec, config.node("datasets.*"))  # the schema's dataset defaults (n, style, ...)
+    n = spec["n"]
+    if spec["import"]:
         records = import_file(spec["import"])
         if "hops" in spec:
             check_hops(records, spec["hops"], f"{where}: datasets.{name} (import {spec['import']})")
@@ -103,9 +106,9 @@ def build_dataset(name: str, spec: dict[str, Any], master_seed: int, where: str 
     if missing:
         raise RecordError(f"{where}: datasets.{name}: missing keys {missing}")
     try:
-        records = generate(spec["ontology"], spec["hops"], n, style=spec.get("style", "paper"),
-                           distractors=spec.get("distractors", "none"), ordering=spec.get("ordering", "preorder"),
-                           seed=dataset_seed(master_seed, name), cot_skip=spec.get("cot_skip", 0),
+        records = generate(spec["ontology"], spec["hops"], n, style=spec["style"],
+                           distractors=spec["distractors"], ordering=spec["ordering"],
+                           seed=dataset_seed(master_seed, name), cot_skip=spec["cot_skip"],
                            id_prefix=f"{name}-")
     except ValueError as e:
         raise RecordError(f"{where}: datasets.{name}: {e}") from e
