@@ -22,7 +22,7 @@ from cotmech.models import ModelSpecError
 
 DEFAULTS = dict(subtasks=None, steps=9, threshold=0.9, rank_fraction=0.5, n_examples=None, n_reference=None,
                 batch_size=8, window_rankings=[], window_widths=10, other_data=[], primary=None, isolation=None,
-                cross_removal=None)
+                cross_removal=None, mean_alignment="segment")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         check_pair_ids(model, clean, args.clean)
         check_pair_ids(model, ref, args.reference)
         if args.circuits:
-            keep = ("subtasks", "rank_fraction", "n_examples", "n_reference", "batch_size")
+            keep = ("subtasks", "rank_fraction", "n_examples", "n_reference", "batch_size", "mean_alignment")
             t = circuits.run_cross_subtask(model, clean, ref, read_table(args.circuits), seed=int(s.get("seed", 0)),
                                            **{k: cfg[k] for k in keep})
             write_table(f"{args.out_dir}/cross_subtask.csv", t)
