@@ -533,7 +533,8 @@ PREFIX = ("Each wumpus is a dumpus. Max is a wumpus. Max is a dumpus. True\n"
 
 def _prefixed(model, prefix=PREFIX):
     seqs = _seqs(model, [prefix + t for t in TEXTS + ["Sam is a jompus. Sam"]])
-    refs = _seqs(model, [prefix[:40] + t for t in reversed(TEXTS)])  # shorter, partly shared prefix
+    # references: one with a shorter, partly shared prefix, the others longer than the prefix with other words
+    refs = _seqs(model, [prefix[:40] + TEXTS[3]] + [prefix.replace("wumpus", "yumpus") + t for t in TEXTS[:3]])
     return seqs, refs
 
 
