@@ -2,12 +2,22 @@
 nnsight, knockout curves, operating points and the overlap of the kept ("important") head sets.
 
 Mean ablation. A removed head's output z_h (its slice of the o_proj input, ``hook_z``) is replaced at *every*
-position by its mean over reference runs (false-ontology pairs of the same subtask). Position handling: sequences
-are aligned **from the end** (position j = j-th token before the predicting position, j = 0 the last token), which
-is what left padding does, so the mean at j averages the references that are longer than j; where no reference
-reaches j (a clean input longer than every reference) the head's overall mean over all reference tokens is used.
-The original averaged per padded position over 40–50 BOS-padded references (pads included); here pads are
-masked out of the mean and the reference set is the whole false-ontology pair set of the subtask.
+position by its mean over reference runs (false-ontology pairs of the same subtask). Position handling, per prompt
+segment (``circuits.mean_alignment: segment``, :func:`alignment_prefix`): over the few-shot prefix that every clean
+input of the dataset shares (its longest common token prefix, the same for every subtask and sample), positions
+are aligned **from the start** (the mean at p averages the references' p-th tokens): those exemplar tokens sit at
+the same absolute positions in every prompt, whatever the question's length. After it (the test question and the
+CoT so far) they are aligned **from the end** (position j = j-th token before the predicting position), which is
+what left padding does, so the mean at j averages the references that are longer than j. Where no reference
+reaches a position the head's overall mean over all reference tokens is used. ``end`` aligns every position from
+the end (the earlier alignment). The original averaged per padded position over 40–50 BOS-padded references (pads
+included, i.e. end-aligned); here pads are masked out of the mean and the reference set is the subtask's
+false-ontology pairs.
+
+Cached evaluation. With start-aligned means the ablated prefix is the same input with the same replacement for
+every clean example, so its keys/values are computed once per removed head set (:func:`ablated_prefix_cache`) and
+each example runs only its suffix over them (:func:`cached_ablated_logits`; equal to the full-sequence forward up to
+float rounding, ``method="full"`` keeps the latter). ``end`` alignment runs every whole sequence.
 
 Accuracy. Share of evaluation examples whose ablated argmax next token equals the *unablated* argmax at the
 predicting position (§5), with a Wilson 95% interval over examples.
