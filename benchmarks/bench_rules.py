@@ -444,7 +444,8 @@ class Bench:
         removed = order[:n_total // 2]
         w = C.head_means(model, [ref[0][:WARM]], 1)  # warm-up on a short input
         C.ablated_argmax(model, [clean[0][:WARM]], w, removed, 1)
-        t_m, means = timed(model, lambda: C.head_means(model, ref, bs))
+        prefix = C.alignment_prefix(st.pairs[clean_d], cc["mean_alignment"])  # as run_knockout
+        t_m, means = timed(model, lambda: C.head_means(model, ref, bs, prefix_len=prefix))
         rows = [Row("knockout", "reference means", "reference sequence", len(ref), t_m, u_means,
                     f"Σ over subtasks {subtasks} of {ref_d} pairs (n_reference {cc['n_reference']}) = {u_means}")]
         if n_direct:

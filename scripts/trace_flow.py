@@ -17,6 +17,7 @@ import sys
 import time
 
 from cotmech import config
+from cotmech.circuits import alignment_prefix
 from cotmech.cli import add_model_args, check_pair_ids, fail, load_from_args, parser, read_settings
 
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             circuits = flow.pruned_circuits(model, heads, fs["circuit_ranking"], reference, want,
                                             config.value(settings, "circuits.n_reference"),
                                             config.value(settings, "seed"),
-                                            int(config.value(settings, "circuits.batch_size")))
+                                            int(config.value(settings, "circuits.batch_size")),
+                                            alignment_prefix(pairs, config.value(settings, "circuits.mean_alignment")))
         except ValueError as e:
             return fail(f"{args.circuit_heads}: {e}")
         for k, c in circuits.items():

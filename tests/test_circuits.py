@@ -536,3 +536,99 @@ def test_operating_point_default_threshold_is_the_papers_90_percent():
     # the documented default is the paper's rule (E6: the step whose accuracy is nearest 90%)
     assert C.operating_point([0, 50, 100], [1.0, 0.91, 0.5]) == 1
     assert C.operating_point([0, 50, 100], [1.0, 0.75, 0.5]) == 0  # |1 - 0.9| < |0.75 - 0.9|
+
+
+# --------------------------------------------------------------------------------------------------
+# Segment-aligned means and the cached-prefix evaluation
+# --------------------------------------------------------------------------------------------------
+PREFIX = ("Each wumpus is a dumpus. Max is a wumpus. Max is a dumpus. True\n"
+          "Rompuses are not blue. Fae is a rompus. Fae is not blue. False\n")
+
+
+def _prefixed(model, prefix=PREFIX):
+    seqs = _seqs(model, [prefix + t for t in TEXTS + ["Sam is a jompus. Sam"]])
+    # references: one with a shorter, partly shared prefix, the others longer than the prefix with other words
+    refs = _seqs(model, [prefix[:40] + TEXTS[3]] + [prefix.replace("wumpus", "yumpus") + t for t in TEXTS[:3]])
+    return seqs, refs
+
+
+def _single_z(model, seq):
+    return C._z_all_layers(model, left_pad([seq], model.tokenizer.pad_token_id))  # n_layers × [1, n, dim]
+
+
+def test_segment_means_and_cached_prefix_equal_an_explicit_full_sequence_loop(tiny_model):
+    """(a) Oracle: means by an explicit per-reference loop (start-aligned on the shared prefix, end-aligned after),
+    applied by plain o_proj hooks to every whole sequence, one at a time. The cached-prefix evaluation and the
+    full left-padded forward both equal it to fp32 tolerance."""
+    m = tiny_model
+    seqs, refs = _prefixed(m)
+    P = C.common_prefix_len(seqs)
+    assert 10 < P < min(len(s) for s in seqs)
+    means = C.head_means(m, refs, batch_size=2, prefix_len=P)
+    zr = [_single_z(m, r) for r in refs]
+    removed = _all_heads(m)[1::3]
+    dh = m.d_head
+    for seq in seqs:
+        n = len(seq)
+        handles = []
+        for layer, head in removed:
+            rep = torch.zeros(n, m.n_heads * dh)
+            for p in range(n):
+                if p < P:
+                    got = [z[layer][0, p] for z, r in zip(zr, refs) if len(r) > p]
+                else:
+                    j = n - 1 - p
+                    got = [z[layer][0, len(r) - 1 - j] for z, r in zip(zr, refs) if len(r) > j]
+                rep[p] = torch.stack(got).mean(0) if got else means.overall[layer]
+
+            def pre(mod, args, head=head, rep=rep):
+                x = args[0].clone()
+                x[0, :, head * dh:(head + 1) * dh] = rep[:, head * dh:(head + 1) * dh]
+                return (x,) + args[1:]
+            handles.append(m.hf_o_proj(layer).register_forward_pre_hook(pre))
+        try:
+            with torch.no_grad():
+                want = m.hf(torch.tensor([seq])).logits[0, -1].float()
+        finally:
+            for h in handles:
+                h.remove()
+        cached = C.cached_ablated_logits(m, [seq] + [s for s in seqs if s is not seq], means, removed, 3)[0]
+        full = C.ablated_last_logits(m, left_pad(seqs, m.tokenizer.pad_token_id), means, removed)[seqs.index(seq)]
+        torch.testing.assert_close(cached, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(full, want, atol=1e-4, rtol=1e-4)
+    # the prefix values do not depend on the sequence (what makes the prefix cacheable); prefix_len 0 = end-aligned
+    v = means.values_at(0, torch.arange(P)[None].expand(2, -1), torch.tensor([P + 3, P + 9]))
+    torch.testing.assert_close(v[0], v[1])
+    end = C.head_means(m, refs, batch_size=2)
+    torch.testing.assert_close(end.left_padded(2, [len(seqs[0])], len(seqs[0]))[0], end.replacement(2, len(seqs[0])))
+    assert C.cacheable_prefix(seqs, end) == 0
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-qwen2"])
+def sensitive_model(request):
+    """A tiny model with larger random weights, so that removing heads changes its argmax (MHA and GQA)."""
+    from cotmech.models import load_model
+
+    return load_model(f"random:{request.param}?initializer_range=0.15", dtype="float32", device="cpu")
+
+
+def test_cached_knockout_curves_equal_the_exhaustive_full_forward(sensitive_model):
+    """(b) Predictions and argmax agreement curves of the cached-prefix path equal the full-sequence path
+    (same segment-aligned means) for every removed set of three orders."""
+    m = sensitive_model
+    seqs, refs = _prefixed(m)
+    means = C.head_means(m, refs, batch_size=2, prefix_len=C.common_prefix_len(seqs))
+    base_full = C.ablated_argmax(m, seqs, means, [], 2, method="full")
+    assert torch.equal(C.ablated_argmax(m, seqs, means, [], 2), base_full)
+    heads = _all_heads(m)
+    grid = list(range(len(heads) + 1))
+    accs = set()
+    for order in (heads, heads[::-1], heads[1::2] + heads[::2]):
+        full_cache, cached_cache = {}, {}
+        full = C.knockout_curve(m, seqs, means, order, grid, base_full, 2, cache=full_cache, method="full")
+        cached = C.knockout_curve(m, seqs, means, order, grid, base_full, 4, cache=cached_cache, method="cached")
+        pd.testing.assert_frame_equal(cached, full)
+        for key, pred in full_cache.items():
+            assert torch.equal(cached_cache[key], pred)
+        accs |= set(full.acc)
+    assert len(accs) > 2  # removals change predictions: the comparison is not vacuous

@@ -291,7 +291,9 @@ def test_trace_example_traces_pairs_sharing_a_forward_together(deep_model):
 # The pruned model state (study.md E9): heads outside the knockout circuit mean-ablated
 def _hooked_pruned_forward(m, ids, kept, means):
     """Oracle independent of nnsight: plain PyTorch pre-hooks on each o_proj replace the removed heads' z by
-    ``means.replacement``; returns (hidden states entering each layer [L, S, D], argmax at every position [S],
+    the means at each position (``means.left_padded``: end-aligned, start-aligned over ``means.prefix_len``, as
+    tested against an explicit loop in tests/test_circuits.py); returns (hidden states entering each layer
+    [L, S, D], argmax at every position [S],
     o_proj inputs [L, S, H*dh])."""
     S, dh = len(ids), m.d_head
     z_in, handles = {}, []
@@ -300,7 +302,7 @@ def _hooked_pruned_forward(m, ids, kept, means):
             z = args[0].clone()
             for h in range(m.n_heads):
                 if not kept[i, h]:
-                    z[0, :, h * dh:(h + 1) * dh] = means.replacement(i, S)[:, h * dh:(h + 1) * dh].to(z.dtype)
+                    z[0, :, h * dh:(h + 1) * dh] = means.left_padded(i, [S], S)[0, :, h * dh:(h + 1) * dh].to(z.dtype)
             z_in[i] = z.detach().clone()
             return (z,) + tuple(args[1:])
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(pre))
@@ -314,24 +316,26 @@ def _hooked_pruned_forward(m, ids, kept, means):
     return hidden, out.logits[0].argmax(-1), torch.stack([z_in[i][0] for i in range(m.n_layers)])
 
 
-def _circuit(m, seed=0):
+def _circuit(m, seed=0, prefix_len=0):
     from cotmech.circuits import head_means
 
     g = torch.Generator().manual_seed(seed)
     refs = [torch.randint(10, 400, (n,), generator=g).tolist() for n in (9, 14, 20)]
     kept = torch.rand(m.n_layers, m.n_heads, generator=g) < 0.5
     kept[m.n_layers - 1, 0] = True  # at least one writer candidate in the last layer
-    return flow.Circuit(kept, head_means(m, refs, batch_size=2))
+    return flow.Circuit(kept, head_means(m, refs, batch_size=2, prefix_len=prefix_len))
 
 
-def test_pruned_capture_equals_a_hooked_mean_ablated_forward(tiny_model):
+@pytest.mark.parametrize("prefix_len", [0, 6])  # end-aligned means; segment-aligned (circuits.mean_alignment)
+def test_pruned_capture_equals_a_hooked_mean_ablated_forward(tiny_model, prefix_len):
     """capture(..., circuit): z of removed heads = their reference means, every layer's resid_pre and the argmax
     at every position = a plain-PyTorch forward with those heads mean-ablated (and = the knockout's ablated argmax)."""
     from cotmech.batching import left_pad
     from cotmech.circuits import ablated_last_logits
 
     m = tiny_model
-    c = _circuit(m)
+    c = _circuit(m, prefix_len=prefix_len)
+    assert c.means.prefix_len == prefix_len
     ids = torch.randint(10, 400, (17,), generator=torch.Generator().manual_seed(4)).tolist()  # longer than refs
     acts = flow.capture(m, ids, c)
     hidden, argmax, z = _hooked_pruned_forward(m, ids, c.kept, c.means)

@@ -2,12 +2,22 @@
 nnsight, knockout curves, operating points and the overlap of the kept ("important") head sets.
 
 Mean ablation. A removed head's output z_h (its slice of the o_proj input, ``hook_z``) is replaced at *every*
-position by its mean over reference runs (false-ontology pairs of the same subtask). Position handling: sequences
-are aligned **from the end** (position j = j-th token before the predicting position, j = 0 the last token), which
-is what left padding does, so the mean at j averages the references that are longer than j; where no reference
-reaches j (a clean input longer than every reference) the head's overall mean over all reference tokens is used.
-The original averaged per padded position over 40–50 BOS-padded references (pads included); here pads are
-masked out of the mean and the reference set is the whole false-ontology pair set of the subtask.
+position by its mean over reference runs (false-ontology pairs of the same subtask). Position handling, per prompt
+segment (``circuits.mean_alignment: segment``, :func:`alignment_prefix`): over the few-shot prefix that every clean
+input of the dataset shares (its longest common token prefix, the same for every subtask and sample), positions
+are aligned **from the start** (the mean at p averages the references' p-th tokens): those exemplar tokens sit at
+the same absolute positions in every prompt, whatever the question's length. After it (the test question and the
+CoT so far) they are aligned **from the end** (position j = j-th token before the predicting position), which is
+what left padding does, so the mean at j averages the references that are longer than j. Where no reference
+reaches a position the head's overall mean over all reference tokens is used. ``end`` aligns every position from
+the end (the earlier alignment). The original averaged per padded position over 40–50 BOS-padded references (pads
+included, i.e. end-aligned); here pads are masked out of the mean and the reference set is the subtask's
+false-ontology pairs.
+
+Cached evaluation. With start-aligned means the ablated prefix is the same input with the same replacement for
+every clean example, so its keys/values are computed once per removed head set (:func:`ablated_prefix_cache`) and
+each example runs only its suffix over them (:func:`cached_ablated_logits`; equal to the full-sequence forward up to
+float rounding, ``method="full"`` keeps the latter). ``end`` alignment runs every whole sequence.
 
 Accuracy. Share of evaluation examples whose ablated argmax next token equals the *unablated* argmax at the
 predicting position (§5), with a Wilson 95% interval over examples.
@@ -34,7 +44,8 @@ heads.parquet with ``subtask == k``, ``primary`` and ``kept`` (:func:`primary_ci
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +54,8 @@ import torch
 from tqdm import tqdm
 
 from .batching import Batch, chunks, left_pad
-from .patching.core import Edit, run_trace
+from .patching import core
+from .patching.core import Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok, prefix_cache, run_trace
 from .stats import wilson
 
 Head = tuple[int, int]
@@ -56,18 +68,62 @@ FAMILIES = ("decision", "copy", "induction")
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class HeadMeans:
-    """Mean head outputs over reference runs, aligned from the end of the sequence."""
+    """Mean head outputs over reference runs, aligned from the end of the sequence and, over the first
+    ``prefix_len`` positions (the few-shot prefix shared by every clean input), from the start (module docstring).
+    """
 
     by_end: torch.Tensor  # [n_layers, P, n_heads*d_head] float32; [:, j] = mean at the j-th position from the end
     count: torch.Tensor  # [P] number of references that reach position j from the end
     overall: torch.Tensor  # [n_layers, n_heads*d_head] mean over every reference token (fallback)
+    prefix_len: int = 0  # positions p < prefix_len use by_start (0: end-aligned everywhere, the old alignment)
+    by_start: torch.Tensor | None = None  # [n_layers, prefix_len, n_heads*d_head]; [:, p] = mean at position p
+    count_start: torch.Tensor | None = None  # [prefix_len] number of references that reach position p
 
     def replacement(self, layer: int, width: int) -> torch.Tensor:
-        """Mean z for a left-padded batch of ``width`` columns: [width, n_heads*d_head] (same for every row)."""
+        """End-aligned mean z for a left-padded batch of ``width`` columns: [width, n_heads*d_head] (same for
+        every row; the whole replacement when ``prefix_len`` is 0, else see :meth:`values_at`)."""
         j = torch.arange(width - 1, -1, -1)  # column c is position width-1-c from the end
         jj = j.clamp(max=self.by_end.shape[1] - 1)
         use = (j < self.by_end.shape[1]) & (self.count[jj] > 0)
         return torch.where(use[:, None], self.by_end[layer, jj], self.overall[layer][None])
+
+    def values_at(self, layer: int, pos: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Mean z at absolute positions ``pos`` [rows, S] of sequences of ``lengths`` [rows]: [rows, S, dim].
+
+        Position p < ``prefix_len`` takes the start-aligned mean at p; any other position the end-aligned mean
+        at j = length − 1 − p; the overall mean where no reference reaches. Positions outside 0 … length−1
+        (pads) get some value (pads are never attended to)."""
+        j = lengths[:, None] - 1 - pos
+        ne = self.by_end.shape[1]
+        jj = j.clamp(0, ne - 1)
+        use = (j >= 0) & (j < ne) & (self.count[jj] > 0)
+        out = torch.where(use[..., None], self.by_end[layer][jj], self.overall[layer])
+        if self.prefix_len > 0:
+            pp = pos.clamp(0, self.prefix_len - 1)
+            start = (pos >= 0) & (pos < self.prefix_len)
+            val = torch.where((self.count_start[pp] > 0)[..., None], self.by_start[layer][pp], self.overall[layer])
+            out = torch.where(start[..., None], val, out)
+        return out
+
+    def left_padded(self, layer: int, lengths: Sequence[int], width: int) -> torch.Tensor:
+        """Mean z for a left-padded batch of rows of ``lengths``: [rows, width, dim]."""
+        n = torch.as_tensor(list(lengths))
+        pos = torch.arange(width)[None] - (width - n)[:, None]
+        return self.values_at(layer, pos, n)
+
+
+def common_prefix_len(seqs: Iterable[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every sequence (0 for none)."""
+    seqs = list(seqs)
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n
 
 
 def _z_all_layers(model, batch: Batch) -> list[torch.Tensor]:
@@ -77,14 +133,19 @@ def _z_all_layers(model, batch: Batch) -> list[torch.Tensor]:
     return [out.saved[("z", layer)].float().cpu().flatten(2) for layer in range(model.n_layers)]
 
 
-def head_means(model, seqs: Sequence[Sequence[int]], batch_size: int = 8, progress: bool = False) -> HeadMeans:
-    """Mean z of every head over the reference token sequences (pads excluded), end-aligned (module docstring)."""
+def head_means(model, seqs: Sequence[Sequence[int]], batch_size: int = 8, progress: bool = False,
+               prefix_len: int = 0) -> HeadMeans:
+    """Mean z of every head over the reference token sequences (pads excluded): end-aligned, and start-aligned
+    over the first ``prefix_len`` positions (module docstring; 0 = end-aligned everywhere)."""
     if not seqs:
         raise ValueError("head_means: the reference set is empty")
     width_max = max(len(s) for s in seqs)
     dim = model.n_heads * model.d_head
     sums = torch.zeros(model.n_layers, width_max, dim)
     count = torch.zeros(width_max)
+    P = int(prefix_len)
+    sums_start = torch.zeros(model.n_layers, P, dim)
+    count_start = torch.zeros(P)
     total = torch.zeros(model.n_layers, dim)
     n_tok = 0
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -93,14 +154,22 @@ def head_means(model, seqs: Sequence[Sequence[int]], batch_size: int = 8, progre
         width = batch.input_ids.shape[1]
         mask_rev = batch.attention_mask.flip(1).float()  # [batch, width]; column j = position j from the end
         zs = _z_all_layers(model, batch)
+        lengths = [len(seqs[i]) for i in idx]
         for layer, z in enumerate(zs):
             z_rev = z.flip(1) * mask_rev[..., None]
             sums[layer, :width] += z_rev.sum(0)
             total[layer] += z_rev.sum((0, 1))
+            for r, n in enumerate(lengths):
+                m = min(n, P)
+                sums_start[layer, :m] += z[r, width - n:width - n + m]
+        for n in lengths:
+            count_start[:min(n, P)] += 1
         count[:width] += mask_rev.sum(0)
         n_tok += int(batch.attention_mask.sum())
     by_end = sums / count.clamp(min=1)[None, :, None]
-    return HeadMeans(by_end=by_end, count=count, overall=total / n_tok)
+    by_start = sums_start / count_start.clamp(min=1)[None, :, None]
+    return HeadMeans(by_end=by_end, count=count, overall=total / n_tok, prefix_len=P, by_start=by_start,
+                     count_start=count_start)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,16 +192,111 @@ def ablated_last_logits(model, batch: Batch, means: HeadMeans, removed: Iterable
     for layer, heads in sorted(_by_layer(removed).items()):
         mask = torch.zeros(rows, model.n_heads, dtype=torch.bool)
         mask[:, heads] = True
-        value = means.replacement(layer, width).reshape(1, width, model.n_heads, model.d_head)
+        if means.prefix_len:
+            lengths = batch.attention_mask.sum(1).tolist()
+            value = means.left_padded(layer, lengths, width).reshape(rows, width, model.n_heads, model.d_head)
+        else:
+            value = means.replacement(layer, width).reshape(1, width, model.n_heads, model.d_head)
         edits.append(Edit("z", layer, mask, value))
     out = run_trace(model, batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                     edits=edits)
     return out.logits.float().cpu()
 
 
+def cacheable_prefix(seqs: Sequence[Sequence[int]], means: HeadMeans) -> int:
+    """Prefix length whose mean-ablated keys/values are the same for every sequence of ``seqs`` (so computed
+    once per removed set): shared tokens whose means are start-aligned, leaving at least one token per sequence."""
+    if not seqs or means.prefix_len == 0:
+        return 0
+    return max(0, min(common_prefix_len(seqs), means.prefix_len, min(len(s) for s in seqs) - 1))
+
+
+@contextlib.contextmanager
+def _z_hooks(model, removed: Iterable[Head], value_of) -> Iterator[None]:
+    """Forward pre-hooks on every o_proj that set the ``removed`` heads' z to ``value_of(layer)``
+    [rows | 1, pos, n_heads*d_head] (the same replacement as the nnsight edit of :func:`ablated_last_logits`)."""
+    handles = []
+    dh = model.d_head
+    try:
+        for layer, heads in sorted(_by_layer(removed).items()):
+            cols = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in sorted(heads)]).to(model.device)
+            val = value_of(layer)[..., cols.cpu()].to(model.device, model.dtype)
+
+            def pre(mod, args, cols=cols, val=val):
+                x = args[0].clone()
+                x[..., cols] = val.expand(x.shape[0], -1, -1)
+                return (x,) + tuple(args[1:])
+            handles.append(model.hf_o_proj(layer).register_forward_pre_hook(pre))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def ablated_prefix_cache(model, prefix: Sequence[int], means: HeadMeans, removed: Sequence[Head]) -> PrefixCache:
+    """Keys/values of ``prefix`` (start-aligned means: the same for every sequence that begins with it) with the
+    ``removed`` heads mean-ablated at every prefix position."""
+    P = len(prefix)
+    if P > means.prefix_len:
+        raise ValueError(f"ablated_prefix_cache: prefix of {P} tokens is longer than the start-aligned segment "
+                         f"({means.prefix_len})")
+    pos, n = torch.arange(P)[None], torch.tensor([P])
+    with _z_hooks(model, removed, lambda layer: means.values_at(layer, pos, n)):
+        return prefix_cache(model, torch.as_tensor(list(prefix), dtype=torch.long))
+
+
+def cached_ablated_logits(model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed: Sequence[Head],
+                          batch_size: int = 8) -> torch.Tensor:
+    """Logits at the predicting position of every sequence with ``removed`` mean-ablated: [n, vocab] (input order).
+
+    The shared prefix (:func:`cacheable_prefix`) is run once (:func:`ablated_prefix_cache`); each sequence's
+    suffix is then run over it, right-padded in batches of similar length (pads come after every real token, so
+    causal attention never sees them), the suffix's means end-aligned per row as in the full forward. Equals
+    :func:`ablated_last_logits` on the whole sequences up to float rounding."""
+    P = cacheable_prefix(seqs, means)
+    if P == 0:
+        raise ValueError("cached_ablated_logits: no shared start-aligned prefix (means.prefix_len = 0 or none shared)")
+    cache = ablated_prefix_cache(model, seqs[0][:P], means, removed)
+    shared = core.PREFIX_ATTENTION == "shared" and _shared_ok(model)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    out: torch.Tensor | None = None
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for idx in chunks(order, batch_size):
+        suf = [list(seqs[i][P:]) for i in idx]
+        R, S = len(suf), max(len(x) for x in suf)
+        ids = torch.tensor([x + [pad] * (S - len(x)) for x in suf], dtype=torch.long)
+        n = torch.tensor([len(seqs[i]) for i in idx])
+        pos = P + torch.arange(S)[None].expand(R, -1)
+        last = [len(x) - 1 for x in suf]
+        keep = sorted(set(last))
+        kwargs = {"input_ids": ids.to(model.device), "position_ids": pos.to(model.device), "use_cache": True,
+                  "attention_mask": torch.ones(R, P + S, dtype=torch.long, device=model.device),
+                  "logits_to_keep": torch.tensor(keep, device=model.device),
+                  _cache_kwarg(model): cache.dynamic(R, model.hf.config, shared=shared)}
+        serve = _serve_prefix(model, cache) if shared else contextlib.nullcontext()
+        with torch.no_grad(), serve, _z_hooks(model, removed, lambda layer: means.values_at(layer, pos, n)):
+            logits = model.hf(**kwargs).logits  # [R, len(keep), vocab]
+        rows = logits[torch.arange(R), torch.tensor([keep.index(j) for j in last])].float().cpu()
+        if out is None:
+            out = torch.empty(len(seqs), rows.shape[-1])
+        out[list(idx)] = rows
+    return out
+
+
+METHODS = ("auto", "full", "cached")
+
+
 def ablated_argmax(model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed: Sequence[Head],
-                   batch_size: int = 8) -> torch.Tensor:
-    """Argmax next token of every sequence with ``removed`` heads mean-ablated: [n] (input order)."""
+                   batch_size: int = 8, method: str = "auto") -> torch.Tensor:
+    """Argmax next token of every sequence with ``removed`` heads mean-ablated: [n] (input order).
+
+    ``method``: ``full`` runs every whole sequence (:func:`ablated_last_logits`, left-padded batches);
+    ``cached`` / ``auto`` run the shared start-aligned prefix once (:func:`cached_ablated_logits`) where there is
+    one, else ``full``."""
+    if method not in METHODS:
+        raise ValueError(f"ablated_argmax: method must be one of {METHODS}, got {method!r}")
+    if method != "full" and cacheable_prefix(seqs, means) > 0:
+        return cached_ablated_logits(model, seqs, means, removed, batch_size).argmax(-1)
     out = torch.empty(len(seqs), dtype=torch.long)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for idx in chunks(order, batch_size):
@@ -318,7 +482,8 @@ def _acc_row(pred: torch.Tensor, baseline: torch.Tensor) -> dict:
 
 
 def predictions(model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed: Sequence[Head],
-                baseline: torch.Tensor, batch_size: int = 8, cache: dict | None = None) -> torch.Tensor:
+                baseline: torch.Tensor, batch_size: int = 8, cache: dict | None = None,
+                method: str = "auto") -> torch.Tensor:
     """Argmax of every sequence with ``removed`` mean-ablated [n]; the baseline when nothing is removed; runs
     shared through ``cache`` (removed-head set -> predictions) for one set of ``seqs``."""
     if not removed:
@@ -326,7 +491,7 @@ def predictions(model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed:
     key = frozenset(removed)
     if cache is not None and key in cache:
         return cache[key]
-    pred = ablated_argmax(model, seqs, means, list(removed), batch_size)
+    pred = ablated_argmax(model, seqs, means, list(removed), batch_size, method)
     if cache is not None:
         cache[key] = pred
     return pred
@@ -334,27 +499,28 @@ def predictions(model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed:
 
 def curve_for_sets(model, seqs: Sequence[Sequence[int]], means: HeadMeans, sets: Sequence[Sequence[Head]],
                    baseline: torch.Tensor, n_total: int, batch_size: int = 8, progress: bool = False,
-                   cache: dict | None = None) -> pd.DataFrame:
+                   cache: dict | None = None, method: str = "auto") -> pd.DataFrame:
     """Accuracy with each removed-head set of ``sets`` mean-ablated: rows n_removed, n_kept, n, correct, acc,
-    ci_low, ci_high (Wilson 95% over sequences). ``baseline``: unablated argmax per sequence [n]."""
+    ci_low, ci_high (Wilson 95% over sequences). ``baseline``: unablated argmax per sequence [n]; ``method`` as
+    :func:`ablated_argmax`."""
     cache = {} if cache is None else cache
     rows = []
     for removed in tqdm(sets, desc="knockout", disable=not progress, leave=False):
-        pred = predictions(model, seqs, means, removed, baseline, batch_size, cache)
+        pred = predictions(model, seqs, means, removed, baseline, batch_size, cache, method)
         rows.append(dict(n_removed=len(removed), n_kept=n_total - len(removed), **_acc_row(pred, baseline)))
     return pd.DataFrame(rows, columns=["n_removed", "n_kept", "n", "correct", "acc", "ci_low", "ci_high"])
 
 
 def knockout_curve(model, seqs: Sequence[Sequence[int]], means: HeadMeans, order: Sequence[Head],
                    steps: Sequence[int], baseline: torch.Tensor, batch_size: int = 8,
-                   progress: bool = False, cache: dict | None = None) -> pd.DataFrame:
+                   progress: bool = False, cache: dict | None = None, method: str = "auto") -> pd.DataFrame:
     """Accuracy after removing the first n heads of ``order`` for every n in ``steps`` (:func:`curve_for_sets`).
 
     ``cache``: predictions per removed-head set, shared by the curves of one set of ``seqs`` (e.g. removing all
     heads is the same run for every ranking).
     """
     return curve_for_sets(model, seqs, means, [list(order[:n]) for n in steps], baseline, len(order), batch_size,
-                          progress, cache)
+                          progress, cache, method)
 
 
 def operating_point(n_removed: Sequence[int], acc: Sequence[float], threshold: float = 0.9) -> int:
@@ -650,7 +816,21 @@ def subtask_data(clean: list[dict], reference: list[dict], k: int, rank_ids: set
     return SubtaskData(k, kind, _take(rank, n_rank, rng), _take(ev, n_eval, rng), rk, len(ck))
 
 
-def _rankings_for(model, d: SubtaskData, rankings: dict[str, str | list[str]], means: HeadMeans, example_of: dict[str, str],
+#: reference-mean alignments: ``segment`` (start-aligned over the few-shot prefix every clean input shares,
+#: end-aligned after it) or ``end`` (end-aligned everywhere, the earlier alignment)
+ALIGNMENTS = ("segment", "end")
+
+
+def alignment_prefix(clean: Sequence[dict], mean_alignment: str) -> int:
+    """Length of the start-aligned segment: the token prefix shared by every clean input of the dataset (every
+    subtask, so the boundary does not depend on the sampled examples) for ``segment``, 0 for ``end``."""
+    if mean_alignment not in ALIGNMENTS:
+        raise ValueError(f"circuits.mean_alignment must be one of {ALIGNMENTS}, got {mean_alignment!r}")
+    return common_prefix_len(p["clean_ids"] for p in clean) if mean_alignment == "segment" else 0
+
+
+def _rankings_for(model, d: SubtaskData, rankings: dict[str, str | list[str]], means: HeadMeans,
+                  example_of: dict[str, str],
                   other_data: Sequence[str], batch_size: int, log) -> list[Ranking]:
     """Every ranking of subtask ``d`` on the ranking split (held out) and, where per-example scores exist, on the
     evaluation split (in sample)."""
@@ -708,8 +888,8 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
                  rank_fraction: float = 0.5, seed: int = 0, n_examples: int | None = None,
                  n_reference: int | None = None, batch_size: int = 8, window_rankings: Sequence[str] = (),
                  window_widths: int = 10, other_data: Sequence[str] = (), primary: str | None = None,
-                 isolation_spec: dict | None = None, cross_spec: dict | None = None, progress: bool = True,
-                 log=print) -> dict[str, pd.DataFrame]:
+                 isolation_spec: dict | None = None, cross_spec: dict | None = None,
+                 mean_alignment: str = "segment", progress: bool = True, log=print) -> dict[str, pd.DataFrame]:
     """Knockout curves for every subtask and ranking (E6) and the within-subtask E7 experiments.
 
     ``rankings``: name -> a :data:`BUILTINS` key, or a table path with an optional ``{subtask}`` placeholder, or a
@@ -720,7 +900,8 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
     (:data:`SCOPES`) says what its ranking was computed on. ``primary``: the ranking whose held-out circuit is
     the subtask's circuit (column ``primary``; default the first ranking). ``isolation_spec`` {main, others} and
     ``cross_spec`` {base, others, steps, stop} run :func:`isolation` and :func:`cross_removal` on the held-out
-    circuits. Returns tables ``curves``, ``operating_points``, ``heads``, ``isolation``, ``cross_removal``.
+    circuits. ``mean_alignment`` (:data:`ALIGNMENTS`, :func:`alignment_prefix`): the reference means' alignment.
+    Returns tables ``curves``, ``operating_points``, ``heads``, ``isolation``, ``cross_removal``.
     Subtasks are independent given the split, so the workflow runs one job per subtask (:func:`merge_knockout`).
     """
     _check_pairs(clean, "clean pairs")
@@ -734,6 +915,7 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
     rank_ids = set(split_examples([p["example_id"] for p in clean], rank_fraction, seed)[0])
     example_of = {p["pair_id"]: p["example_id"] for p in clean}
     primary = primary if primary in rankings else next(iter(rankings), None)
+    prefix_len = alignment_prefix(clean, mean_alignment)
     curves, ops, heads, iso, cross = [], [], [], [], []
     for k in subtasks:
         d = subtask_data(clean, reference, k, rank_ids, n_examples=n_examples, n_reference=n_reference,
@@ -745,7 +927,7 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
         asked = "all" if n_examples is None else n_examples
         log(f"subtask {k} ({d.kind}): n_examples {asked}, {d.n_available} clean pairs exist; using "
             f"{len(d.rank)} ranking / {len(d.eval)} evaluation examples, {len(d.reference)} reference pairs")
-        means = head_means(model, [p["clean_ids"] for p in d.reference], batch_size, progress)
+        means = head_means(model, [p["clean_ids"] for p in d.reference], batch_size, progress, prefix_len)
         eval_seqs = [p["clean_ids"] for p in d.eval]
         baseline = ablated_argmax(model, eval_seqs, means, [], batch_size)
         seen: dict = {}  # removed-head set -> predictions on eval_seqs, shared by this subtask's curves
@@ -852,7 +1034,7 @@ def primary_circuits(heads: pd.DataFrame) -> dict[int, set[Head]]:
 def run_cross_subtask(model, clean: list[dict], reference: list[dict], heads: pd.DataFrame, *,
                       subtasks: Sequence[int] | None = None, rank_fraction: float = 0.5, seed: int = 0,
                       n_examples: int | None = None, n_reference: int | None = None, batch_size: int = 8,
-                      progress: bool = True, log=print) -> pd.DataFrame:
+                      mean_alignment: str = "segment", progress: bool = True, log=print) -> pd.DataFrame:
     """:func:`cross_subtask` for every evaluated subtask B, with every subtask's primary circuit (heads.parquet of
     :func:`run_knockout`) and B's evaluation split and reference means exactly as in :func:`run_knockout` (same
     settings). Circuits are ranked on the ranking split, which holds the same examples for every subtask, so
@@ -863,6 +1045,7 @@ def run_cross_subtask(model, clean: list[dict], reference: list[dict], heads: pd
     subtasks = sorted(circuits) if subtasks is None else [int(k) for k in subtasks]
     rank_ids = set(split_examples([p["example_id"] for p in clean], rank_fraction, seed)[0])
     all_heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
+    prefix_len = alignment_prefix(clean, mean_alignment)
     out = []
     for k in subtasks:
         d = subtask_data(clean, reference, k, rank_ids, n_examples=n_examples, n_reference=n_reference,
@@ -870,7 +1053,7 @@ def run_cross_subtask(model, clean: list[dict], reference: list[dict], heads: pd
         if not d.eval or not d.reference:
             log(f"subtask {k}: skipped ({len(d.eval)} evaluation pairs, {len(d.reference)} reference pairs)")
             continue
-        means = head_means(model, [p["clean_ids"] for p in d.reference], batch_size, progress)
+        means = head_means(model, [p["clean_ids"] for p in d.reference], batch_size, progress, prefix_len)
         seqs = [p["clean_ids"] for p in d.eval]
         baseline = ablated_argmax(model, seqs, means, [], batch_size)
         t = cross_subtask(model, seqs, means, baseline, circuits, all_heads, batch_size, {})
@@ -948,9 +1131,9 @@ def plot_overlap(overlap: pd.DataFrame, subtasks: Sequence[int], stem) -> list:
 
 #: keys of config section ``circuits`` that are :func:`run_knockout` keyword arguments of the same name
 KNOCKOUT_KEYS = ("subtasks", "steps", "threshold", "rank_fraction", "n_examples", "n_reference", "batch_size",
-                 "window_rankings", "window_widths", "other_data", "primary")
+                 "window_rankings", "window_widths", "other_data", "primary", "mean_alignment")
 #: the keys of :func:`run_cross_subtask`
-CROSS_SUBTASK_KEYS = ("subtasks", "rank_fraction", "n_examples", "n_reference", "batch_size")
+CROSS_SUBTASK_KEYS = ("subtasks", "rank_fraction", "n_examples", "n_reference", "batch_size", "mean_alignment")
 
 
 def knockout_options(section, subtasks: Sequence[int] | None = None) -> dict:

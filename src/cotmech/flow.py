@@ -14,8 +14,8 @@ input captures what the recursion needs (z, resid_pre, attention patterns of eve
 
 Model state (study.md E9). The paper traces the **pruned circuit** of the subtask: every head outside the circuit
 (the knockout operating point, E6) is mean-ablated at every position — its z replaced by the reference means of
-:func:`cotmech.circuits.head_means`, end-aligned as in the knockout — and the search starts from that pruned model's
-argmax next token and visits only circuit heads (:class:`Circuit`, :func:`trace_example` with ``circuit``). The
+:func:`cotmech.circuits.head_means`, aligned as in the knockout (``circuits.mean_alignment``) — and the search
+starts from that pruned model's argmax next token and visits only circuit heads (:class:`Circuit`, :func:`trace_example` with ``circuit``). The
 unablated model (every head eligible, or the top heads of a ranking) is kept as an option; there all subtasks of an
 example whose clean inputs are prefixes of the longest one share one forward (causal model: same activations), and
 those with the same important heads are traced together.
@@ -111,7 +111,7 @@ def capture(model: Any, ids: Sequence[int], circuit: Circuit | None = None) -> A
             removed = ~circuit.kept[i].bool().cpu()
             if removed.any():
                 mask = removed.repeat_interleave(dh)[None, None].expand(1, S, H * dh)
-                value = circuit.means.replacement(i, S)[None]  # [1, S, H*dh]
+                value = circuit.means.left_padded(i, [S], S)  # [1, S, H*dh]
                 edits[i] = (mask.to(model.device), value.to(model.device, model.dtype))
     saved: list[tuple[Any, Any, Any]] = []
     with eager_attention(model), model.lm.trace(x):
@@ -523,11 +523,14 @@ def load_circuits(heads: Any, ranking: str, n_layers: int, n_heads: int) -> dict
 
 
 def pruned_circuits(model: Any, heads: Any, ranking: str, reference: Sequence[dict], subtasks: Sequence[int],
-                    n_reference: int | None = None, seed: int = 0, batch_size: int = 8) -> dict[int, Circuit]:
+                    n_reference: int | None = None, seed: int = 0, batch_size: int = 8,
+                    prefix_len: int = 0) -> dict[int, Circuit]:
     """The pruned model state of each subtask (study.md E9): the kept heads of ``ranking`` at the knockout operating
     point (:func:`load_circuits` of ``circuits/heads.parquet``) and the mean z of every head over the ``reference``
     pairs of the same subtask (:func:`cotmech.circuits.head_means`, as the knockout; at most ``n_reference`` of
-    them, a seeded sample). Errors name the subtask without a circuit or without reference pairs."""
+    them, a seeded sample; start-aligned over the first ``prefix_len`` positions, as the knockout's
+    ``circuits.mean_alignment`` does: :func:`cotmech.circuits.alignment_prefix`). Errors name the subtask without a
+    circuit or without reference pairs."""
     from .circuits import _take, head_means
 
     masks = load_circuits(heads, ranking, model.n_layers, model.n_heads)
@@ -539,7 +542,7 @@ def pruned_circuits(model: Any, heads: Any, ranking: str, reference: Sequence[di
         ref = _take([p for p in reference if int(p["subtask"]) == k], n_reference, np.random.default_rng([seed, k]))
         if not ref:
             raise ValueError(f"no reference pairs of subtask {k} for the mean ablation")
-        means = head_means(model, [p["clean_ids"] for p in ref], batch_size)
+        means = head_means(model, [p["clean_ids"] for p in ref], batch_size, prefix_len=prefix_len)
         kept = masks[k]
         out[k] = Circuit(kept, means, f"ranking {ranking}: {int(kept.sum())} of {kept.numel()} heads kept, "
                                       f"means over {len(ref)} reference pairs")

@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Benchmark of the knockout's ablated forwards (E6): today's code against the cached-prefix evaluation, one process.
+
+Inputs: clean pairs of one subtask of the fictional 6-shot dataset and reference pairs of the same subtask of the
+false-ontology dataset, built from our generator with the gold CoT (cotmech.pairs; real prompt lengths, ~570 tokens
+with the embedded model's tokenizer), and ``--orders`` random head orderings removed at a ``--steps`` grid.
+
+Three runs of the same knockout curves (every removed set of every ordering on every clean sequence):
+  baseline  today's code: end-aligned reference means, every whole sequence run (``method="full"``);
+  full-seg  the same full-sequence code with the segment-aligned means (start-aligned over the shared few-shot
+            prefix): the exhaustive reference for the new path;
+  cached    segment-aligned means, the ablated prefix run once per removed set and every suffix over it.
+Asserts that ``cached`` gives the same predictions for every removed set (hence the same curves) as ``full-seg``;
+prints seconds, the ratio baseline / cached, and how far the segment-aligned curves are from the end-aligned
+ones (the documented change of the means, not an error).
+
+  bench_knockout.py                                                      # tiny random model, seconds
+  bench_knockout.py --model embedded:qwen2.5-coder-1.5b-instruct --n-examples 4 --steps 5 --dtype float32
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def pairs_of(model, name: str, ontology: str, n: int, seed: int) -> list[dict]:
+    """Pairs of a generated paper-style 2-hop dataset with the 6-shot prompt and the gold CoT (cotmech.pairs)."""
+    from cotmech.pairs import build_pairs
+    from cotmech.prontoqa.datasets import build_dataset
+    from cotmech.prontoqa.prompts import build_prompt
+
+    recs = build_dataset(name, {"ontology": ontology, "hops": 2, "style": "paper", "n": n}, seed)
+    for r in recs:
+        r["prompt"] = build_prompt(r, shots=6)
+    return build_pairs(recs, model.tokenizer, name, seed)[0]
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="random:tiny-llama")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--subtask", type=int, default=4, help="subtask of the pairs (later subtasks: longer inputs)")
+    ap.add_argument("--n-examples", type=int, default=6, help="clean sequences evaluated")
+    ap.add_argument("--n-reference", type=int, default=4, help="reference sequences for the means")
+    ap.add_argument("--orders", type=int, default=2, help="random head orderings")
+    ap.add_argument("--steps", type=int, default=5, help="grid points over 0..all heads (step_grid)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from cotmech import circuits as C
+    from cotmech.models import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    n_rec = max(args.n_examples, args.n_reference) + 2
+    clean_all = pairs_of(model, "fictional", "fictional", n_rec, args.seed)
+    ref_all = pairs_of(model, "falseont", "false", n_rec, args.seed)
+    clean = [p["clean_ids"] for p in clean_all if p["subtask"] == args.subtask][:args.n_examples]
+    refs = [p["clean_ids"] for p in ref_all if p["subtask"] == args.subtask][:args.n_reference]
+    if not clean or not refs:
+        raise SystemExit(f"error: no pairs of subtask {args.subtask} (clean {len(clean)}, reference {len(refs)})")
+    prefix = C.alignment_prefix(clean_all, "segment")
+    L, H = model.n_layers, model.n_heads
+    rng = np.random.default_rng(args.seed)
+    grid = C.step_grid(L * H, args.steps)
+    sets = []
+    for _ in range(args.orders):
+        scores = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
+                               "score": rng.random(L * H)})
+        sets += C.sorted_plan(scores, L, H, grid).sets
+    distinct = len({frozenset(s) for s in sets if s})
+    print(f"model {args.model} ({args.dtype}, {args.device}, {torch.get_num_threads()} threads), CPU {cpu_model()}")
+    print(f"{len(clean)} clean sequences of {min(map(len, clean))}-{max(map(len, clean))} tokens (shared prefix "
+          f"{prefix}), {len(refs)} references; {args.orders} orderings × grid {grid}: {distinct} distinct removed "
+          f"sets + the unablated baseline")
+
+    end_means = C.head_means(model, refs, args.batch_size)
+    seg_means = C.head_means(model, refs, args.batch_size, prefix_len=prefix)
+    # warm-up (kernels, allocator, nnsight) on short inputs of both paths
+    C.ablated_argmax(model, [clean[0][:prefix + 4]], seg_means, sets[1], 1, method="full")
+    C.ablated_argmax(model, [clean[0][:prefix + 4]], seg_means, sets[1], 1, method="cached")
+
+    def run(means, method):
+        cache: dict = {}
+        t0 = time.perf_counter()
+        base = C.ablated_argmax(model, clean, means, [], args.batch_size, method)
+        curve = C.curve_for_sets(model, clean, means, sets, base, L * H, args.batch_size, cache=cache, method=method)
+        return time.perf_counter() - t0, base, curve, cache
+
+    t_base, _, c_base, _ = run(end_means, "full")
+    t_full, b_full, c_full, p_full = run(seg_means, "full")
+    t_new, b_new, c_new, p_new = run(seg_means, "cached")
+    assert torch.equal(b_new, b_full), "unablated predictions differ between cached and full-sequence runs"
+    for key, pred in p_full.items():
+        assert torch.equal(p_new[key], pred), f"predictions differ for a removed set of {len(key)} heads"
+    pd.testing.assert_frame_equal(c_new, c_full)
+    n_runs = len(clean) * (1 + distinct)
+    print(f"{'run':<10}{'seconds':>10}{'s per seq×set':>16}")
+    for name, t in (("baseline", t_base), ("full-seg", t_full), ("cached", t_new)):
+        print(f"{name:<10}{t:>10.2f}{t / n_runs:>16.4f}")
+    print(f"speed-up baseline / cached: {t_base / t_new:.1f}×; full-seg / cached: {t_full / t_new:.1f}×")
+    print(f"equal: cached predictions = full-sequence predictions (segment means) for all {distinct} removed sets")
+    print(f"segment vs end alignment: max |Δacc| over the curves {float((c_full.acc - c_base.acc).abs().max()):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
