@@ -246,18 +246,21 @@ def ablated_prefix_cache(model, prefix: Sequence[int], means: HeadMeans, removed
 
 
 def cached_ablated_logits(model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed: Sequence[Head],
-                          batch_size: int = 8) -> torch.Tensor:
+                          batch_size: int = 8, prefix_attention: str = "shared") -> torch.Tensor:
     """Logits at the predicting position of every sequence with ``removed`` mean-ablated: [n, vocab] (input order).
 
     The shared prefix (:func:`cacheable_prefix`) is run once (:func:`ablated_prefix_cache`); each sequence's
     suffix is then run over it, right-padded in batches of similar length (pads come after every real token, so
     causal attention never sees them), the suffix's means end-aligned per row as in the full forward. Equals
-    :func:`ablated_last_logits` on the whole sequences up to float rounding."""
+    :func:`ablated_last_logits` on the whole sequences up to float rounding. ``prefix_attention`` as in
+    :func:`cotmech.patching.core.run_trace` (``"shared"``: the prefix attended by all rows at once)."""
+    if prefix_attention not in core.PREFIX_ATTENTION_MODES:
+        raise ValueError(f"prefix_attention {prefix_attention!r}: use one of {', '.join(core.PREFIX_ATTENTION_MODES)}")
     P = cacheable_prefix(seqs, means)
     if P == 0:
         raise ValueError("cached_ablated_logits: no shared start-aligned prefix (means.prefix_len = 0 or none shared)")
     cache = ablated_prefix_cache(model, seqs[0][:P], means, removed)
-    shared = core.PREFIX_ATTENTION == "shared" and _shared_ok(model)
+    shared = prefix_attention == "shared" and _shared_ok(model)
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     out: torch.Tensor | None = None
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
