@@ -340,7 +340,10 @@ def check_smoke_table(wd: Path) -> None:
     # the knockout row, from operating_points.csv
     ops = pd.read_csv(mres / "circuits" / "operating_points.csv")
     ops = ops[ops.primary.astype(bool)]  # each subtask's circuit: the primary ranking at its held-out scope
-    assert (ops.ranking == cfg["circuits"]["primary"]).all() and ops.heldout.astype(bool).all()
+    from cotmech import config
+
+    primary = config.load(wd / sr.SMOKE, wd / "config.yaml")["circuits"]["primary"]
+    assert (ops.ranking == primary).all() and ops.heldout.astype(bool).all()
     shares = []
     for sub in sorted(set(ops.subtask)):
         o = ops[ops.subtask == sub]
