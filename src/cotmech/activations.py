@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from .batching import left_pad
-from .generation import common_prefix_len, expand_cache, prefill
+from .batching import common_prefix_len
+from .generation import expand_cache, prefill
 from .models import eager_attention
 
 INDEX_COLUMNS = ["row", "pair_id", "example_id", "subtask", "kind", "length", "answer_id", "answer_pos"]

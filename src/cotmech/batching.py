@@ -6,7 +6,7 @@ last-position logits as the unpadded sequence (tested).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,3 +62,17 @@ def last_logits(model, batch: Batch) -> torch.Tensor:
     b = batch.to(model.device)
     out = model.hf(**b.kwargs(), use_cache=False, logits_to_keep=1)
     return out.logits[:, -1].float()
+
+
+def common_prefix_len(seqs: Iterable[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every sequence (0 for none)."""
+    seqs = list(seqs)
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n

@@ -53,7 +53,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .batching import Batch, chunks, left_pad
+from .batching import Batch, chunks, common_prefix_len, left_pad
 from .patching import core
 from .patching.core import Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok, prefix_cache, run_trace
 from .stats import wilson
@@ -110,20 +110,6 @@ class HeadMeans:
         n = torch.as_tensor(list(lengths))
         pos = torch.arange(width)[None] - (width - n)[:, None]
         return self.values_at(layer, pos, n)
-
-
-def common_prefix_len(seqs: Iterable[Sequence[int]]) -> int:
-    """Length of the longest token prefix shared by every sequence (0 for none)."""
-    seqs = list(seqs)
-    if not seqs:
-        return 0
-    first, n = seqs[0], min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        i = 0
-        while i < n and s[i] == first[i]:
-            i += 1
-        n = i
-    return n
 
 
 def _z_all_layers(model, batch: Batch) -> list[torch.Tensor]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .batching import left_pad
+from .batching import common_prefix_len, left_pad
 from .stats import wilson
 
 
@@ -56,20 +56,6 @@ class _Stopper:
         if nl is None:
             nl = self._newline[token_id] = "\n" in self._tok.decode([token_id])
         return "newline" if nl else None
-
-
-def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common prefix of all sequences."""
-    if not seqs:
-        return 0
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        i = 0
-        while i < n and s[i] == first[i]:
-            i += 1
-        n = i
-    return n
 
 
 @torch.no_grad()

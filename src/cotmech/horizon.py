@@ -278,7 +278,7 @@ def divergence_table(model: Any, examples: Sequence[dict], layers: Sequence[int]
     as effects of the patch."""
     import pandas as pd
 
-    from .generation import common_prefix_len
+    from .batching import common_prefix_len
 
     usable = [e for e in examples if "skipped" not in e]
     rows = []
