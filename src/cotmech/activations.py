@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .batching import left_pad
-from .batching import common_prefix_len
+from .batching import common_prefix_len, left_pad
 from .generation import expand_cache, prefill
 from .models import eager_attention
 
