@@ -9,7 +9,7 @@ from cotmech.models import build_random_hf, load_model, task_tokenizer, wrap
 from cotmech.patching import core
 from cotmech.patching.atp import atp_sweep
 from cotmech.patching.data import make_pair
-from cotmech.patching.exact import exact_sweep, naive_sweep, pair_runs, patch_suffix
+from cotmech.patching.exact import exact_sweep, hook_sweep, naive_sweep, pair_runs, patch_suffix
 from cotmech.patching.metrics import METRICS
 
 # init 0.2 (not 0.02): outputs far from uniform, so KL_noise is not tiny and normalised scores are well defined
@@ -53,6 +53,20 @@ def test_exact_equals_naive(model, direction):
         assert np.max(np.abs(a.per_pair_scores() - b.per_pair_scores())) <= 1e-4
         # the sweep is not trivially constant: heads differ
         assert np.ptp(a.per_pair_scores()) > 1e-2
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_hook_sweep_equals_naive(model, direction):
+    """The plain-hook reference (the benchmarks' honest baseline) gives naive's numbers, head by head."""
+    pairs = random_pairs(2)
+    heads = [(0, 0), (1, model.n_heads - 1), (model.n_layers - 1, 1)]
+    a = naive_sweep(model, pairs, metric="kl", direction=direction, heads=heads, pair_batch=2, progress=False)
+    b = hook_sweep(model, pairs, metric="kl", direction=direction, heads=heads, progress=False)
+    np.testing.assert_allclose(b.base, a.base, atol=1e-5)
+    np.testing.assert_allclose(b.source, a.source, atol=1e-5)
+    np.testing.assert_allclose(b.patched, a.patched, atol=1e-5, equal_nan=True)
+    assert np.isnan(b.patched).sum() == len(pairs) * (model.n_layers * model.n_heads - len(heads))
+    assert np.ptp(a.patched[np.isfinite(a.patched)]) > 1e-3
 
 
 #: bf16 unit roundoff (8 significant bits): a correctly rounded value is within a relative 2^-8 of the exact one.

@@ -122,6 +122,57 @@ def naive_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
                        [p.pair_id for p in pairs], [p.subtask for p in pairs], patched, base_m, src_m)
 
 
+def hook_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise",
+               heads: Sequence[tuple[int, int]] | None = None, progress: bool = True) -> PatchResult:
+    """Second reference, and the honest speed baseline: one plain forward of the whole base input per head
+    and pair, the head's z set to the source run's by a forward pre-hook on ``o_proj`` (no nnsight, the
+    model's own attention implementation, last-position logits only). Same numbers as :func:`naive_sweep`."""
+    _check(direction)
+    fn = get_metric(metric)
+    heads = list(heads) if heads is not None else all_heads(model)
+    b_name, s_name = _roles(direction)
+    patched = np.full((len(pairs), model.n_layers, model.n_heads), np.nan)
+    base_m, src_m = np.zeros(len(pairs)), np.zeros(len(pairs))
+    dh, dev = model.d_head, model.device
+
+    def forward(ids: list[int], pre_hooks: dict) -> torch.Tensor:
+        handles = [model.hf_o_proj(lay).register_forward_pre_hook(f) for lay, f in pre_hooks.items()]
+        try:
+            with torch.inference_mode():
+                out = model.hf(input_ids=torch.tensor([ids], device=dev), use_cache=False, logits_to_keep=1)
+        finally:
+            for h in handles:
+                h.remove()
+        return out.logits[:, -1].float()
+
+    bar = tqdm(total=len(pairs) * len(heads), desc="hook patching", disable=not progress)
+    for i, p in enumerate(pairs):
+        z: dict[str, dict[int, torch.Tensor]] = {"clean": {}, "corrupt": {}}
+        logits = {}
+        for w in ("clean", "corrupt"):
+            def keep(lay, store=z[w]):
+                def pre(mod, args):
+                    store[lay] = args[0].detach().clone()
+                return pre
+            logits[w] = forward(getattr(p, f"{w}_ids"), {lay: keep(lay) for lay in range(model.n_layers)})
+        ref = pair_ref(p, logits["clean"][0], logits["corrupt"][0])
+        base_m[i] = float(fn(logits[b_name], ref)[0])
+        src_m[i] = float(fn(logits[s_name], ref)[0])
+        base_ids = getattr(p, f"{b_name}_ids")
+        for lay, h in heads:
+            value = z[s_name][lay][..., h * dh:(h + 1) * dh]
+
+            def patch(mod, args, value=value, h=h):
+                x = args[0].clone()
+                x[..., h * dh:(h + 1) * dh] = value
+                return (x,) + tuple(args[1:])
+            patched[i, lay, h] = float(fn(forward(base_ids, {lay: patch}), ref)[0])
+            bar.update(1)
+    bar.close()
+    return PatchResult("hook", metric if isinstance(metric, str) else "custom", direction,
+                       [p.pair_id for p in pairs], [p.subtask for p in pairs], patched, base_m, src_m)
+
+
 # --------------------------------------------------------------------------------------------------
 # exact: shared-prefix KV cache, suffix only, from the patched layer on, many heads per forward
 # --------------------------------------------------------------------------------------------------
