@@ -200,6 +200,7 @@ def run_tree(tmp_path, smoke_layout):  # noqa: F811
     planted = [(0, 0.35, 0.30, 0.42, 300), (1, 0.812, 0.70, 0.95, 34), (2, 12.0, None, None, 20)]
     for i, ours, lo, hi, n in planted:
         table.loc[i, ["ours", "ci_low", "ci_high", "n", "status"]] = [ours, lo, hi, n, "ok"]
+        table.loc[i, "verdict"] = report.row_verdict(table.loc[i, "paper"], ours, lo, hi, n=n)
     table.loc[3, "note"] = "a | in a note"
     write_table(mres / "report" / "paper_vs_run.csv", table)
     write_table(mres / "report" / "claims.csv", report.claim_verdicts(table))
@@ -264,6 +265,11 @@ def test_every_published_figure_is_referenced(tmp_path, run_tree):
                  "circuits__knockout_induction.png", "probing__accuracy.png", "figures__fictional__rift_heads.png",
                  "figures__fictional__sources.png", "prior_shift__fictional.png", "prior_shift__falseont.png"):
         assert f"figures/{want}" in figs, want
+    # order and sections follow FIGURES: exact heat-maps before AtP, the lens rift under context abidance
+    text = md.read_text()
+    assert text.index("subtask5.png") < text.index("atp__subtask0.png") < text.index("### Knockout")
+    assert text.index("### Context abidance") < text.index("prior_shift__rift.png") < text.index("### Lens curves")
+    assert text.index("### Lens curves") < text.index("prior_shift__fictional.png")
     # an extra figure dropped into the folder is referenced too (under "Other figures")
     (out / "figures" / "extra.png").write_bytes(b"x")
     assert "figures/extra.png" in findings.referenced_figures(findings.render(out))

@@ -183,7 +183,8 @@ def _figure_sections(folder: Path) -> list[tuple[str, list[str]]]:
     rest = list(names)
     out = []
     for title, globs in FIGURES:
-        pats = [re.compile("^" + re.escape(published_name(g)).replace(r"\*", "[^/]*?") + "$") for g in globs]
+        # a glob's * stands for one path part, i.e. never spans the "__" that joins parts
+        pats = [re.compile("^" + re.escape(published_name(g)).replace(r"\*", "(?:(?!__).)*") + "$") for g in globs]
         mine = []
         for pat in pats:
             for n in rest:
