@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -207,6 +208,17 @@ def run_tree(tmp_path, smoke_layout):  # noqa: F811
     write_json(mres / "run_info.json", {"dtype": "bfloat16", "dtype_requested": "bfloat16", "device": "cpu",
                                         "cpu": "Test CPU 9000", "cpu_count": 2, "cpu_native_bf16": True,
                                         "gpu": None, "libraries": {"torch": "2.13.0"}})
+    # accuracy.csv and operating_points.csv as their rules write them; subtask 3's held-out split falls short
+    from cotmech.generation import ACCURACY_COLUMNS, accuracy_row
+    recs = {"fictional": [{"correct": i % 3 == 0, "ontology": "fictional", "hops": 2} for i in range(300)],
+            "falseont": [{"correct": i % 4 == 0, "ontology": "false", "hops": 2} for i in range(200)]}
+    write_table(mres / "accuracy.csv", pd.DataFrame([accuracy_row(d, r) for d, r in recs.items()],
+                                                    columns=ACCURACY_COLUMNS))
+    ops = [dict(subtask=k, kind="decision", ranking=r, scope="heldout", heldout=True, n_removed=100, n_kept=236,
+                acc=0.9, ci_low=0.8, ci_high=0.95, n=35, threshold=0.9, n_rank_examples=35 if r != "induction" else None,
+                n_eval_examples=30 if k == 3 else 35, n_reference=30, note="", procedure="lowest", step=3,
+                n_available=70, primary=r == "induction") for k in range(10) for r in ("decision", "induction")]
+    write_table(mres / "circuits" / "operating_points.csv", pd.DataFrame(ops))
     return mres, table, planted, pngs
 
 
@@ -352,3 +364,22 @@ def test_published_findings_in_the_repository(folder):
     assert md == findings.render(folder), "README.md differs from what publish_findings.py writes from the CSV"
     figs = {f"figures/{p.name}" for p in (folder / findings.FIGDIR).glob("*.png")}
     assert findings.referenced_figures(md) == figs
+
+
+def test_sizes_say_which_floor_the_run_missed(tmp_path, run_tree):
+    md = _publish(tmp_path, run_tree[0]).read_text()
+    rows = {r["analysis"]: r for r in findings._read_csv(tmp_path / "docs" / "findings" / "m" / "sizes.csv")}
+    # reached sizes from the run's files (oracle: the planted records)
+    assert rows["CoT accuracy (fictional): examples"]["reached"] == "300"
+    assert rows["correct CoTs (fictional)"]["reached"] == "100"            # every third of 300
+    assert rows["correct CoTs (falseont)"]["reached"] == "50"              # every fourth of 200
+    assert rows["correct CoTs (falseont)"]["floor"] == "30"                # the knockout's reference pairs
+    held = rows["E6 knockout: held-out evaluation pairs per subtask (fewest)"]
+    assert (held["configured"], held["reached"], held["status"]) == ("35", "30", "below floor")
+    assert rows["E6 knockout: ranking pairs per subtask (fewest)"]["reached"] == "35"
+    assert rows["E6 knockout: subtasks"]["reached"] == "10"
+    assert rows["E6 knockout: removal steps"]["configured"] == "20"
+    assert rows["E2 head patching: pairs per subtask"]["status"] == "ok"
+    assert [r for r, v in rows.items() if v["status"] == "below floor"] == [held["analysis"]]
+    assert f"Below a floor: {held['analysis']}." in md
+    assert md == findings.render(tmp_path / "docs" / "findings" / "m")

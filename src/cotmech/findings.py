@@ -6,6 +6,7 @@ The folder holds files copied or derived from a finished run's results tree and 
 - ``run_info.json`` — the machine and dtype of the run (rule ``run_info``, :mod:`cotmech.provenance`);
 - ``config.yaml`` — the exact merged configuration (config.yaml + the findings overlay, defaults filled in);
 - ``run.json`` — the commit(s) the run was made from and its wall time;
+- ``sizes.csv`` — the issue's size floors, the configured sizes and those the run reached (:func:`sizes`);
 - ``rule_times.csv`` — wall time per rule, from the Snakemake logs of the run (:func:`rule_times`);
 - ``figures/*.png`` — the key figures (:data:`FIGURES`);
 - ``README.md`` — written by :func:`render` from the files above only, so regenerating it from the folder gives the
@@ -41,8 +42,10 @@ FIGURES: list[tuple[str, list[str]]] = [
 #: Half-width of a 95% CI of a share at or below which the issue's floors count a headline number as measured.
 HALF_WIDTH_TARGET = 0.10
 MARKDOWN = "README.md"
-TABLE, CLAIMS, RUN_INFO, CONFIG, RUN, RULE_TIMES, FIGDIR = (
-    "paper_vs_run.csv", "claims.csv", "run_info.json", "config.yaml", "run.json", "rule_times.csv", "figures")
+TABLE, CLAIMS, RUN_INFO, CONFIG, RUN, RULE_TIMES, SIZES, FIGDIR = (
+    "paper_vs_run.csv", "claims.csv", "run_info.json", "config.yaml", "run.json", "rule_times.csv", "sizes.csv",
+    "figures")
+SIZE_COLUMNS = ["analysis", "setting", "floor", "configured", "reached", "status", "source"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,6 +246,18 @@ def render(folder: str | Path) -> str:
             L.append("| " + " | ".join(_fmt(c.get(k)) for k in ("claim_id", "claim", "verdict", "agree", "differ",
                                                                    "inconclusive")) + " |")
         L.append("")
+    # Sizes
+    size_rows = _read_csv(folder / SIZES) if (folder / SIZES).exists() else []
+    if size_rows:
+        below = [r["analysis"] for r in size_rows if r.get("status") == "below floor"]
+        L += ["## Sizes", "", "The issue's floors (independent units), what the config asks and what the run reached "
+              "where a result file records it. " + (f"Below a floor: {'; '.join(below)}." if below
+                                                    else "No size is below its floor."), "",
+              "| analysis | setting | floor | configured | reached | status | source |",
+              "|---|---|---|---|---|---|---|"]
+        for r in size_rows:
+            L.append("| " + " | ".join(_fmt(r.get(k)) for k in SIZE_COLUMNS) + " |")
+        L.append("")
     # Table
     hws = [half_width(r.get("ci_low"), r.get("ci_high")) for r in table]
     with_ci = [h for h in hws if h is not None]
@@ -289,6 +304,75 @@ def referenced_figures(markdown: str) -> set[str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Sizes: the issue's floors, what the config asks, what the run reached (where a result file says)
+# --------------------------------------------------------------------------------------------------
+def _removal_steps(steps: Any) -> int:
+    """Removal counts above 0 of circuits.steps: a list's distinct positive counts, or ``steps`` - 1 for a number
+    of evenly spaced counts over 0..all heads (distinct while there are at least as many heads as steps)."""
+    if isinstance(steps, list):
+        return len({s for s in steps if s > 0})
+    return int(steps) - 1
+
+
+def sizes(mres: str | Path, cfg: dict) -> list[dict]:
+    """One row per size floor of the findings issue: ``{analysis, setting, floor, configured, reached, status,
+    source}``. ``reached`` is read from the run where a result file records it (accuracy.csv: examples and correct
+    CoTs per dataset; circuits/operating_points.csv: the fewest held-out / ranking pairs of any knocked-out subtask),
+    else empty; ``status`` is "below floor" when the reached (else the configured) size is under the floor."""
+    import pandas as pd
+
+    mres = Path(mres)
+    acc = {}
+    if (mres / "accuracy.csv").exists():
+        df = pd.read_csv(mres / "accuracy.csv", dtype={"dataset": str, "ontology": str})
+        acc = {str(r.dataset): r for r in df.itertuples(index=False)}
+    ops = pd.read_csv(mres / "circuits" / "operating_points.csv") \
+        if (mres / "circuits" / "operating_points.csv").exists() else None
+    c, p = cfg["circuits"], cfg["patching"]
+    n_ex = c.get("n_examples")
+    n_rank = min(max(1, int(round(c["rank_fraction"] * n_ex))), n_ex - 1) if n_ex else None
+    steps = c["steps"]
+    rows: list[dict] = []
+
+    def add(analysis, setting, floor, configured, reached=None, source=""):
+        size = reached if reached is not None else configured
+        status = "below floor" if size is not None and floor is not None and size < floor else "ok"
+        rows.append({"analysis": analysis, "setting": setting, "floor": floor, "configured": configured,
+                     "reached": reached, "status": status if size is not None else "unknown", "source": source})
+
+    for name, d in cfg["datasets"].items():
+        r = acc.get(name)
+        add(f"CoT accuracy ({name}): examples", f"datasets.{name}.n", 90, d["n"],
+            int(r.n) if r is not None else None, "accuracy.csv" if r is not None else "")
+        need = n_ex if name == c["dataset"] else (c.get("n_reference") if name == c["reference"] else None)
+        add(f"correct CoTs ({name})", "-", need, None, int(r.correct) if r is not None else None,
+            "accuracy.csv" if r is not None else "")
+    add("E2 head patching: subtasks", "patching.subtasks", 10, len(p["subtasks"]))
+    add("E2 head patching: pairs per subtask", "patching.n_pairs", 20, p["n_pairs"])
+    add("E2 path patching: pairs per subtask", "patching.path.n_pairs", 20, p["path"]["n_pairs"])
+    add("E3 induction cloze: pairs per corruption", "patching.induction.n", 30, p["induction"]["n"])
+    add("E6 knockout: subtasks", "circuits.subtasks", 10, len(c["subtasks"]),
+        int(ops["subtask"].nunique()) if ops is not None and len(ops) else None,
+        "circuits/operating_points.csv" if ops is not None else "")
+    for col, what, conf in (("n_eval_examples", "held-out evaluation", None if n_ex is None else n_ex - n_rank),
+                            ("n_rank_examples", "ranking", n_rank)):
+        got = None
+        if ops is not None and col in ops and ops[col].notna().any():
+            got = int(ops[col].dropna().min())
+        add(f"E6 knockout: {what} pairs per subtask (fewest)", "circuits.n_examples", 35, conf, got,
+            "circuits/operating_points.csv" if got is not None else "")
+    add("E6 knockout: reference pairs", "circuits.n_reference", 30, c.get("n_reference"))
+    add("E6 knockout: removal steps", "circuits.steps", 20, _removal_steps(steps))
+    add("E8 probing: questions", "probing.n_questions", 120, cfg["probing"]["n_questions"])
+    add("E8 probing: shot counts", "probing.shots", 5, len(cfg["probing"]["shots"]))
+    add("E9 traces: examples", "flow.n_examples", 20, cfg["flow"]["n_examples"])
+    add("E10 lenses: examples per subtask and dataset", "prior_shift.max_per_subtask", 30,
+        cfg["prior_shift"]["max_per_subtask"])
+    add("E12 horizon: examples", "horizon.n_examples", 34, cfg["horizon"]["n_examples"])
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
 # Publishing
 # --------------------------------------------------------------------------------------------------
 def read_commits(path: str | Path) -> list[str]:
@@ -330,6 +414,10 @@ def publish(mres: str | Path, out: str | Path, config: dict, logs: Sequence[str 
         w = csv.DictWriter(f, fieldnames=["rule", "jobs", "unfinished", "total_s", "max_s"], lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
+    with open(out / SIZES, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SIZE_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(sizes(mres, config))
     run = {"model_name": config.get("model", {}).get("name"), "commits": list(commits),
            "wall_s": wall if logs else None, "n_logs": len(logs)}
     (out / RUN).write_text(json.dumps(run, indent=1) + "\n")
