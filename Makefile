@@ -44,7 +44,8 @@ report: $(STAMP)
 # <results>/snakemake-logs/ (wall time per rule); a stopped run resumes where it left off.
 # `make publish-findings` then writes docs/findings/<model>/ from the finished run (scripts/publish_findings.py).
 FINDINGS_CONFIG ?= config/findings.yaml
-FINDINGS_RESULTS = $$($(BIN)/python -c "from cotmech import config; print(config.load('$(FINDINGS_CONFIG)', 'config.yaml')['results'])")
+FINDINGS_RESULTS = $$($(BIN)/python -c \
+	"from cotmech import config; print(config.load('$(FINDINGS_CONFIG)', 'config.yaml')['results'])")
 findings: $(STAMP) models
 	set -eo pipefail; R="$(FINDINGS_RESULTS)"; test -n "$$R"; mkdir -p "$$R/snakemake-logs"; \
 	C=$$(git rev-parse HEAD 2>/dev/null || echo unknown); \

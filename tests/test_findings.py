@@ -92,7 +92,8 @@ def test_findings_config_meets_every_floor():
 
 @pytest.mark.parametrize("key, value, floor", [
     ("patching.n_pairs", 19, "E2: >= 20 pairs"), ("patching.induction.n", 29, "E3"),
-    ("circuits.n_examples", 69, "E6: >= 35 ranking"), ("circuits.rank_fraction", 0.6, "E6: >= 35 held-out"), ("circuits.steps", 20, "E6: >= 20 removal steps"),
+    ("circuits.n_examples", 69, "E6: >= 35 ranking"), ("circuits.rank_fraction", 0.6, "E6: >= 35 held-out"),
+    ("circuits.steps", 20, "E6: >= 20 removal steps"),
     ("circuits.subtasks", [0, 5], "E6: all 10"), ("probing.n_questions", 119, "E8"), ("flow.n_examples", 19, "E9"),
     ("horizon.n_examples", 33, "E12"), ("prior_shift.max_per_subtask", 29, "E10"), ("model.dtype", "float32", "dtype"),
     ("datasets.falseont.n", 80, "accuracy"), ("patching.path.subtasks", [0], "path patching"),
@@ -215,7 +216,8 @@ def run_tree(tmp_path, smoke_layout):  # noqa: F811
     write_table(mres / "accuracy.csv", pd.DataFrame([accuracy_row(d, r) for d, r in recs.items()],
                                                     columns=ACCURACY_COLUMNS))
     ops = [dict(subtask=k, kind="decision", ranking=r, scope="heldout", heldout=True, n_removed=100, n_kept=236,
-                acc=0.9, ci_low=0.8, ci_high=0.95, n=35, threshold=0.9, n_rank_examples=35 if r != "induction" else None,
+                acc=0.9, ci_low=0.8, ci_high=0.95, n=35, threshold=0.9,
+                n_rank_examples=35 if r != "induction" else None,
                 n_eval_examples=30 if k == 3 else 35, n_reference=30, note="", procedure="lowest", step=3,
                 n_available=70, primary=r == "induction") for k in range(10) for r in ("decision", "induction")]
     write_table(mres / "circuits" / "operating_points.csv", pd.DataFrame(ops))

@@ -2,7 +2,7 @@
 
 The folder holds files copied or derived from a finished run's results tree and nothing typed by hand:
 
-- ``paper_vs_run.csv`` and ``claims.csv`` — the run's ``report/`` tables (rule ``paper_table``, :mod:`cotmech.report`);
+- ``paper_vs_run.csv``, ``claims.csv`` — the run's ``report/`` tables (rule ``paper_table``, :mod:`cotmech.report`);
 - ``run_info.json`` — the machine and dtype of the run (rule ``run_info``, :mod:`cotmech.provenance`);
 - ``config.yaml`` — the exact merged configuration (config.yaml + the findings overlay, defaults filled in);
 - ``run.json`` — the commit(s) the run was made from and its wall time;
