@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                               findings.read_commits(results / "run_commits.txt"))
     except (ConfigError, FileNotFoundError, ValueError, OSError) as e:
         return fail(e)
-    print(f"wrote {md.parent} ({len(list((md.parent / findings.FIGDIR).glob('*.png')))} figures)")
+    figs = list((md.parent / findings.FIGDIR).glob("*.png"))
+    mb = sum(f.stat().st_size for f in md.parent.rglob("*") if f.is_file()) / 2**20
+    print(f"wrote {md.parent}: {len(figs)} figures, {mb:.1f} MiB in all")
     return 0
 
 
