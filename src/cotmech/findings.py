@@ -329,7 +329,7 @@ def sizes(mres: str | Path, cfg: dict) -> list[dict]:
     ops = pd.read_csv(mres / "circuits" / "operating_points.csv") \
         if (mres / "circuits" / "operating_points.csv").exists() else None
     c, p = cfg["circuits"], cfg["patching"]
-    n_ex = c.get("n_examples")
+    n_ex = c["n_examples"]
     n_rank = min(max(1, int(round(c["rank_fraction"] * n_ex))), n_ex - 1) if n_ex else None
     steps = c["steps"]
     rows: list[dict] = []
@@ -344,7 +344,7 @@ def sizes(mres: str | Path, cfg: dict) -> list[dict]:
         r = acc.get(name)
         add(f"CoT accuracy ({name}): examples", f"datasets.{name}.n", 90, d["n"],
             int(r.n) if r is not None else None, "accuracy.csv" if r is not None else "")
-        need = n_ex if name == c["dataset"] else (c.get("n_reference") if name == c["reference"] else None)
+        need = n_ex if name == c["dataset"] else (c["n_reference"] if name == c["reference"] else None)
         add(f"correct CoTs ({name})", "-", need, None, int(r.correct) if r is not None else None,
             "accuracy.csv" if r is not None else "")
     add("E2 head patching: subtasks", "patching.subtasks", 10, len(p["subtasks"]))
@@ -361,7 +361,7 @@ def sizes(mres: str | Path, cfg: dict) -> list[dict]:
             got = int(ops[col].dropna().min())
         add(f"E6 knockout: {what} pairs per subtask (fewest)", "circuits.n_examples", 35, conf, got,
             "circuits/operating_points.csv" if got is not None else "")
-    add("E6 knockout: reference pairs", "circuits.n_reference", 30, c.get("n_reference"))
+    add("E6 knockout: reference pairs", "circuits.n_reference", 30, c["n_reference"])
     add("E6 knockout: removal steps", "circuits.steps", 20, _removal_steps(steps))
     add("E8 probing: questions", "probing.n_questions", 120, cfg["probing"]["n_questions"])
     add("E8 probing: shot counts", "probing.shots", 5, len(cfg["probing"]["shots"]))
@@ -418,7 +418,7 @@ def publish(mres: str | Path, out: str | Path, config: dict, logs: Sequence[str 
         w = csv.DictWriter(f, fieldnames=SIZE_COLUMNS, lineterminator="\n")
         w.writeheader()
         w.writerows(sizes(mres, config))
-    run = {"model_name": config.get("model", {}).get("name"), "commits": list(commits),
+    run = {"model_name": config["model"]["name"], "commits": list(commits),
            "wall_s": wall if logs else None, "n_logs": len(logs)}
     (out / RUN).write_text(json.dumps(run, indent=1) + "\n")
     figdir = out / FIGDIR
