@@ -7,7 +7,7 @@ only the predicting position's row is gathered inside the trace (the pass runs w
 returns the weights; the previous implementation is restored afterwards).
 
 Work is shared twice: the few-shot prefix common to all inputs is run once and its KV cache reused
-(as in :mod:`cotmech.generation`), and an input that is a token prefix of a longer input of the same example
+(as in :mod:`cotmech.decoding`), and an input that is a token prefix of a longer input of the same example
 (subtask k's clean input is a prefix of subtask k+1's) is read off the longer input's forward pass at its own
 last position — exact under causal attention.
 """
@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .batching import common_prefix_len, left_pad
-from .generation import expand_cache, prefill
+from .decoding import expand_cache, prefill
 from .models import eager_attention
 
 INDEX_COLUMNS = ["row", "pair_id", "example_id", "subtask", "kind", "length", "answer_id", "answer_pos"]
