@@ -54,8 +54,8 @@ import torch
 from tqdm import tqdm
 
 from .batching import Batch, chunks, common_prefix_len, left_pad
-from .patching import core
-from .patching.core import Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok, prefix_cache, run_trace
+from . import tracing as core
+from .tracing import Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok, prefix_cache, run_trace
 from .stats import wilson
 
 Head = tuple[int, int]
@@ -171,7 +171,7 @@ def _by_layer(heads: Iterable[Head]) -> dict[int, list[int]]:
 def ablated_last_logits(model, batch: Batch, means: HeadMeans, removed: Iterable[Head]) -> torch.Tensor:
     """Logits at the predicting position with the ``removed`` heads mean-ablated at every position: [batch, vocab].
 
-    One nnsight forward through the shared head patcher (:func:`cotmech.patching.core.run_trace`).
+    One nnsight forward through the shared head patcher (:func:`cotmech.tracing.run_trace`).
     """
     rows, width = batch.input_ids.shape
     edits = []
@@ -239,7 +239,7 @@ def cached_ablated_logits(model, seqs: Sequence[Sequence[int]], means: HeadMeans
     suffix is then run over it, right-padded in batches of similar length (pads come after every real token, so
     causal attention never sees them), the suffix's means end-aligned per row as in the full forward. Equals
     :func:`ablated_last_logits` on the whole sequences up to float rounding. ``prefix_attention`` as in
-    :func:`cotmech.patching.core.run_trace` (``"shared"``: the prefix attended by all rows at once)."""
+    :func:`cotmech.tracing.run_trace` (``"shared"``: the prefix attended by all rows at once)."""
     if prefix_attention not in core.PREFIX_ATTENTION_MODES:
         raise ValueError(f"prefix_attention {prefix_attention!r}: use one of {', '.join(core.PREFIX_ATTENTION_MODES)}")
     P = cacheable_prefix(seqs, means)

@@ -1,7 +1,7 @@
 """Head-level patching (study.md E2, E3, §5): one generic nnsight patcher and the methods built on it.
 
-- :mod:`.core`      :func:`run_trace` — one traced forward with per-head edits (z, q, k, v), prefix KV cache,
-                    layer skipping; :func:`run_in_batches` (out-of-memory back-off)
+- :mod:`cotmech.tracing` (shared with the knockout) :func:`run_trace` — one traced forward with per-head edits
+                    (z, q, k, v), prefix KV cache, layer skipping; :func:`run_in_batches` (out-of-memory back-off)
 - :mod:`.metrics`   KL (paper), logit difference, answer probability; one normalisation
 - :mod:`.exact`     ``naive_sweep`` (reference) and ``exact_sweep`` (same numbers, suffix-only) -> PatchResult
 - :mod:`.atp`       attribution patching
@@ -10,7 +10,7 @@
 - :mod:`.scores`    head tables with bootstrap CIs, raw shards, heat-maps, AtP-vs-exact Spearman
 """
 from .atp import atp_sweep
-from .core import Edit, PrefixCache, TraceOut, prefix_cache, run_in_batches, run_trace
+from ..tracing import Edit, PrefixCache, TraceOut, prefix_cache, run_in_batches, run_trace
 from .data import Pair, load_pairs, make_pair, pair_from_record
 from .exact import PatchResult, exact_sweep, naive_sweep
 from .metrics import METRICS, PairRef, get_metric

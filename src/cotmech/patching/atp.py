@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..batching import left_pad
-from .core import TraceOut, prefix_cache, run_trace
+from ..tracing import TraceOut, prefix_cache, run_trace
 from .data import Pair
 from .exact import PatchResult, _check, _roles, pair_ref
 from .metrics import PairRef, get_metric

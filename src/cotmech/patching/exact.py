@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..batching import left_pad
-from .core import Edit, TraceOut, prefix_cache, run_in_batches, run_trace
+from ..tracing import Edit, TraceOut, prefix_cache, run_in_batches, run_trace
 from .data import Pair
 from .metrics import PairRef, get_metric
 

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .core import Edit, run_trace
+from ..tracing import Edit, run_trace
 from .data import Pair
 from .exact import _check, _roles, pair_runs
 from .metrics import get_metric
