@@ -211,7 +211,7 @@ class Bench:
         once): head_roles builds it on the model's device, the other lens rules on the CPU, as their scripts do."""
         key = str(device)
         if key not in self._lens:
-            from cotmech.lens import make_unembed
+            from cotmech.unembed import make_unembed
 
             self._lens[key] = timed(self.model, lambda: make_unembed(self.model, device=device))[::-1]
         return self._lens[key]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cotmech.lens import make_unembed
+from cotmech.unembed import make_unembed
 from cotmech.models import load_model, wrap
 from cotmech.patching.exact import exact_sweep, naive_sweep
 from cotmech.roles import copy_components, writer_components

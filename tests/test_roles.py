@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cotmech.lens import capture_resid, make_unembed
+from cotmech.lens import capture_resid
+from cotmech.unembed import make_unembed
 from cotmech.roles import (bootstrap_share, copy_components, head_outputs, merge, o_bias, score_table, select_rows,
                            top_k_share, writer_components)
 

@@ -740,7 +740,7 @@ def role_components(model, pairs: Sequence[dict], batch_size: int = 8) -> dict[s
     """E4 answer-writer and E5 copy components (:mod:`cotmech.roles`) of every pair's clean input at its
     predicting position: {"writers": ..., "copy": ...}, rows in ``pairs`` order."""
     from .activations import extract
-    from .lens import make_unembed
+    from .unembed import make_unembed
     from .roles import copy_components, writer_components
 
     for i, p in enumerate(pairs):

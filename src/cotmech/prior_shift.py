@@ -218,7 +218,7 @@ METRICS = ("p_answer", "rank_answer", "top1_in_context", "topk_context_mass", "j
 
 
 def rows_frame(stats: dict[str, np.ndarray], index: pd.DataFrame, lens_name: str) -> pd.DataFrame:
-    """Long per-(row, layer) frame from :func:`cotmech.lens.lens_stats` output and the row index."""
+    """Long per-(row, layer) frame from :func:`cotmech.unembed.lens_stats` output and the row index."""
     N, Lp1 = stats["p_answer"].shape
     base = index.reset_index(drop=True).loc[np.repeat(np.arange(N), Lp1)].reset_index(drop=True)
     base.insert(0, "lens", lens_name)
@@ -446,7 +446,7 @@ def prior_inputs(index: pd.DataFrame, tokenizer: Any) -> tuple[list[list[int]], 
 def run_lenses(model: Any, lens: Any, resid: torch.Tensor, index: pd.DataFrame, tuned: Any = None,
                top_k: int = 10, prior_batch_size: int = 16) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Both lenses on ``resid`` [N, L+1, d] (rows of ``index``): the long per-(row, layer) frame and facts."""
-    from .lens import lens_stats
+    from .unembed import lens_stats
 
     tok = model.tokenizer
     uniq, which, frags = prior_inputs(index, tok)

@@ -12,7 +12,7 @@ o_proj's bias b_O, if any, is not part of any head).  ``Σ_h x_h + b_O`` = the a
 - ``score = (mean p_head − mean p_pre) / mean p_mid`` (means over rows of a subtask).  The original E4 score is
   ``(p_mid − p_head)/p_mid``; ours is E4(head that writes nothing) − E4(h): 0 for a head that adds nothing,
   ≈ (p_mid − p_pre)/p_mid for the layer's only writer, higher = more important.
-- ``p_head`` and ``p_alone`` share one unembedding per head: G·c(·) is linear (see :mod:`cotmech.lens`).
+- ``p_head`` and ``p_alone`` share one unembedding per head: G·c(·) is linear (see :mod:`cotmech.unembed`).
 
 **Copy heads**: ``attn`` = attention of the predicting position to ``answer_pos`` (the most recent earlier
 occurrence of the answer token in the clean ids; rows with ``answer_pos`` null are excluded and counted);
@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .lens import Unembed
+from .unembed import Unembed
 from .stats import bootstrap_weights, percentile_interval
 from .prior_shift import select_rows  # noqa: F401  (re-exported: row caps are shared)
 
