@@ -31,7 +31,8 @@ def _dataset(args: argparse.Namespace, settings: dict) -> None:
     from cotmech.lens import load_tuned_lens
     from cotmech.unembed import make_unembed
     from cotmech.io import write_table
-    from cotmech.prior_shift import heldout_rows, layer_table, load_activations, plot_curves, run_lenses, select_rows
+    from cotmech.prior_shift import heldout_rows, layer_table, load_activations, plot_curves, run_lenses
+    from cotmech.stats import select_rows
 
     cfg = config.section(settings, "prior_shift")
     seed = config.value(settings, "seed")

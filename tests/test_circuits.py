@@ -386,7 +386,7 @@ def test_every_ranking_is_computed_on_the_ranking_split_only(tiny_llama, tmp_pat
     from cotmech.io import write_table
     from cotmech.patching.exact import PatchResult
     from cotmech.patching.scores import aggregate, save_raw
-    from cotmech.roles import SCORERS
+    from cotmech.heads import SCORERS
 
     L, H = tiny_llama.n_layers, tiny_llama.n_heads
     clean, ref = _distinct_pairs(tiny_llama, 8, "fictional"), _distinct_pairs(tiny_llama, 2, "falseont")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cotmech.batching import common_prefix_len
-from cotmech.decoding import Generated, greedy_generate, greedy_reference
+from cotmech.decoding import greedy_generate, greedy_reference
 from cotmech.generation import accuracy_row, is_correct, response_text
 from cotmech.stats import wilson
 

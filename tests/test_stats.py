@@ -15,7 +15,8 @@ from scipy.stats import binom
 from statsmodels.stats.proportion import proportion_confint
 
 from cotmech.prior_shift import boot_mean, layer_table
-from cotmech.roles import SCORERS, bootstrap_share, merge, top_k_share
+from cotmech.heads import SCORERS
+from cotmech.roles import bootstrap_share, merge, top_k_share
 from cotmech.stats import bootstrap_weights, percentile_interval, wilson
 
 

@@ -741,7 +741,7 @@ def role_components(model, pairs: Sequence[dict], batch_size: int = 8) -> dict[s
     predicting position: {"writers": ..., "copy": ...}, rows in ``pairs`` order."""
     from .activations import extract
     from .unembed import make_unembed
-    from .roles import copy_components, writer_components
+    from .heads import copy_components, writer_components
 
     for i, p in enumerate(pairs):
         for key in ("answer_id", "answer_pos"):
@@ -840,7 +840,7 @@ def _rankings_for(model, d: SubtaskData, rankings: dict[str, str | list[str]], m
                     out.append(Ranking(name, scope, scores_frame(per, rows), "direct mean-ablation effect",
                                        len(rows)))
                 continue
-            from .roles import SCORERS
+            from .heads import SCORERS
 
             roles = roles or role_components(model, pairs, batch_size)
             scorer = SCORERS[what][0]

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .models import eager_attention
-from .stats import bootstrap_weights, percentile_interval, wilson
+from .stats import bootstrap_weights, first_crossing, percentile_interval, wilson
 
 PARTS = ("fewshot", "question", "generated")
 START_TOKENS = ("argmax", "answer")
@@ -674,8 +674,6 @@ def _ratio(k: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 def crossing_layer(share: Sequence[float], level: float = RIFT_LEVEL) -> int | None:
     """First layer whose ``share`` is >= ``level`` (NaN = no traced entry there, skipped); None if none."""
-    from .prior_shift import first_crossing
-
     return first_crossing(share, level)
 
 

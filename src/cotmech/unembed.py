@@ -100,7 +100,7 @@ def make_unembed(model: Any, dtype: torch.dtype = torch.float32, check: bool = T
                  device: str | torch.device = "cpu") -> Unembed:
     """Build the logit lens of a :class:`~cotmech.models.LoadedModel`, its matrices on ``device``.
 
-    Callers keep their inputs on ``device`` too (``lens.device``); :func:`cotmech.roles.writer_components`
+    Callers keep their inputs on ``device`` too (``lens.device``); :func:`cotmech.heads.writer_components`
     does, so the answer-writer scan runs on the model's GPU where there is one.
 
     The gain and bias of the final norm are read off the module by probing it with ±1 vectors, so
