@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from cotmech import circuits, config
+from cotmech.ablation import circuit_sets
 from cotmech.cli import fail, parser, read_settings
 from cotmech.io import RecordError, read_table, write_table
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if curves.empty:
         return fail(f"{args.dir}/curves.parquet is empty (no subtask had pairs)")
     n_total = args.n_heads_total or int(heads.groupby(["subtask", "ranking", "scope"]).size().max())
-    sets = circuits.circuit_sets(heads)
+    sets = circuit_sets(heads)
     ov = circuits.overlap_table(sets, n_total)
     reuse = circuits.reuse_summary(ov, groups)
     write_table(f"{args.dir}/overlap.parquet", ov)

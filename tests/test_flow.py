@@ -317,7 +317,7 @@ def _hooked_pruned_forward(m, ids, kept, means):
 
 
 def _circuit(m, seed=0, prefix_len=0):
-    from cotmech.circuits import head_means
+    from cotmech.ablation import head_means
 
     g = torch.Generator().manual_seed(seed)
     refs = [torch.randint(10, 400, (n,), generator=g).tolist() for n in (9, 14, 20)]
@@ -385,7 +385,7 @@ def test_circuits_are_read_from_the_knockout_heads_table(tiny_llama):
     pruned_circuits adds the head means of the subtask's reference pairs and names a subtask without circuit."""
     import pandas as pd
 
-    from cotmech.circuits import head_means
+    from cotmech.ablation import head_means
 
     rows = []
     for k, kept in ((0, {(0, 1), (3, 2)}), (5, {(2, 0)})):
