@@ -385,8 +385,7 @@ def test_every_ranking_is_computed_on_the_ranking_split_only(tiny_llama, tmp_pat
     import numpy as np
 
     from cotmech.io import write_table
-    from cotmech.patching.exact import PatchResult
-    from cotmech.patching.scores import aggregate, save_raw
+    from cotmech.patch_results import PatchResult, aggregate, save_raw
     from cotmech.heads import SCORERS
 
     L, H = tiny_llama.n_layers, tiny_llama.n_heads

@@ -620,7 +620,7 @@ def patching_rankings(paths: Sequence[str], example_of: dict[str, str], splits: 
 
     ``example_of``: pair id -> example id; ``splits``: scope -> example ids. Returns (scope, table, n examples)
     for every split that has patched pairs."""
-    from .patching.scores import aggregate, load_raw
+    from .patch_results import aggregate, load_raw
 
     res = load_raw(list(paths))
     unknown = [p for p in res.pair_ids if p not in example_of]

@@ -7,15 +7,17 @@
 - :mod:`.atp`       attribution patching
 - :mod:`.path`      path patching (sender -> logits / receivers' q, k, v)
 - :mod:`.induction` E3 cloze task and its three corruptions
-- :mod:`.scores`    head tables with bootstrap CIs, raw shards, heat-maps, AtP-vs-exact Spearman
+- :mod:`.scores`    head tables with bootstrap CIs, heat-maps, AtP-vs-exact Spearman (results, raw shards and
+                    their aggregate: :mod:`cotmech.patch_results`)
 """
-from .atp import atp_sweep
+from ..patch_results import PatchResult, aggregate
 from ..tracing import Edit, PrefixCache, TraceOut, prefix_cache, run_in_batches, run_trace
+from .atp import atp_sweep
 from .data import Pair, load_pairs, make_pair, pair_from_record
-from .exact import PatchResult, exact_sweep, naive_sweep
+from .exact import exact_sweep, naive_sweep
 from .metrics import METRICS, PairRef, get_metric
 from .path import path_patch, path_table, pick_heads
-from .scores import aggregate, score_table
+from .scores import score_table
 
 __all__ = ["Edit", "METRICS", "Pair", "PairRef", "PatchResult", "PrefixCache", "TraceOut", "aggregate", "atp_sweep",
            "exact_sweep", "get_metric", "load_pairs", "make_pair", "naive_sweep", "pair_from_record", "path_patch",

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from ..batching import left_pad
 from ..tracing import TraceOut, prefix_cache, run_trace
 from .data import Pair
-from .exact import PatchResult, _check, _roles, pair_ref
+from ..patch_results import PatchResult
+from .exact import _check, _roles, pair_ref
 from .metrics import PairRef, get_metric
 
 
