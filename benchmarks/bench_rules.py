@@ -260,7 +260,8 @@ class Bench:
                     f"after its CoT)")]
 
     def extract_activations(self, s: int) -> list[Row]:
-        from cotmech.activations import assign_hosts, extract_pairs
+        from cotmech.activations import extract_pairs
+        from cotmech.readout import assign_hosts
 
         st = self.study
         bs = int(self.cfg["activations"]["batch_size"])

@@ -641,7 +641,7 @@ def patching_rankings(paths: Sequence[str], example_of: dict[str, str], splits: 
 def role_components(model, pairs: Sequence[dict], batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
     """E4 answer-writer and E5 copy components (:mod:`cotmech.roles`) of every pair's clean input at its
     predicting position: {"writers": ..., "copy": ...}, rows in ``pairs`` order."""
-    from .activations import extract
+    from .readout import extract
     from .unembed import make_unembed
     from .heads import copy_components, writer_components
 
