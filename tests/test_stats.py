@@ -215,7 +215,7 @@ def test_interval_level_outside_zero_one_is_rejected(ci):
 
 
 def test_patching_aggregate_equals_explicit_pair_resampling():
-    # patching.scores.aggregate: normalised mean metric with a bootstrap over pairs; reference = the drawn pairs'
+    # patch_results.aggregate: normalised mean metric with a bootstrap over pairs; reference = the drawn pairs'
     # rows listed explicitly (with repeats) and the normalised mean recomputed per replicate.
     from cotmech.patch_results import aggregate
     from cotmech.stats import resample_counts

@@ -616,7 +616,7 @@ def _frame(m: np.ndarray) -> pd.DataFrame:
 def patching_rankings(paths: Sequence[str], example_of: dict[str, str], splits: dict[str, set[str]],
                       n_layers: int, n_heads: int) -> list[tuple[str, pd.DataFrame, int]]:
     """Patching scores (raw per-pair shards of ``patch_heads.py --raw``) aggregated over the pairs of each split
-    as the merged table does (normalised mean metric, :func:`cotmech.patching.scores.aggregate`).
+    as the merged table does (normalised mean metric, :func:`cotmech.patch_results.aggregate`).
 
     ``example_of``: pair id -> example id; ``splits``: scope -> example ids. Returns (scope, table, n examples)
     for every split that has patched pairs."""
