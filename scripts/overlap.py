@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--dir", required=True, help="folder with knockout.py's outputs; outputs go here too")
     ap.add_argument("--n-heads-total", type=int, help="heads of the model (default: read from heads.parquet)")
-    ap.add_argument("--settings", default="{}", help="JSON with 'circuits.reuse_groups' (what the rule passes)")
+    ap.add_argument("--settings", default="{}", help="JSON with the 'circuits' section (what the rule passes)")
     args = ap.parse_args(argv)
     try:
-        groups = config.value(read_settings(args.settings), "circuits.reuse_groups")
+        groups = config.section(read_settings(args.settings), "circuits")["reuse_groups"]
     except (RecordError, ValueError) as e:
         return fail(e)
     curves = read_table(f"{args.dir}/curves.parquet")

@@ -537,7 +537,7 @@ def test_trace_flow_script_traces_the_pruned_circuit_and_names_a_missing_one(tmp
     settings = {"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"}, "seed": 3,
                 "flow": {"n_examples": 2, "subtasks": None, "pruned": True, "circuit_ranking": "induction",
                          "start": "argmax", "n_boot": 50, "ci": 0.9, "l": 3, "k": 1, "p": 1, "prefilter": None},
-                "circuits.subtasks": [0, 1], "circuits.n_reference": None, "circuits.batch_size": 2}
+                "circuits": {"subtasks": [0, 1], "n_reference": None, "batch_size": 2}}
     args = ["--pairs", str(tmp_path / "pairs.jsonl"), "--circuit-heads", str(tmp_path / "heads.parquet"),
             "--reference", str(tmp_path / "ref.jsonl")]
     assert script.main(args + ["--settings", json.dumps(settings), "--outdir", str(tmp_path / "out")]) == 0
@@ -547,7 +547,7 @@ def test_trace_flow_script_traces_the_pruned_circuit_and_names_a_missing_one(tmp
         assert tr["pruned"] and tr["n_circuit_heads"] == len(kept[tr["subtask"]])
         assert tr["nodes"] and {(nd["layer"], nd["head"]) for nd in tr["nodes"]} <= kept[tr["subtask"]]
     # a traced subtask without a circuit
-    bad = {**settings, "circuits.subtasks": [0, 1, 2]}
+    bad = {**settings, "circuits": {**settings["circuits"], "subtasks": [0, 1, 2]}}
     write_jsonl(tmp_path / "pairs2.jsonl", pairs + [{**pairs[0], "pair_id": "e0-k2", "subtask": 2}])
     args2 = ["--pairs", str(tmp_path / "pairs2.jsonl")] + args[2:]
     capsys.readouterr()

@@ -337,7 +337,7 @@ def require_correct(settings: dict[str, Any]) -> bool:
     from . import config
 
     v = config.section(settings, "horizon")["require_correct"]
-    return bool(config.value(settings, "pairs.require_correct") if v is None else v)
+    return bool(config.section(settings, "pairs")["require_correct"] if v is None else v)
 
 
 def choose_layers(layers: Sequence[int] | None, layer_stride: int, n_layers: int) -> list[int]:
