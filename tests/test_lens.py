@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from cotmech.lens import TunedLens, capture_resid, load_tuned_lens, save_tuned_lens, train_tuned_lens
+from conftest import capture_resid
+
+from cotmech.lens import TunedLens, load_tuned_lens, save_tuned_lens, train_tuned_lens
 from cotmech.unembed import (LensError, Unembed, answer_rank, js_divergence, kl_divergence, lens_stats,
                              make_unembed)
 
