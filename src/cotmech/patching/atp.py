@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from ..batching import left_pad
+from ..patch_results import PatchResult
 from ..tracing import TraceOut, prefix_cache, run_trace
 from .data import Pair
-from ..patch_results import PatchResult
 from .exact import _check, _roles, pair_ref
 from .metrics import PairRef, get_metric
 

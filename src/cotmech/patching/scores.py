@@ -10,8 +10,6 @@ import pandas as pd
 
 from ..patch_results import PatchResult, aggregate
 
-TABLE_COLUMNS = ["subtask", "layer", "head", "score", "ci_low", "ci_high", "n"]
-
 
 def score_table(res: PatchResult, subtask: int, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Long table ``subtask, layer, head, score, ci_low, ci_high, n`` (heads that were not patched are dropped)."""
