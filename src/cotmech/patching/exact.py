@@ -1,7 +1,8 @@
 """Head-level activation patching over all heads: ``naive`` (the reference) and ``exact`` (same numbers, fast).
 
 Both return a :class:`PatchResult` holding, per pair, the metric of every single-head patch plus the
-metric of the base and source runs; :mod:`cotmech.patching.scores` turns it into a head-score table.
+metric of the base and source runs; :mod:`cotmech.patching.scores` turns it into a head-score table
+(:class:`PatchResult` is defined in :mod:`cotmech.patch_results`).
 
 ``exact`` uses that clean and corrupt inputs are token-aligned and identical before ``first_diff``:
 every activation there is identical in both runs, so patching it changes nothing. Per pair it computes
@@ -13,51 +14,19 @@ entering that layer is the base run's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..batching import left_pad
-from .core import Edit, TraceOut, prefix_cache, run_in_batches, run_trace
+from ..patch_results import PatchResult
+from ..tracing import Edit, TraceOut, prefix_cache, run_in_batches, run_trace
 from .data import Pair
 from .metrics import PairRef, get_metric
 
 DIRECTIONS = ("denoise", "noise")
-
-
-@dataclass
-class PatchResult:
-    """Metric values of single-head patches. Arrays are float64; rows follow ``pair_ids``."""
-
-    method: str
-    metric: str
-    direction: str
-    pair_ids: list[str]
-    subtasks: list[int]
-    patched: np.ndarray  # [pairs, n_layers, n_heads]
-    base: np.ndarray  # [pairs] metric of the run that is patched into (corrupt when denoising)
-    source: np.ndarray  # [pairs] metric of the run the activations come from (clean when denoising)
-    info: dict = field(default_factory=dict)
-
-    def per_pair_scores(self) -> np.ndarray:
-        """Normalised score per pair and head [pairs, n_layers, n_heads]."""
-        return (self.patched - self.base[:, None, None]) / (self.source - self.base)[:, None, None]
-
-    @staticmethod
-    def empty(method: str, metric: str, direction: str, n_layers: int, n_heads: int) -> "PatchResult":
-        """A result without pairs (an empty shard or corruption still writes its part)."""
-        return PatchResult(method, metric, direction, [], [], np.zeros((0, n_layers, n_heads)), np.zeros(0),
-                           np.zeros(0))
-
-    @staticmethod
-    def concat(parts: Sequence["PatchResult"]) -> "PatchResult":
-        p0 = parts[0]
-        return PatchResult(p0.method, p0.metric, p0.direction, [i for p in parts for i in p.pair_ids],
-                           [s for p in parts for s in p.subtasks], np.concatenate([p.patched for p in parts]),
-                           np.concatenate([p.base for p in parts]), np.concatenate([p.source for p in parts]),
-                           dict(p0.info))
 
 
 def _check(direction: str) -> None:
@@ -253,4 +222,4 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
                        {"head_batch": batch})
 
 
-__all__ = ["PatchResult", "naive_sweep", "exact_sweep", "pair_runs", "patch_suffix", "all_heads"]
+__all__ = ["naive_sweep", "exact_sweep", "pair_runs", "patch_suffix", "all_heads"]
