@@ -23,7 +23,7 @@ EXPERIMENT = {"activations", "circuits", "flow", "generation", "horizon", "lens"
 UTILITY = {"ablation", "batching", "cli", "config", "configcheck", "decoding", "embedded", "heads", "io",
            "modelfiles", "models", "patch_results", "plotting", "prontoqa", "provenance", "readout", "stats",
            "tracing", "unembed", "vocab"}
-REPORT = {"report", "figures"}
+REPORT = {"report", "figures", "findings"}
 
 
 def module_name(path: Path, root: Path = PKG) -> str:
