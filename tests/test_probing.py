@@ -323,14 +323,18 @@ def test_select_layers_selects_per_shot_count():
     """With a ``shots`` column the layer is chosen per (shots, probe): 0-shot peaks (validation) at layer 2, 4-shot at
     layer 0; each row reports its own test and control accuracy."""
     rows = []
-    for shots, vals in ((0, [0.5, 0.6, 0.9]), (4, [0.95, 0.7, 0.8])):
+    for shots, vals in ((4, [0.95, 0.7, 0.8]), (0, [0.5, 0.6, 0.9])):  # rows not in shots order
         for layer, va in enumerate(vals):
             te = va - 0.05 + shots / 100
             rows.append(dict(shots=shots, layer=layer, probe="linear", task="real", acc=te, ci_low=te - .1,
                              ci_high=te + .1, val_acc=va, n_test=30))
             rows.append(dict(shots=shots, layer=layer, probe="linear", task="control", acc=0.3 + shots / 10 + layer / 100,
                              ci_low=0.2, ci_high=0.4, val_acc=0.3, n_test=30))
-    sel = P.select_layers(pd.DataFrame(rows)).set_index("shots")
-    assert list(sel.index) == [0, 4] and list(sel.layer) == [2, 0]
+    sel = P.select_layers(pd.DataFrame(rows))
+    assert sel.shots.tolist() == [0, 4]  # sorted
+    sel = sel.set_index("shots")
+    assert list(sel.layer) == [2, 0]
     assert sel.acc.tolist() == pytest.approx([0.85, 0.94]) and sel.control_acc.tolist() == pytest.approx([0.32, 0.7])
     assert sel.test_max_layer.tolist() == [2, 0]
+    assert sel.ci_low.tolist() == pytest.approx([0.75, 0.84]) and sel.ci_high.tolist() == pytest.approx([0.95, 1.04])
+    assert sel.n_test.tolist() == [30, 30] and sel.n_layers.tolist() == [2, 2]
