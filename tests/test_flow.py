@@ -566,8 +566,8 @@ def test_trace_flow_script_traces_the_pruned_circuit_and_names_a_missing_one(tmp
 
 def test_important_mask_mean_over_subtasks_and_heads_outside_the_model():
     """Without a usable ``subtask`` the ranking is the mean score over subtasks per (layer, head) — here it picks
-    heads that neither subtask alone ranks in its top four — and rows with NaN elsewhere (ci columns) still count; heads outside
-    [0, n_layers) x [0, n_heads) are skipped, not wrapped or raised on. Reference: an explicit loop."""
+    heads that neither subtask alone ranks in its top four — and rows with NaN elsewhere (ci columns) still count;
+    heads outside [0, n_layers) x [0, n_heads) are skipped, not wrapped or raised on. Reference: an explicit loop."""
     import pandas as pd
 
     nan = float("nan")

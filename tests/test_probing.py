@@ -328,8 +328,8 @@ def test_select_layers_selects_per_shot_count():
             te = va - 0.05 + shots / 100
             rows.append(dict(shots=shots, layer=layer, probe="linear", task="real", acc=te, ci_low=te - .1,
                              ci_high=te + .1, val_acc=va, n_test=30))
-            rows.append(dict(shots=shots, layer=layer, probe="linear", task="control", acc=0.3 + shots / 10 + layer / 100,
-                             ci_low=0.2, ci_high=0.4, val_acc=0.3, n_test=30))
+            rows.append(dict(shots=shots, layer=layer, probe="linear", task="control",
+                             acc=0.3 + shots / 10 + layer / 100, ci_low=0.2, ci_high=0.4, val_acc=0.3, n_test=30))
     sel = P.select_layers(pd.DataFrame(rows))
     assert sel.shots.tolist() == [0, 4]  # sorted
     sel = sel.set_index("shots")
