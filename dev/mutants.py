@@ -65,9 +65,12 @@ def prepare(module: str, work: Path, keep: bool = False) -> None:
         if src.is_file():
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / rel)
-    shared = REPO.parent / "shared"  # tests/conftest.py looks for ../shared beside the checkout
-    if shared.is_dir() and not (work / "shared").exists():
-        os.symlink(shared, work / "shared")
+    # the tests look for ../shared beside the checkout; from a git worktree, beside the main checkout
+    common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=REPO,
+                            check=True, capture_output=True, text=True).stdout.strip()
+    for shared in (REPO.parent / "shared", Path(common).parent.parent / "shared"):
+        if shared.is_dir() and not (work / "shared").exists():
+            os.symlink(shared.resolve(), work / "shared")
     pyproject = (work / "pyproject.toml").read_text()
     cfg = tomllib.loads(pyproject)["tool"]["mutmut"]
     cfg["only_mutate"] = files

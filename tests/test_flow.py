@@ -562,3 +562,36 @@ def test_trace_flow_script_traces_the_pruned_circuit_and_names_a_missing_one(tmp
     assert s3["pruned"] is False and "unpruned" in s3["model_state"]
     assert any((nd["layer"], nd["head"]) not in kept[tr["subtask"]]
                for tr in read_jsonl(tmp_path / "o3" / "traces.jsonl") for nd in tr["nodes"])
+
+
+def test_important_mask_mean_over_subtasks_and_heads_outside_the_model():
+    """Without a usable ``subtask`` the ranking is the mean score over subtasks per (layer, head) — here it picks
+    heads that neither subtask alone ranks in its top four — and rows with NaN elsewhere (ci columns) still count;
+    heads outside [0, n_layers) x [0, n_heads) are skipped, not wrapped or raised on. Reference: an explicit loop."""
+    import pandas as pd
+
+    nan = float("nan")
+    rows = [  # subtask, layer, head, score, ci_low
+        (0, 0, 0, 1.0, nan), (1, 0, 0, 0.0, 0.1),   # mean 0.5
+        (0, 1, 1, 0.4, 0.1), (1, 1, 1, 0.4, 0.1),   # mean 0.4
+        (0, 2, 0, 0.9, 0.1), (1, 2, 0, -0.9, 0.1),  # mean 0.0
+        (0, 3, 1, 0.0, 0.1), (1, 3, 1, 0.9, 0.1),   # mean 0.45
+        (0, 4, 0, 5.0, 0.1), (1, 4, 0, 5.0, 0.1),   # layer 4 = n_layers: outside
+        (0, 1, 2, 4.0, 0.1), (1, 1, 2, 4.0, 0.1),   # head 2 = n_heads: outside
+    ]
+    df = pd.DataFrame(rows, columns=["subtask", "layer", "head", "score", "ci_low"])
+    sums: dict = {}
+    for _, la, he, sc, _ in rows:
+        sums.setdefault((la, he), []).append(sc)
+    ranked = sorted(sums, key=lambda k: -np.mean(sums[k]))[:4]
+    ref = torch.zeros(4, 2, dtype=torch.bool)
+    for la, he in ranked:
+        if la < 4 and he < 2:
+            ref[la, he] = True
+    for sub in (None, 7):  # no subtask given / one absent from the table -> the mean over subtasks
+        m = flow.important_mask(df, 4, 2, top_k=4, subtask=sub)
+        assert m.dtype == torch.bool and torch.equal(m, ref)
+        assert m.nonzero().tolist() == [[0, 0], [3, 1]]  # (4, 0) and (1, 2) took two of the four places
+    # a subtask's own scores: subtask 0 ranks (0, 0) (NaN ci_low) and (2, 0); subtask 1 ranks (3, 1) and (1, 1)
+    assert flow.important_mask(df, 4, 2, top_k=4, subtask=0).nonzero().tolist() == [[0, 0], [2, 0]]
+    assert flow.important_mask(df, 4, 2, top_k=5, subtask=1).nonzero().tolist() == [[0, 0], [1, 1], [3, 1]]

@@ -149,3 +149,28 @@ def test_induction_script_run_and_merge(tmp_path):
     want = df[["score_class", "score_subject", "score_property"]].mean(axis=1)
     np.testing.assert_allclose(df["score"], want)
     assert (tmp_path / "s.png").exists()
+
+
+def test_spearman_table_against_the_rank_formula_per_subtask():
+    """Per subtask, rho over the heads both tables score, from the no-ties formula 1 - 6 sum d^2 / (m (m^2 - 1)):
+    subtask 0 has 6 common heads in a permuted order, subtask 1 two heads in reverse order (rho = -1, defined),
+    subtask 2 one common head (rho undefined: NaN, not 1). Columns and ``n`` (pairs behind the exact scores) as
+    written."""
+    import pandas as pd
+
+    def table(scores, heads, n):
+        return pd.DataFrame({"layer": [h // 4 for h in heads], "head": [h % 4 for h in heads], "score": scores,
+                             "n": n})
+
+    ex0 = table([0.1, 0.5, 0.3, 0.9, 0.7, 0.2], range(6), 12)
+    at0 = table([3.0, 1.0, 2.0, 6.0, 4.0, 5.0, 9.0], [*range(6), 7], 12)  # head 7: AtP only, not compared
+    ex1, at1 = table([0.2, 0.8], [0, 5], 9), table([1.0, -1.0], [0, 5], 9)
+    ex2, at2 = table([0.4], [3], 5), table([0.1, 0.2], [3, 6], 5)
+    df = spearman_table({0: ex0, 1: ex1, 2: ex2}, {0: at0, 1: at1, 2: at2})
+    rx, ra = np.argsort(np.argsort(ex0["score"])), np.argsort(np.argsort(at0["score"][:6]))
+    m = 6
+    rho0 = 1 - 6 * float(((rx - ra) ** 2).sum()) / (m * (m * m - 1))
+    assert list(df.columns) == ["subtask", "spearman", "n", "heads"]
+    assert df["subtask"].tolist() == [0, 1, 2] and df["n"].tolist() == [12, 9, 5] and df["heads"].tolist() == [6, 2, 1]
+    assert df.loc[0, "spearman"] == pytest.approx(rho0) and rho0 == pytest.approx(11 / 35)  # sum d^2 = 24
+    assert df.loc[1, "spearman"] == pytest.approx(-1.0) and np.isnan(df.loc[2, "spearman"])

@@ -296,3 +296,24 @@ def test_real_world_word_two_word_subjects_and_final_period():
     assert real_world_word("Mersenne primes are", "felines") == "prime numbers"
     assert real_world_word("Each real number is", "mammal") == "number"
     assert real_world_word("Vertebrates are", "carnivores.") == "animals"
+
+
+def test_split_without_a_rift_layer_reports_empty_halves():
+    """No rift layer (the curve never crosses): both halves of the context-abidance split are exactly the empty
+    result (mean and interval bounds None, no per-layer means), from ``_split`` and inside ``rift_summary``; a split
+    at layer 0 has an empty "below" half and a computed "above" half."""
+    from cotmech.prior_shift import _split
+
+    empty = {"mean": None, "ci_low": None, "ci_high": None}
+    values = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+    inv, W = bootstrap_weights(np.array(["a", "b"]), 20, 0)
+    assert _split(values, None, inv, W, 0.95) == {"below": empty, "above": empty}
+    at0 = _split(values, 0, inv, W, 0.95)
+    assert at0["below"] == empty
+    assert at0["above"]["mean"] == pytest.approx(4 / 6)  # pooled over (pair, layer) cells
+    assert at0["above"]["per_layer_mean"] == pytest.approx([0.5, 0.5, 1.0])
+    rows = _synthetic_rows(rift=12, L=24, n_ex=20, seed=3, prefer=(0.1, 0.2))
+    s = rift_summary(rows, n_layers=24, n_boot=50, seed=5)
+    assert s["rift_layer"] is None
+    assert s["context_abidance_rift"] == {"below": empty, "above": empty}
+    assert s["context_abidance_midpoint"]["below"]["mean"] is not None

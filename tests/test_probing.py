@@ -146,7 +146,8 @@ def test_probe_layers_report_validation_accuracy_that_finds_the_signal_layer():
 def test_type_baseline_on_a_hand_built_table():
     """Train cells: (c,c) related 2 / unrelated 5 -> unrelated; (c,p) related 3 / negated 4 -> negated;
     (e,c) related 3 -> related. Test: (c,c) 1 related + 2 unrelated, (c,p) 2 related + 1 negated, (e,c) 1
-    related, (e,p) 1 negated (unseen cell -> training majority = unrelated, wrong) -> 2 + 1 + 1 + 0 = 4 of 8."""
+    related, (e,p) 1 negated (unseen cell -> training majority = related, 8 of 20, wrong) -> 2 + 1 + 1 + 0 = 4 of
+    8. (4 of 8 is also the count of wrong predictions: the next test is not symmetric that way.)"""
     def rows(split, ta, tb, label, k):
         return [dict(split=split, type_a=ta, type_b=tb, label=label)] * k
     t = (rows("train", "concept", "concept", 0, 2) + rows("train", "concept", "concept", 2, 5)
@@ -274,3 +275,66 @@ def test_prepare_is_the_probe_scripts_data(novel):
     pd.testing.assert_frame_equal(samples, P.sample_table(want, want_splits, 5))
     assert baseline == P.type_baseline(samples)
     assert len(records) == 12 and {r["ontology"] for r in records} == {cfg["ontology"]}
+
+
+def test_type_baseline_equals_an_explicit_majority_rule_loop():
+    """The word-type baseline against a reference written as plain loops: per (type_a, type_b) cell of the training
+    split, the most frequent label (ties: the lowest); a cell unseen in training takes the training majority. The
+    planted table has skewed cells, an unseen test cell whose label is the training majority, and more wrong than
+    right predictions in some cells, so a count of mismatches or a rule keyed on the wrong columns gives another
+    number."""
+    from collections import Counter
+
+    rng = np.random.default_rng(3)
+    types = ["concept", "entity", "property"]
+    rows = []
+    for split, n in (("train", 300), ("test", 120)):
+        for _ in range(n):
+            ta, tb = types[rng.integers(3)], types[rng.integers(2)]  # tb never "property" ...
+            skew = {"concept": [0.6, 0.3, 0.1], "entity": [0.1, 0.7, 0.2]}[tb] if ta != "property" else [.2, .2, .6]
+            rows.append(dict(split=split, type_a=ta, type_b=tb, label=int(rng.choice(3, p=skew))))
+    rows += [dict(split="test", type_a="entity", type_b="property", label=1)] * 5  # ... except in 5 test rows
+    t = pd.DataFrame(rows)
+    train = [r for r in rows if r["split"] == "train"]
+    test = [r for r in rows if r["split"] == "test"]
+
+    def majority(labels):
+        c = Counter(labels)
+        return min(c, key=lambda y: (-c[y], y))
+
+    overall = majority([r["label"] for r in train])
+    assert overall == 1  # the unseen cell's 5 rows are right only under the fallback to the training majority
+    rule = {}
+    for r in train:
+        rule.setdefault((r["type_a"], r["type_b"]), []).append(r["label"])
+    rule = {cell: majority(v) for cell, v in rule.items()}
+    correct = sum(rule.get((r["type_a"], r["type_b"]), overall) == r["label"] for r in test)
+    b = P.type_baseline(t)
+    assert (b["correct"], b["n"]) == (correct, len(test)) and b["acc"] == correct / len(test)
+    assert 0.5 < b["acc"] < 0.8  # not symmetric under counting mismatches instead of matches
+    from cotmech.stats import wilson
+    assert (b["ci_low"], b["ci_high"]) == wilson(correct, len(test))
+    for empty in ("train", "test"):  # either split empty is an error, not a number
+        with pytest.raises(ValueError, match="empty train or test"):
+            P.type_baseline(t[t["split"] != empty])
+
+
+def test_select_layers_selects_per_shot_count():
+    """With a ``shots`` column the layer is chosen per (shots, probe): 0-shot peaks (validation) at layer 2, 4-shot at
+    layer 0; each row reports its own test and control accuracy."""
+    rows = []
+    for shots, vals in ((4, [0.95, 0.7, 0.8]), (0, [0.5, 0.6, 0.9])):  # rows not in shots order
+        for layer, va in enumerate(vals):
+            te = va - 0.05 + shots / 100
+            rows.append(dict(shots=shots, layer=layer, probe="linear", task="real", acc=te, ci_low=te - .1,
+                             ci_high=te + .1, val_acc=va, n_test=30))
+            rows.append(dict(shots=shots, layer=layer, probe="linear", task="control",
+                             acc=0.3 + shots / 10 + layer / 100, ci_low=0.2, ci_high=0.4, val_acc=0.3, n_test=30))
+    sel = P.select_layers(pd.DataFrame(rows))
+    assert sel.shots.tolist() == [0, 4]  # sorted
+    sel = sel.set_index("shots")
+    assert list(sel.layer) == [2, 0]
+    assert sel.acc.tolist() == pytest.approx([0.85, 0.94]) and sel.control_acc.tolist() == pytest.approx([0.32, 0.7])
+    assert sel.test_max_layer.tolist() == [2, 0]
+    assert sel.ci_low.tolist() == pytest.approx([0.75, 0.84]) and sel.ci_high.tolist() == pytest.approx([0.95, 1.04])
+    assert sel.n_test.tolist() == [30, 30] and sel.n_layers.tolist() == [2, 2]

@@ -159,6 +159,20 @@ def test_row_verdict(paper, ours, lo, hi, tol, rng, n, want):
     assert report.row_verdict(paper, ours, lo, hi, tol, rng, n) == want
 
 
+def test_row_verdict_boundaries_and_defaults():
+    """The interval is closed (the paper's value on a bound is inside), a half-width equal to the tolerance agrees
+    (binary-exact numbers), the half-width is (hi - lo) / 2, a missing paper value or a one-sided interval is
+    inconclusive, and by default the interval is a CI, not a range."""
+    A, I, D = report.AGREES, report.INCONCLUSIVE, report.DIFFERS
+    assert report.row_verdict(0.25, 0.5, 0.25, 0.75, 0.25) == A  # on the lower bound, half-width = tolerance
+    assert report.row_verdict(0.75, 0.5, 0.25, 0.75, 0.25) == A  # on the upper bound
+    assert report.row_verdict(0.75 + 2 ** -20, 0.5, 0.25, 0.75, 0.25) == D
+    assert report.row_verdict(0.5, 0.5, 0.0, 0.5, 0.2) == I  # half-width 0.25 > 0.2 (a third of it would not be)
+    assert report.row_verdict(0.5, 0.5, 0.45, 0.55) == A  # defaults: tolerance 0.1, a CI, n unknown
+    assert report.row_verdict(0.5, 0.5, None, 0.6) == I and report.row_verdict(0.5, 0.5, 0.4, None) == I
+    assert report.row_verdict(None, 0.5, 0.4, 0.6) == I
+
+
 def test_claim_verdicts_count_only_same_quantity_rows():
     def row(i, cid, comp, verdict, status="ok"):
         return {"id": i, "claim_id": cid, "comparison": comp, "verdict": verdict, "status": status}
