@@ -598,7 +598,7 @@ def threshold_count(n: int, threshold: float) -> int:
 
 def bisect_operating_point(n_removed: Sequence[int], n: int, decide, count, threshold: float = 0.9
                            ) -> tuple[int, dict[int, int]]:
-    """Operating point of a curve over steps 0…S−1 (``n_removed`` non-decreasing) by bisection, from threshold
+    """Operating point of a curve over steps 0…S−1 (``n_removed`` increasing) by bisection, from threshold
     decisions ``decide(i, k)`` (at least k of the n examples agree at step i) and full counts ``count(i)``.
 
     1. Bisection on "acc ≥ threshold" finds a crossing: steps c−1 (passes) and c (fails; c = S if every probed
@@ -611,6 +611,8 @@ def bisect_operating_point(n_removed: Sequence[int], n: int, decide, count, thre
     S = len(n_removed)
     if S == 0 or n < 1:
         raise ValueError("bisect_operating_point: need at least one step and one example")
+    if any(a >= b for a, b in zip(n_removed, n_removed[1:])):
+        raise ValueError("bisect_operating_point: n_removed must increase from step to step")
     counts: dict[int, int] = {}
 
     def op() -> int:
