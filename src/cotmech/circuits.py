@@ -22,6 +22,13 @@ float rounding, ``method="full"`` keeps the latter). ``end`` alignment runs ever
 Accuracy. Share of evaluation examples whose ablated argmax next token equals the *unablated* argmax at the
 predicting position (§5), with a Wilson 95% interval over examples.
 
+Operating-point search (``circuits.search``). ``exhaustive`` evaluates every step of every curve. ``bisection``
+(:func:`search_curve`, :func:`bisect_operating_point`) bisects over the steps on "accuracy ≥ threshold", each
+decision running examples batch by batch only until they fix it (:class:`LazyPredictions`, exact), evaluates in
+full the steps around the crossing it finds, and returns the nearest of them: the exhaustive operating point
+whenever accuracy does not rise along the steps, otherwise one crossing (docs/DEVIATIONS.md). Its curves mark the
+measured steps (``evaluated``).
+
 Rankings and procedures (E6). Any head-score table (higher = more important) orders the heads. As the authors'
 scripts: decision/copy-type rankings remove the n lowest scores for every n of a grid (:func:`sorted_plan`); the
 induction ranking removes the heads inside a widening window around the modal Freedman–Diaconis bin of its scores
