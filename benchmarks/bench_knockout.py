@@ -141,6 +141,7 @@ def search(args, model, C, clean, refs, prefix, plans, n_total) -> int:
     """--search: exhaustive curves + operating_point against search_curve, same means, same process."""
     means = C.head_means(model, refs, args.batch_size, prefix_len=prefix)
     C.ablated_argmax(model, [clean[0][:prefix + 4]], means, plans[0][1], 1)  # warm-up
+    print("means and warm-up done", flush=True)
     thr = args.threshold
 
     t0 = time.perf_counter()
@@ -153,6 +154,7 @@ def search(args, model, C, clean, refs, prefix, plans, n_total) -> int:
         c = C.curve_for_sets(model, clean, means, sets, base, n_total, args.batch_size, cache=seen)
         ex.append((c, C.operating_point(c.n_removed.tolist(), c.acc.tolist(), thr)))
     t_ex = time.perf_counter() - t0
+    print(f"exhaustive: {t_ex:.1f} s (baseline {t_base:.1f} s)", flush=True)
     n_ex = len(clean) * len(seen)
     seen_b: dict = {}
     t0 = time.perf_counter()
@@ -168,7 +170,8 @@ def search(args, model, C, clean, refs, prefix, plans, n_total) -> int:
     rising = 0
     for j, ((ce, ie), (cb, ib)) in enumerate(zip(ex, bi)):
         ev = cb[cb.evaluated]
-        assert (ev.correct.astype(int).values == ce.correct[cb.evaluated].values).all(), f"ordering {j}: accuracies differ"
+        same = (ev.correct.astype(int).values == ce.correct[cb.evaluated].values).all()
+        assert same, f"ordering {j}: accuracies differ"
         mono = bool((np.diff(ce.correct.values) <= 0).all())
         rising += not mono
         print(f"ordering {j}: exhaustive correct {ce.correct.tolist()} (n {len(clean)}); operating point "
