@@ -733,7 +733,7 @@ def test_search_curve_equals_the_exhaustive_curve_on_a_real_knockout(sensitive_m
     heads = _all_heads(m)
     n_mono = 0
     for order in (heads, heads[::-1], heads[1::2] + heads[::2]):
-        sets = [order[:n] for n in range(len(heads) + 1)]
+        sets = [order[:n] for n in range(0, len(heads) + 1, 2)]
         want = C.curve_for_sets(m, seqs, means, sets, base, len(heads), 2)
         cache: dict = {}
         got, i = C.search_curve(m, seqs, means, sets, base, len(heads), 0.9, 2, cache)
@@ -754,9 +754,12 @@ def test_search_curve_equals_the_exhaustive_curve_on_a_real_knockout(sensitive_m
     assert n_mono >= 1
 
 
-def test_run_knockout_bisection_matches_exhaustive(tiny_llama):
+def test_run_knockout_bisection_matches_exhaustive():
     """run_knockout with search='bisection': same operating points and kept heads as 'exhaustive' for every
     monotone curve, evaluated steps equal, un-evaluated steps marked; an unknown search is refused."""
+    from cotmech.models import load_model
+
+    tiny_llama = load_model("random:tiny-llama?initializer_range=0.15", dtype="float32", device="cpu")
     clean = _pairs(tiny_llama, TEXTS * 2, "fictional")
     for i, p in enumerate(clean):
         p["example_id"] = f"fictional-{i // 2}"
@@ -770,15 +773,16 @@ def test_run_knockout_bisection_matches_exhaustive(tiny_llama):
     merged = ex["curves"].merge(bi["curves"], on=keys, suffixes=("", "_b"))
     ev = merged[merged.evaluated_b]
     assert (ev.acc == ev.acc_b).all() and (ev.correct == ev.correct_b).all()
-    n_mono = 0
+    n_mono = n_inner = 0
     for (k, r, s), c in ex["curves"].groupby(["subtask", "ranking", "scope"]):
         if not _monotone(c.correct.tolist()):
             continue
         n_mono += 1
+        n_inner += 0 < C.operating_point(c.n_removed.tolist(), c.acc.tolist()) < len(c) - 1
         sel = lambda t: t[(t.subtask == k) & (t.ranking == r) & (t.scope == s)]  # noqa: E731
         pd.testing.assert_frame_equal(sel(bi["operating_points"]).reset_index(drop=True),
                                       sel(ex["operating_points"]).reset_index(drop=True))
         pd.testing.assert_frame_equal(sel(bi["heads"]).reset_index(drop=True), sel(ex["heads"]).reset_index(drop=True))
-    assert n_mono >= 1
+    assert n_mono >= 1 and n_inner >= 1  # an operating point inside the curve: not vacuous
     with pytest.raises(ValueError, match="circuits.search"):
         C.run_knockout(tiny_llama, clean, ref, {"direct": C.BUILTIN}, search="golden", **kw)
