@@ -8,7 +8,7 @@ CORES ?= all
 SNAKEMAKE_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: study test report venv models lint dryrun clean-results mutants
+.PHONY: study test report venv models lint dryrun clean-results mutants findings publish-findings
 
 venv: $(STAMP)
 
@@ -38,6 +38,24 @@ test: $(STAMP) models
 
 report: $(STAMP)
 	$(BIN)/snakemake --cores 1 --report results/report.html
+
+# Findings study (config/findings.yaml: the embedded model at sizes where every headline number means something;
+# hours on a 2-core CPU). Each start appends the commit to <results>/run_commits.txt and saves Snakemake's log under
+# <results>/snakemake-logs/ (wall time per rule); a stopped run resumes where it left off.
+# `make publish-findings` then writes docs/findings/<model>/ from the finished run (scripts/publish_findings.py).
+FINDINGS_CONFIG ?= config/findings.yaml
+FINDINGS_RESULTS = $$($(BIN)/python -c \
+	"from cotmech import config; print(config.load('$(FINDINGS_CONFIG)', 'config.yaml')['results'])")
+findings: $(STAMP) models
+	set -eo pipefail; R="$(FINDINGS_RESULTS)"; test -n "$$R"; mkdir -p "$$R/snakemake-logs"; \
+	C=$$(git rev-parse HEAD 2>/dev/null || echo unknown); \
+	D=$$(test -z "$$(git status --porcelain 2>/dev/null)" && echo clean || echo dirty); \
+	echo "$$(date -u +%Y-%m-%dT%H:%M:%SZ) $$C $$D" >> "$$R/run_commits.txt"; \
+	$(BIN)/snakemake --cores $(CORES) --configfile $(FINDINGS_CONFIG) $(SNAKEMAKE_ARGS) 2>&1 \
+		| tee "$$R/snakemake-logs/$$(date -u +%Y%m%dT%H%M%SZ).log"
+
+publish-findings: $(STAMP)
+	$(BIN)/python scripts/publish_findings.py --config $(FINDINGS_CONFIG) --base config.yaml --out docs/findings
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

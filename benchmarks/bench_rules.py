@@ -211,7 +211,7 @@ class Bench:
         once): head_roles builds it on the model's device, the other lens rules on the CPU, as their scripts do."""
         key = str(device)
         if key not in self._lens:
-            from cotmech.lens import make_unembed
+            from cotmech.unembed import make_unembed
 
             self._lens[key] = timed(self.model, lambda: make_unembed(self.model, device=device))[::-1]
         return self._lens[key]
@@ -260,7 +260,8 @@ class Bench:
                     f"after its CoT)")]
 
     def extract_activations(self, s: int) -> list[Row]:
-        from cotmech.activations import assign_hosts, extract_pairs
+        from cotmech.activations import extract_pairs
+        from cotmech.readout import assign_hosts
 
         st = self.study
         bs = int(self.cfg["activations"]["batch_size"])
@@ -389,6 +390,7 @@ class Bench:
         import pandas as pd
 
         from cotmech import circuits as C
+        from cotmech.ablation import head_means
 
         from cotmech import config
 
@@ -442,10 +444,10 @@ class Bench:
         order = C.removal_order(pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
                                               "score": rng.random(L * H)}), L, H)
         removed = order[:n_total // 2]
-        w = C.head_means(model, [ref[0][:WARM]], 1)  # warm-up on a short input
+        w = head_means(model, [ref[0][:WARM]], 1)  # warm-up on a short input
         C.ablated_argmax(model, [clean[0][:WARM]], w, removed, 1)
         prefix = C.alignment_prefix(st.pairs[clean_d], cc["mean_alignment"])  # as run_knockout
-        t_m, means = timed(model, lambda: C.head_means(model, ref, bs, prefix_len=prefix))
+        t_m, means = timed(model, lambda: head_means(model, ref, bs, prefix_len=prefix))
         rows = [Row("knockout", "reference means", "reference sequence", len(ref), t_m, u_means,
                     f"Σ over subtasks {subtasks} of {ref_d} pairs (n_reference {cc['n_reference']}) = {u_means}")]
         if n_direct:

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from cotmech.io import RecordError, write_json, write_table
-    from cotmech.lens import LensError, make_unembed
+    from cotmech.unembed import LensError, make_unembed
     from cotmech.models import ModelSpecError
     from cotmech.prior_shift import load_activations
     from cotmech.roles import plot_maps, run_roles

@@ -18,7 +18,8 @@ from cotmech.cli import add_model_args, check_tables, fail, load_from_args, pars
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--generations", required=True, help="results/<model>/generations/<dataset>.jsonl")
-    ap.add_argument("--settings", default="{}", help="JSON with 'model', 'horizon', 'seed' (what the rule passes)")
+    ap.add_argument("--settings", default="{}", help="JSON with 'model', 'horizon', 'seed', 'pairs' (what the rule "
+                                                     "passes)")
     add_model_args(ap)
     ap.add_argument("--table", required=True, help="per-example table (.parquet)")
     ap.add_argument("--summary", required=True, help="per layer and s (.csv)")

@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.io import RecordError, write_jsonl, write_table
     from cotmech.models import ModelSpecError
     from cotmech.patching import induction as ind
-    from cotmech.patching.exact import PatchResult, exact_sweep
+    from cotmech.patch_results import PatchResult, load_raw, save_raw
+    from cotmech.patching.exact import exact_sweep
     from cotmech.patching.run import sub_seed
-    from cotmech.patching.scores import heatmap_figure, load_raw, save_raw, score_table, to_matrix
+    from cotmech.patching.scores import heatmap_figure, score_table, to_matrix
 
     try:
         check_tables(args, "--out")

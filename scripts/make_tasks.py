@@ -22,7 +22,7 @@ from cotmech.prontoqa.importers import import_file
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--dataset", help="dataset name (a key of config 'datasets')")
-    ap.add_argument("--settings", help="JSON with 'datasets.<NAME>' and 'seed' (what the rule passes)")
+    ap.add_argument("--settings", help="JSON with 'datasets': {NAME: entry} and 'seed' (what the rule passes)")
     ap.add_argument("--import", dest="import_file", metavar="FILE", help="foreign file to import and verify")
     ap.add_argument("--ontology", choices=["fictional", "false", "true"], help="override ontology detection (import)")
     ap.add_argument("--no-in-context", action="store_true", help="import only test examples of generator files")
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.dataset and args.settings):
                 ap.error("give --dataset and --settings, or --import FILE")
             settings = read_settings(args.settings)
-            key = f"datasets.{args.dataset}"
-            if key not in settings:
-                raise RecordError(f"--settings: missing key {key!r}")
-            kept = build_dataset(args.dataset, settings[key], config.value(settings, "seed"), where="--settings")
+            spec = (settings.get("datasets") or {}).get(args.dataset)
+            if spec is None:
+                raise RecordError(f"--settings: missing key 'datasets.{args.dataset}'")
+            kept = build_dataset(args.dataset, spec, config.value(settings, "seed"), where="--settings")
             labels = sum(r["label"] for r in kept)
             print(f"{args.dataset}: {len(kept)} verified records (True {labels} / False {len(kept) - labels})")
     except RecordError as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from cotmech import circuits, config
+from cotmech.ablation import circuit_sets
 from cotmech.cli import fail, parser, read_settings
 from cotmech.io import RecordError, read_table, write_table
 
@@ -19,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--dir", required=True, help="folder with knockout.py's outputs; outputs go here too")
     ap.add_argument("--n-heads-total", type=int, help="heads of the model (default: read from heads.parquet)")
-    ap.add_argument("--settings", default="{}", help="JSON with 'circuits.reuse_groups' (what the rule passes)")
+    ap.add_argument("--settings", default="{}", help="JSON with the 'circuits' section (what the rule passes)")
     args = ap.parse_args(argv)
     try:
-        groups = config.value(read_settings(args.settings), "circuits.reuse_groups")
+        groups = config.section(read_settings(args.settings), "circuits")["reuse_groups"]
     except (RecordError, ValueError) as e:
         return fail(e)
     curves = read_table(f"{args.dir}/curves.parquet")
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if curves.empty:
         return fail(f"{args.dir}/curves.parquet is empty (no subtask had pairs)")
     n_total = args.n_heads_total or int(heads.groupby(["subtask", "ranking", "scope"]).size().max())
-    sets = circuits.circuit_sets(heads)
+    sets = circuit_sets(heads)
     ov = circuits.overlap_table(sets, n_total)
     reuse = circuits.reuse_summary(ov, groups)
     write_table(f"{args.dir}/overlap.parquet", ov)

@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.io import RecordError, read_jsonl, read_table, write_table
     from cotmech.models import ModelSpecError
     from cotmech.patching.data import load_pairs
-    from cotmech.patching.exact import PatchResult
+    from cotmech.patch_results import PatchResult, load_raw, save_raw
     from cotmech.patching.run import sweep, write_scores
-    from cotmech.patching.scores import load_raw, save_raw, spearman_table
+    from cotmech.patching.scores import spearman_table
 
     try:
         check_tables(args, "--out")

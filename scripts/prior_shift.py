@@ -28,9 +28,11 @@ from cotmech.cli import (add_activation_args, add_model_args, check_pair_ids, ch
 def _dataset(args: argparse.Namespace, settings: dict) -> None:
     import torch
 
-    from cotmech.lens import load_tuned_lens, make_unembed
+    from cotmech.lens import load_tuned_lens
+    from cotmech.unembed import make_unembed
     from cotmech.io import write_table
-    from cotmech.prior_shift import heldout_rows, layer_table, load_activations, plot_curves, run_lenses, select_rows
+    from cotmech.prior_shift import heldout_rows, layer_table, load_activations, plot_curves, run_lenses
+    from cotmech.stats import select_rows
 
     cfg = config.section(settings, "prior_shift")
     seed = config.value(settings, "seed")
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from cotmech.io import RecordError
-    from cotmech.lens import LensError
+    from cotmech.unembed import LensError
     from cotmech.models import ModelSpecError
 
     try:

@@ -30,9 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "needed when pruned")
     ap.add_argument("--ranking", help="unpruned only: head-score table (layer, head, score[, subtask]); "
                                       "default: all heads")
-    ap.add_argument("--settings", default="{}", help="JSON with 'model', 'flow', 'seed' and 'circuits.subtasks', "
-                                                     "'circuits.n_reference', 'circuits.batch_size' (what the rule "
-                                                     "passes)")
+    ap.add_argument("--settings", default="{}", help="JSON with 'model', 'flow', 'seed' and 'circuits' "
+                                                     "(what the rule passes)")
     add_model_args(ap)
     ap.add_argument("--outdir", required=True, help="output folder")
     args = ap.parse_args(argv)
@@ -50,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         pruned = bool(fs["pruned"])
         if pruned and not (args.circuit_heads and args.reference):
             raise ValueError("flow.pruned needs --circuit-heads and --reference")
+        cs = config.section(settings, "circuits")
         subtasks = fs["subtasks"]
         if pruned and subtasks is None:
-            subtasks = config.value(settings, "circuits.subtasks")
+            subtasks = cs["subtasks"]
         pairs = read_jsonl(args.pairs)
         chosen = flow.select_examples(pairs, int(fs["n_examples"]), subtasks)
         gens = {r["id"]: r for r in read_jsonl(args.generations)} if args.generations else {}
@@ -69,10 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         want = sorted({int(p["subtask"]) for ps in chosen.values() for p in ps})
         try:
             circuits = flow.pruned_circuits(model, heads, fs["circuit_ranking"], reference, want,
-                                            config.value(settings, "circuits.n_reference"),
-                                            config.value(settings, "seed"),
-                                            int(config.value(settings, "circuits.batch_size")),
-                                            alignment_prefix(pairs, config.value(settings, "circuits.mean_alignment")))
+                                            cs["n_reference"], config.value(settings, "seed"), int(cs["batch_size"]),
+                                            alignment_prefix(pairs, cs["mean_alignment"]))
         except ValueError as e:
             return fail(f"{args.circuit_heads}: {e}")
         for k, c in circuits.items():

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cotmech.io import RecordError, load_tensors, read_table, write_json
-    from cotmech.lens import LensError, make_unembed, save_tuned_lens, train_tuned_lens
+    from cotmech.lens import save_tuned_lens, train_tuned_lens
+    from cotmech.unembed import LensError, make_unembed
     from cotmech.models import ModelSpecError
     from cotmech.prior_shift import tuned_lens_split
 

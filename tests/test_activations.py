@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from cotmech.activations import INDEX_COLUMNS, assign_hosts, extract, extract_pairs
+from cotmech.activations import INDEX_COLUMNS, extract_pairs
+from cotmech.readout import assign_hosts, extract
 
 BASE = "### Input:\nWumpus is fast. Max is wumpus. True or false: Max is fast.\n### Response:\n"
 TAILS = {"a": ["Rex is yumpus. Rex is", "Rex is yumpus.", "Rex"], "b": ["Fae is zumpus. Zumpus is dull", "Fae is"]}

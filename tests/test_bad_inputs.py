@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from cotmech.io import RecordError, check_suffix, read_jsonl, write_jsonl
-from cotmech.pairs import build_pairs, check_token_ids
+from cotmech.cli import check_token_ids
+from cotmech.pairs import build_pairs
 from cotmech.prontoqa.generator import generate
 from cotmech.prontoqa.prompts import build_prompt
 

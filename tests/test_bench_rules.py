@@ -139,7 +139,8 @@ def test_counts_scale_with_the_correct_share(tmp_path):
     assert float(rows[("patch_heads", "exact")]["units_measured"]) == 1
 
 
-@pytest.mark.parametrize("config", ["config/paper.yaml", "config/scale.yaml", "config/smoke.yaml", "config.yaml"])
+@pytest.mark.parametrize("config", ["config/paper.yaml", "config/scale.yaml", "config/smoke.yaml", "config.yaml",
+                                    "config/findings.yaml"])
 def test_config_without_snakemake_is_snakemakes(config):
     """The benchmark's config (cotmech.config.load, no Snakemake: the GPU image has none) is what Snakemake's own
     merge and schema validation give (the oracle), disabled datasets dropped as the workflow does."""

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cotmech import ablation as A
 from cotmech import circuits as C
 from cotmech.batching import last_logits, left_pad
 
@@ -100,7 +101,7 @@ def test_head_means_are_end_aligned(tiny_llama):
     seqs = _seqs(tiny_llama, TEXTS[:2])
     assert len(seqs[0]) != len(seqs[1])
     means = C.head_means(tiny_llama, seqs, batch_size=2)
-    singles = [C._z_all_layers(tiny_llama, left_pad([s], 0)) for s in seqs]  # n_layers × [1, len, D]
+    singles = [A._z_all_layers(tiny_llama, left_pad([s], 0)) for s in seqs]  # n_layers × [1, len, D]
     short = min(map(len, seqs))
     for layer in (0, 3):
         torch.testing.assert_close(means.by_end[layer, 0], (singles[0][layer][0, -1] + singles[1][layer][0, -1]) / 2,
@@ -384,9 +385,8 @@ def test_every_ranking_is_computed_on_the_ranking_split_only(tiny_llama, tmp_pat
     import numpy as np
 
     from cotmech.io import write_table
-    from cotmech.patching.exact import PatchResult
-    from cotmech.patching.scores import aggregate, save_raw
-    from cotmech.roles import SCORERS
+    from cotmech.patch_results import PatchResult, aggregate, save_raw
+    from cotmech.heads import SCORERS
 
     L, H = tiny_llama.n_layers, tiny_llama.n_heads
     clean, ref = _distinct_pairs(tiny_llama, 8, "fictional"), _distinct_pairs(tiny_llama, 2, "falseont")
@@ -553,7 +553,7 @@ def _prefixed(model, prefix=PREFIX):
 
 
 def _single_z(model, seq):
-    return C._z_all_layers(model, left_pad([seq], model.tokenizer.pad_token_id))  # n_layers × [1, n, dim]
+    return A._z_all_layers(model, left_pad([seq], model.tokenizer.pad_token_id))  # n_layers × [1, n, dim]
 
 
 def test_segment_means_and_cached_prefix_equal_an_explicit_full_sequence_loop(tiny_model):

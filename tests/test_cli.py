@@ -12,7 +12,7 @@ import torch
 from cotmech import cli
 from cotmech.io import RecordError
 from cotmech.models import ModelSpecError, eager_attention
-from cotmech.patching.exact import PatchResult
+from cotmech.patch_results import PatchResult
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"}}

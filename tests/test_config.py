@@ -60,12 +60,11 @@ def test_a_given_key_wins_and_nested_sections_keep_their_other_defaults():
         got["n_pairs"] = 3  # read-only
 
 
-def test_value_dotted_then_nested_then_default_and_explicit_null_kept():
+def test_value_nested_then_default_and_explicit_null_kept():
     default = _snakemake_filled()
     assert config.value({}, "seed") == default["seed"]
     assert config.value({"seed": 5}, "seed") == 5
-    assert config.value({"pairs.require_correct": False, "pairs": {"require_correct": True}},
-                        "pairs.require_correct") is False
+    assert config.value({"pairs.require_correct": False}, "pairs.require_correct") is True  # dotted keys are not read
     assert config.value({"pairs": {"require_correct": False}}, "pairs.require_correct") is False
     assert config.value({}, "circuits.reuse_groups") == default["circuits"]["reuse_groups"]
     assert default["prior_shift"]["max_per_subtask"] is not None
@@ -94,8 +93,8 @@ def test_library_readers_use_the_schema_defaults():
         horizon.choose_layers([0, 9], 1, 9)
     assert hs["require_correct"] is None
     assert horizon.require_correct({}) is default["pairs"]["require_correct"]
-    assert horizon.require_correct({"pairs.require_correct": False}) is False
-    assert horizon.require_correct({"pairs.require_correct": False, "horizon": {"require_correct": True}}) is True
+    assert horizon.require_correct({"pairs": {"require_correct": False}}) is False
+    assert horizon.require_correct({"pairs": {"require_correct": False}, "horizon": {"require_correct": True}}) is True
 
 
 def _schema_keys(node: dict, out: set) -> set:
@@ -155,3 +154,43 @@ def test_ranking_sources_skips_a_table_that_is_not_made_for_every_subtask():
     assert skipped == ["gone"]
     src, skipped = circuits.ranking_sources(rankings, "fic", [1, 2, 3], fields, 2, made.__contains__)
     assert skipped == ["raw", "gone"] and "raw" not in src
+
+
+def settings_calls(text: str) -> list[ast.Call]:
+    """Every ``settings(...)`` call in a rule's params (``lambda w: settings(...)``) of a rule file (the .smk text
+    around it is not Python; each call is)."""
+    import re
+
+    calls = []
+    for m in re.finditer(r"lambda[^:\n]*:\s*(settings)\(", text):
+        start = j = m.start(1)
+        depth = 0
+        while True:
+            depth += {"(": 1, ")": -1}.get(text[j], 0)
+            j += 1
+            if depth == 0 and text[j - 1] == ")":
+                break
+        calls.append(ast.parse(text[start:j], mode="eval").body)
+    return calls
+
+
+def test_rules_pass_whole_sections():
+    """Every rule's settings are whole top-level config sections (``settings("model", "circuits")``), never dotted
+    keys; one dataset's entry goes nested (``datasets={name: entry}``). Scripts read them with config.section."""
+    top = set(config.schema()["properties"])
+    calls = [c for f in sorted((REPO / "workflow" / "rules").glob("*.smk")) for c in settings_calls(f.read_text())]
+    assert len(calls) >= 20, len(calls)
+    for c in calls:
+        names = [a.value for a in c.args if isinstance(a, ast.Constant)]
+        assert len(names) == len(c.args), f"settings(): a positional argument that is not a literal: {ast.unparse(c)}"
+        assert set(names) <= top, f"{ast.unparse(c)}: {sorted(set(names) - top)} are not whole config sections"
+        assert {k.arg for k in c.keywords} <= {"datasets"}, ast.unparse(c)
+
+
+def test_settings_calls_are_found_and_dotted_keys_fail():
+    text = ('s=lambda w: settings("model", "seed"),\ndef settings(*a):\n    f"settings({a!r})"\n'
+            't=lambda w, input: settings("circuits.reuse_groups",\n  k=(1, 2)),\n')
+    got = [ast.unparse(c) for c in settings_calls(text)]
+    assert got == ["settings('model', 'seed')", "settings('circuits.reuse_groups', k=(1, 2))"]
+    top = set(config.schema()["properties"])
+    assert "circuits.reuse_groups" not in top and {"model", "seed", "circuits", "datasets"} <= top

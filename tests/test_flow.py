@@ -317,7 +317,7 @@ def _hooked_pruned_forward(m, ids, kept, means):
 
 
 def _circuit(m, seed=0, prefix_len=0):
-    from cotmech.circuits import head_means
+    from cotmech.ablation import head_means
 
     g = torch.Generator().manual_seed(seed)
     refs = [torch.randint(10, 400, (n,), generator=g).tolist() for n in (9, 14, 20)]
@@ -385,7 +385,7 @@ def test_circuits_are_read_from_the_knockout_heads_table(tiny_llama):
     pruned_circuits adds the head means of the subtask's reference pairs and names a subtask without circuit."""
     import pandas as pd
 
-    from cotmech.circuits import head_means
+    from cotmech.ablation import head_means
 
     rows = []
     for k, kept in ((0, {(0, 1), (3, 2)}), (5, {(2, 0)})):
@@ -537,7 +537,7 @@ def test_trace_flow_script_traces_the_pruned_circuit_and_names_a_missing_one(tmp
     settings = {"model": {"spec": "random:tiny-llama", "dtype": "float32", "device": "cpu"}, "seed": 3,
                 "flow": {"n_examples": 2, "subtasks": None, "pruned": True, "circuit_ranking": "induction",
                          "start": "argmax", "n_boot": 50, "ci": 0.9, "l": 3, "k": 1, "p": 1, "prefilter": None},
-                "circuits.subtasks": [0, 1], "circuits.n_reference": None, "circuits.batch_size": 2}
+                "circuits": {"subtasks": [0, 1], "n_reference": None, "batch_size": 2}}
     args = ["--pairs", str(tmp_path / "pairs.jsonl"), "--circuit-heads", str(tmp_path / "heads.parquet"),
             "--reference", str(tmp_path / "ref.jsonl")]
     assert script.main(args + ["--settings", json.dumps(settings), "--outdir", str(tmp_path / "out")]) == 0
@@ -547,7 +547,7 @@ def test_trace_flow_script_traces_the_pruned_circuit_and_names_a_missing_one(tmp
         assert tr["pruned"] and tr["n_circuit_heads"] == len(kept[tr["subtask"]])
         assert tr["nodes"] and {(nd["layer"], nd["head"]) for nd in tr["nodes"]} <= kept[tr["subtask"]]
     # a traced subtask without a circuit
-    bad = {**settings, "circuits.subtasks": [0, 1, 2]}
+    bad = {**settings, "circuits": {**settings["circuits"], "subtasks": [0, 1, 2]}}
     write_jsonl(tmp_path / "pairs2.jsonl", pairs + [{**pairs[0], "pair_id": "e0-k2", "subtask": 2}])
     args2 = ["--pairs", str(tmp_path / "pairs2.jsonl")] + args[2:]
     capsys.readouterr()

@@ -3,16 +3,10 @@ import math
 import pytest
 import torch
 
-from cotmech.generation import (
-    Generated,
-    accuracy_row,
-    common_prefix_len,
-    greedy_generate,
-    greedy_reference,
-    is_correct,
-    response_text,
-    wilson,
-)
+from cotmech.batching import common_prefix_len
+from cotmech.decoding import greedy_generate, greedy_reference
+from cotmech.generation import accuracy_row, is_correct, response_text
+from cotmech.stats import wilson
 
 SHARED = "### Input:\nWumpus is fast. Max is wumpus. True or false: Max is fast.\n### Response:\n"
 TESTS = ["Rex is yumpus.", "Jompus is shy. Tumpuses are jompuses. Sam is tumpus. True or false:",

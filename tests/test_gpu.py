@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cotmech.lens import make_unembed
+from cotmech.unembed import make_unembed
 from cotmech.models import load_model, wrap
 from cotmech.patching.exact import exact_sweep, naive_sweep
-from cotmech.roles import copy_components, writer_components
+from cotmech.heads import copy_components, writer_components
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

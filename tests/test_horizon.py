@@ -21,7 +21,7 @@ def _pair(n: int = 24, diff_at: int = 8, seed: int = 0) -> tuple[list[int], list
 def test_no_patch_reproduces_clean_generation(tiny_model):
     clean, corrupt = _pair()
     gen = horizon.patched_generate(tiny_model, clean, corrupt, NO_PATCH, max_new_tokens=8)
-    from cotmech.generation import greedy_reference
+    from cotmech.decoding import greedy_reference
 
     assert gen == greedy_reference(tiny_model, clean, 8).ids
     pred = horizon.patched_predictions(tiny_model, clean + gen, corrupt + gen, [NO_PATCH], prefix_len=6)

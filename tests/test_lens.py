@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from cotmech.lens import (LensError, TunedLens, Unembed, answer_rank, capture_resid, js_divergence, kl_divergence,
-                          lens_stats, load_tuned_lens, make_unembed, save_tuned_lens, train_tuned_lens)
+from conftest import capture_resid
+
+from cotmech.lens import TunedLens, load_tuned_lens, save_tuned_lens, train_tuned_lens
+from cotmech.unembed import (LensError, Unembed, answer_rank, js_divergence, kl_divergence, lens_stats,
+                             make_unembed)
 
 SEQS = [[5, 17, 33, 8, 91, 12, 40], [7, 7, 120, 3], [200, 4, 19, 66, 2, 9]]
 

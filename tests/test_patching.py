@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from cotmech.models import build_random_hf, load_model, task_tokenizer, wrap
-from cotmech.patching import core
+from cotmech import tracing
 from cotmech.patching.atp import atp_sweep
 from cotmech.patching.data import make_pair
-from cotmech.patching.exact import exact_sweep, naive_sweep, pair_runs, patch_suffix
+from cotmech.patching.exact import exact_sweep, hook_sweep, naive_sweep, pair_runs, patch_suffix
 from cotmech.patching.metrics import METRICS
 
 # init 0.2 (not 0.02): outputs far from uniform, so KL_noise is not tiny and normalised scores are well defined
@@ -55,6 +55,20 @@ def test_exact_equals_naive(model, direction):
         assert np.ptp(a.per_pair_scores()) > 1e-2
 
 
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_hook_sweep_equals_naive(model, direction):
+    """The plain-hook reference (the benchmarks' honest baseline) gives naive's numbers, head by head."""
+    pairs = random_pairs(2)
+    heads = [(0, 0), (1, model.n_heads - 1), (model.n_layers - 1, 1)]
+    a = naive_sweep(model, pairs, metric="kl", direction=direction, heads=heads, pair_batch=2, progress=False)
+    b = hook_sweep(model, pairs, metric="kl", direction=direction, heads=heads, progress=False)
+    np.testing.assert_allclose(b.base, a.base, atol=1e-5)
+    np.testing.assert_allclose(b.source, a.source, atol=1e-5)
+    np.testing.assert_allclose(b.patched, a.patched, atol=1e-5, equal_nan=True)
+    assert np.isnan(b.patched).sum() == len(pairs) * (model.n_layers * model.n_heads - len(heads))
+    assert np.ptp(a.patched[np.isfinite(a.patched)]) > 1e-3
+
+
 #: bf16 unit roundoff (8 significant bits): a correctly rounded value is within a relative 2^-8 of the exact one.
 BF16_U = 2.0 ** -8
 
@@ -83,7 +97,7 @@ def test_exact_equals_naive_in_bf16(spec):
 def test_exact_is_invariant_to_head_batch_and_oom_backoff(model, monkeypatch):
     pairs = random_pairs(2, shapes=((11, 4),))
     ref = exact_sweep(model, pairs, head_batch=64, progress=False)
-    real = core.run_trace
+    real = tracing.run_trace
 
     def flaky(model_, ids, **kw):  # "out of memory" for more than 3 rows
         if ids.shape[0] > 3:
@@ -100,12 +114,12 @@ def test_shared_prefix_attention_equals_concatenated_prefix(model, monkeypatch):
     """The shared-prefix attention (one product of all rows' queries with the prefix keys, log-sum-exp merge)
     gives the numbers of copying the prefix into every row and calling the model's own attention, per row,
     with edits in some rows (MHA and GQA); it is really the function that ran."""
-    assert core.shared_prefix_supported(model)
+    assert tracing.shared_prefix_supported(model)
     calls = []
-    real = core._shared_prefix_attention
-    monkeypatch.setattr(core, "_shared_prefix_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = tracing._shared_prefix_attention
+    monkeypatch.setattr(tracing, "_shared_prefix_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
     from transformers import AttentionInterface
-    monkeypatch.setitem(AttentionInterface._global_mapping, core._SHARED_NAME, core._shared_prefix_attention)
+    monkeypatch.setitem(AttentionInterface._global_mapping, tracing._SHARED_NAME, tracing._shared_prefix_attention)
     for pair in random_pairs(4, shapes=((13, 3), (9, 7))):
         pr = pair_runs(model, pair)
         heads = [(lay, h) for lay in range(model.n_layers) for h in (0, model.n_heads - 1)]
@@ -117,22 +131,22 @@ def test_shared_prefix_attention_equals_concatenated_prefix(model, monkeypatch):
         torch.testing.assert_close(out["shared"], out["concat"], atol=2e-5, rtol=2e-5)
         # and the shared path reproduces the plain corrupt run when nothing is patched
         plain = plain_last_logits(model, pair.corrupt_ids)
-        none = core.run_trace(model, pair.ids("corrupt")[pair.first_diff:][None], cache=pr.cache)
+        none = tracing.run_trace(model, pair.ids("corrupt")[pair.first_diff:][None], cache=pr.cache)
         torch.testing.assert_close(none.logits[0], plain, atol=1e-4, rtol=1e-4)
-    assert core._SHARED_NAME != model.hf.config._attn_implementation  # restored after every trace
+    assert tracing._SHARED_NAME != model.hf.config._attn_implementation  # restored after every trace
 
 
 def test_prefix_attention_mode_is_checked(model):
     pair = random_pairs(1)[0]
     with pytest.raises(ValueError, match=r"prefix_attention 'copy': use one of shared, concat"):
-        core.run_trace(model, pair.ids("clean")[None], prefix_attention="copy")
+        tracing.run_trace(model, pair.ids("clean")[None], prefix_attention="copy")
 
 
 def test_run_in_batches_reraises_other_errors():
     with pytest.raises(RuntimeError, match="boom"):
-        core.run_in_batches(lambda c: (_ for _ in ()).throw(RuntimeError("boom")), [1, 2, 3], 2)
+        tracing.run_in_batches(lambda c: (_ for _ in ()).throw(RuntimeError("boom")), [1, 2, 3], 2)
     seen = []
-    assert core.run_in_batches(seen.extend, list(range(7)), 3) == 3 and seen == list(range(7))
+    assert tracing.run_in_batches(seen.extend, list(range(7)), 3) == 3 and seen == list(range(7))
 
 
 def test_no_patch_is_corrupt_and_all_heads_is_clean(model):
@@ -142,16 +156,16 @@ def test_no_patch_is_corrupt_and_all_heads_is_clean(model):
         corrupt_ref = plain_last_logits(model, pair.corrupt_ids)
         ids = {w: pair.ids(w)[None] for w in ("clean", "corrupt")}
         # no edit: the traced corrupt run is the plain corrupt run
-        none = core.run_trace(model, ids["corrupt"])
+        none = tracing.run_trace(model, ids["corrupt"])
         torch.testing.assert_close(none.logits[0], corrupt_ref, atol=1e-5, rtol=1e-5)
         # every head of every layer from the clean run: the clean run at the last position
-        clean = core.run_trace(model, ids["clean"], save=[("z", lay) for lay in range(L)])
-        edits = [core.Edit("z", lay, torch.ones(1, H, dtype=torch.bool), clean.saved[("z", lay)]) for lay in range(L)]
-        allp = core.run_trace(model, ids["corrupt"], edits=edits)
+        clean = tracing.run_trace(model, ids["clean"], save=[("z", lay) for lay in range(L)])
+        edits = [tracing.Edit("z", lay, torch.ones(1, H, dtype=torch.bool), clean.saved[("z", lay)]) for lay in range(L)]
+        allp = tracing.run_trace(model, ids["corrupt"], edits=edits)
         torch.testing.assert_close(allp.logits[0], clean_ref, atol=1e-4, rtol=1e-4)
         # suffix machinery: starting above the last layer from the cached residual = corrupt logits
         pr = pair_runs(model, pair)
-        top = core.run_trace(model, ids["corrupt"][:, pair.first_diff:], cache=pr.cache, start_layer=L,
+        top = tracing.run_trace(model, ids["corrupt"][:, pair.first_diff:], cache=pr.cache, start_layer=L,
                              start_resid=pr.runs["corrupt"].saved[("resid", L - 1)])
         torch.testing.assert_close(top.logits[0], corrupt_ref, atol=1e-4, rtol=1e-4)
         for name, fn in METRICS.items():

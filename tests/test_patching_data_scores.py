@@ -11,8 +11,8 @@ import pytest
 
 from cotmech.io import RecordError, read_table, write_jsonl
 from cotmech.patching.data import load_pairs, make_pair, pair_from_record
-from cotmech.patching.exact import PatchResult
-from cotmech.patching.scores import aggregate, load_raw, save_raw, score_table, spearman_table
+from cotmech.patch_results import PatchResult, aggregate, load_raw, save_raw
+from cotmech.patching.scores import score_table, spearman_table
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,9 @@ import torch
 from cotmech.batching import last_logits, left_pad
 from cotmech.io import read_json, read_table, save_tensors, write_jsonl, write_table
 from cotmech.models import task_tokenizer
-from cotmech.prior_shift import (boot_mean, bootstrap_weights, context_free_ids, crossover_layer, first_crossing,
+from cotmech.prior_shift import (RIFT_LEVEL, boot_mean, bootstrap_weights, context_free_ids, crossover_layer,
                                  layer_table, prior_logprobs, real_world_answer, real_world_word, rift_summary)
+from cotmech.stats import first_crossing
 
 QUESTION = "Jompus is fast. Tumpuses are jompuses. Sam is tumpus."
 PROMPT = f"### Input:\n{QUESTION} True or false: Sam is fast. Let us think step by step.\n### Response:\n"
@@ -123,8 +124,9 @@ def _synthetic_rows(rift: int, L: int, n_ex: int, seed: int, prefer=(0.15, 0.85)
 
 def test_first_crossing_on_synthetic_curves():
     nan = float("nan")
-    assert first_crossing([0.2, 0.4, 0.55, 0.3, 0.9]) == 2  # the first layer at or above 0.5, not the sustained one
-    assert first_crossing([nan, 0.5]) == 1 and first_crossing([0.1, nan, 0.49]) is None
+    assert RIFT_LEVEL == 0.5
+    assert first_crossing([0.2, 0.4, 0.55, 0.3, 0.9], RIFT_LEVEL) == 2  # the first layer at or above 0.5, not the sustained one
+    assert first_crossing([nan, 0.5], RIFT_LEVEL) == 1 and first_crossing([0.1, nan, 0.49], RIFT_LEVEL) is None
 
 
 def test_rift_summary_finds_planted_rift_with_ci():

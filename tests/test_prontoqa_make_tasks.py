@@ -26,7 +26,7 @@ def make_tasks():
 
 def _run(main, tmp_path, name, spec, seed, out="out.jsonl"):
     path = tmp_path / out
-    rc = main(["--dataset", name, "--settings", json.dumps({f"datasets.{name}": spec, "seed": seed}),
+    rc = main(["--dataset", name, "--settings", json.dumps({"datasets": {name: spec}, "seed": seed}),
                "--out", str(path)])
     return rc, path
 

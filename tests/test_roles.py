@@ -6,9 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cotmech.lens import capture_resid, make_unembed
-from cotmech.roles import (bootstrap_share, copy_components, head_outputs, merge, o_bias, score_table, select_rows,
-                           top_k_share, writer_components)
+from conftest import capture_resid
+
+from cotmech.heads import copy_components, head_outputs, o_bias, writer_components
+from cotmech.roles import bootstrap_share, merge, score_table, top_k_share
+from cotmech.stats import select_rows
+from cotmech.unembed import make_unembed
 
 SEQS = [[5, 17, 33, 8, 91, 12, 40], [7, 7, 120, 3, 8], [200, 4, 19, 66, 2, 9]]
 

@@ -15,7 +15,8 @@ from scipy.stats import binom
 from statsmodels.stats.proportion import proportion_confint
 
 from cotmech.prior_shift import boot_mean, layer_table
-from cotmech.roles import SCORERS, bootstrap_share, merge, top_k_share
+from cotmech.heads import SCORERS
+from cotmech.roles import bootstrap_share, merge, top_k_share
 from cotmech.stats import bootstrap_weights, percentile_interval, wilson
 
 
@@ -214,9 +215,9 @@ def test_interval_level_outside_zero_one_is_rejected(ci):
 
 
 def test_patching_aggregate_equals_explicit_pair_resampling():
-    # patching.scores.aggregate: normalised mean metric with a bootstrap over pairs; reference = the drawn pairs'
+    # patch_results.aggregate: normalised mean metric with a bootstrap over pairs; reference = the drawn pairs'
     # rows listed explicitly (with repeats) and the normalised mean recomputed per replicate.
-    from cotmech.patching.scores import aggregate
+    from cotmech.patch_results import aggregate
     from cotmech.stats import resample_counts
 
     rng = np.random.default_rng(8)

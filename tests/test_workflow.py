@@ -309,7 +309,7 @@ def test_sigkill_mid_run_is_recovered_by_rerun_incomplete():
 
 # --------------------------------------------------------------------------------------------------
 # Configs and cluster resources (forced dry runs; no job runs)
-CONFIGS = ["config.yaml", "config/smoke.yaml", "config/paper.yaml", "config/scale.yaml"]
+CONFIGS = ["config.yaml", "config/smoke.yaml", "config/paper.yaml", "config/scale.yaml", "config/findings.yaml"]
 
 
 @pytest.fixture(scope="module")
@@ -337,6 +337,7 @@ def _model_jobs(jobs):
     ("config/scale.yaml", 6.7, 4, 1),      # the same shape, random weights
     ("config.yaml", 1.5, 4, 1),            # Qwen2.5-Coder-1.5B, fp32 (pinned for comparability)
     ("config/smoke.yaml", 0.0, 4, 0),      # tiny random model on the CPU: no GPU
+    ("config/findings.yaml", 1.5, 2, 1),   # Qwen2.5-Coder-1.5B, bf16 (pinned), device auto
 ])
 def test_model_jobs_ask_for_gpu_memory_and_time_from_the_model_size(dags, config, params_b, bytes_per, gpu):
     jobs = _model_jobs(dags[config])

@@ -60,109 +60,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from . import tracing as core
+from .ablation import HELDOUT_PREFERENCE, Head, HeadMeans, head_means
+from .ablation import sample_pairs as _take
 from .batching import Batch, chunks, common_prefix_len, left_pad
-from .patching import core
-from .patching.core import Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok, prefix_cache, run_trace
 from .stats import wilson
-
-Head = tuple[int, int]
+from .tracing import Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok, prefix_cache, run_trace
 #: Subtask families with one knockout figure each (a ``label`` subtask, if present, is only in the tables).
 FAMILIES = ("decision", "copy", "induction")
-
-
-# --------------------------------------------------------------------------------------------------
-# Reference means
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class HeadMeans:
-    """Mean head outputs over reference runs, aligned from the end of the sequence and, over the first
-    ``prefix_len`` positions (the few-shot prefix shared by every clean input), from the start (module docstring).
-    """
-
-    by_end: torch.Tensor  # [n_layers, P, n_heads*d_head] float32; [:, j] = mean at the j-th position from the end
-    count: torch.Tensor  # [P] number of references that reach position j from the end
-    overall: torch.Tensor  # [n_layers, n_heads*d_head] mean over every reference token (fallback)
-    prefix_len: int = 0  # positions p < prefix_len use by_start (0: end-aligned everywhere, the old alignment)
-    by_start: torch.Tensor | None = None  # [n_layers, prefix_len, n_heads*d_head]; [:, p] = mean at position p
-    count_start: torch.Tensor | None = None  # [prefix_len] number of references that reach position p
-
-    def replacement(self, layer: int, width: int) -> torch.Tensor:
-        """End-aligned mean z for a left-padded batch of ``width`` columns: [width, n_heads*d_head] (same for
-        every row; the whole replacement when ``prefix_len`` is 0, else see :meth:`values_at`)."""
-        j = torch.arange(width - 1, -1, -1)  # column c is position width-1-c from the end
-        jj = j.clamp(max=self.by_end.shape[1] - 1)
-        use = (j < self.by_end.shape[1]) & (self.count[jj] > 0)
-        return torch.where(use[:, None], self.by_end[layer, jj], self.overall[layer][None])
-
-    def values_at(self, layer: int, pos: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Mean z at absolute positions ``pos`` [rows, S] of sequences of ``lengths`` [rows]: [rows, S, dim].
-
-        Position p < ``prefix_len`` takes the start-aligned mean at p; any other position the end-aligned mean
-        at j = length − 1 − p; the overall mean where no reference reaches. Positions outside 0 … length−1
-        (pads) get some value (pads are never attended to)."""
-        j = lengths[:, None] - 1 - pos
-        ne = self.by_end.shape[1]
-        jj = j.clamp(0, ne - 1)
-        use = (j >= 0) & (j < ne) & (self.count[jj] > 0)
-        out = torch.where(use[..., None], self.by_end[layer][jj], self.overall[layer])
-        if self.prefix_len > 0:
-            pp = pos.clamp(0, self.prefix_len - 1)
-            start = (pos >= 0) & (pos < self.prefix_len)
-            val = torch.where((self.count_start[pp] > 0)[..., None], self.by_start[layer][pp], self.overall[layer])
-            out = torch.where(start[..., None], val, out)
-        return out
-
-    def left_padded(self, layer: int, lengths: Sequence[int], width: int) -> torch.Tensor:
-        """Mean z for a left-padded batch of rows of ``lengths``: [rows, width, dim]."""
-        n = torch.as_tensor(list(lengths))
-        pos = torch.arange(width)[None] - (width - n)[:, None]
-        return self.values_at(layer, pos, n)
-
-
-def _z_all_layers(model, batch: Batch) -> list[torch.Tensor]:
-    """One forward saving every layer's o_proj input: n_layers × [batch, seq, n_heads*d_head] (float32, CPU)."""
-    out = run_trace(model, batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                    save=[("z", layer) for layer in range(model.n_layers)])
-    return [out.saved[("z", layer)].float().cpu().flatten(2) for layer in range(model.n_layers)]
-
-
-def head_means(model, seqs: Sequence[Sequence[int]], batch_size: int = 8, progress: bool = False,
-               prefix_len: int = 0) -> HeadMeans:
-    """Mean z of every head over the reference token sequences (pads excluded): end-aligned, and start-aligned
-    over the first ``prefix_len`` positions (module docstring; 0 = end-aligned everywhere)."""
-    if not seqs:
-        raise ValueError("head_means: the reference set is empty")
-    width_max = max(len(s) for s in seqs)
-    dim = model.n_heads * model.d_head
-    sums = torch.zeros(model.n_layers, width_max, dim)
-    count = torch.zeros(width_max)
-    P = int(prefix_len)
-    sums_start = torch.zeros(model.n_layers, P, dim)
-    count_start = torch.zeros(P)
-    total = torch.zeros(model.n_layers, dim)
-    n_tok = 0
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for idx in tqdm(list(chunks(order, batch_size)), desc="reference means", disable=not progress):
-        batch = left_pad([seqs[i] for i in idx], model.tokenizer.pad_token_id)
-        width = batch.input_ids.shape[1]
-        mask_rev = batch.attention_mask.flip(1).float()  # [batch, width]; column j = position j from the end
-        zs = _z_all_layers(model, batch)
-        lengths = [len(seqs[i]) for i in idx]
-        for layer, z in enumerate(zs):
-            z_rev = z.flip(1) * mask_rev[..., None]
-            sums[layer, :width] += z_rev.sum(0)
-            total[layer] += z_rev.sum((0, 1))
-            for r, n in enumerate(lengths):
-                m = min(n, P)
-                sums_start[layer, :m] += z[r, width - n:width - n + m]
-        for n in lengths:
-            count_start[:min(n, P)] += 1
-        count[:width] += mask_rev.sum(0)
-        n_tok += int(batch.attention_mask.sum())
-    by_end = sums / count.clamp(min=1)[None, :, None]
-    by_start = sums_start / count_start.clamp(min=1)[None, :, None]
-    return HeadMeans(by_end=by_end, count=count, overall=total / n_tok, prefix_len=P, by_start=by_start,
-                     count_start=count_start)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,7 +83,7 @@ def _by_layer(heads: Iterable[Head]) -> dict[int, list[int]]:
 def ablated_last_logits(model, batch: Batch, means: HeadMeans, removed: Iterable[Head]) -> torch.Tensor:
     """Logits at the predicting position with the ``removed`` heads mean-ablated at every position: [batch, vocab].
 
-    One nnsight forward through the shared head patcher (:func:`cotmech.patching.core.run_trace`).
+    One nnsight forward through the shared head patcher (:func:`cotmech.tracing.run_trace`).
     """
     rows, width = batch.input_ids.shape
     edits = []
@@ -246,7 +151,7 @@ def cached_ablated_logits(model, seqs: Sequence[Sequence[int]], means: HeadMeans
     suffix is then run over it, right-padded in batches of similar length (pads come after every real token, so
     causal attention never sees them), the suffix's means end-aligned per row as in the full forward. Equals
     :func:`ablated_last_logits` on the whole sequences up to float rounding. ``prefix_attention`` as in
-    :func:`cotmech.patching.core.run_trace` (``"shared"``: the prefix attended by all rows at once)."""
+    :func:`cotmech.tracing.run_trace` (``"shared"``: the prefix attended by all rows at once)."""
     if prefix_attention not in core.PREFIX_ATTENTION_MODES:
         raise ValueError(f"prefix_attention {prefix_attention!r}: use one of {', '.join(core.PREFIX_ATTENTION_MODES)}")
     P = cacheable_prefix(seqs, means)
@@ -842,9 +747,6 @@ BUILTINS = {"builtin": "direct", "builtin:direct": "direct", "builtin:writers": 
 #: (e.g. the induction cloze); eval_split: ranked on the evaluation split itself (in sample, as the paper);
 #: all_pairs: a table over every pair of the dataset (the evaluation examples were part of it).
 SCOPES = {"rank_split": True, "other_data": True, "eval_split": False, "all_pairs": False}
-HELDOUT_PREFERENCE = ("rank_split", "other_data", "all_pairs")
-
-
 @dataclass
 class Ranking:
     """One head ordering to knock out: its name, scope (:data:`SCOPES`), head scores and provenance."""
@@ -891,11 +793,11 @@ def _frame(m: np.ndarray) -> pd.DataFrame:
 def patching_rankings(paths: Sequence[str], example_of: dict[str, str], splits: dict[str, set[str]],
                       n_layers: int, n_heads: int) -> list[tuple[str, pd.DataFrame, int]]:
     """Patching scores (raw per-pair shards of ``patch_heads.py --raw``) aggregated over the pairs of each split
-    as the merged table does (normalised mean metric, :func:`cotmech.patching.scores.aggregate`).
+    as the merged table does (normalised mean metric, :func:`cotmech.patch_results.aggregate`).
 
     ``example_of``: pair id -> example id; ``splits``: scope -> example ids. Returns (scope, table, n examples)
     for every split that has patched pairs."""
-    from .patching.scores import aggregate, load_raw
+    from .patch_results import aggregate, load_raw
 
     res = load_raw(list(paths))
     unknown = [p for p in res.pair_ids if p not in example_of]
@@ -916,9 +818,9 @@ def patching_rankings(paths: Sequence[str], example_of: dict[str, str], splits: 
 def role_components(model, pairs: Sequence[dict], batch_size: int = 8) -> dict[str, dict[str, np.ndarray]]:
     """E4 answer-writer and E5 copy components (:mod:`cotmech.roles`) of every pair's clean input at its
     predicting position: {"writers": ..., "copy": ...}, rows in ``pairs`` order."""
-    from .activations import extract
-    from .lens import make_unembed
-    from .roles import copy_components, writer_components
+    from .readout import extract
+    from .unembed import make_unembed
+    from .heads import copy_components, writer_components
 
     for i, p in enumerate(pairs):
         for key in ("answer_id", "answer_pos"):
@@ -932,14 +834,6 @@ def role_components(model, pairs: Sequence[dict], batch_size: int = 8) -> dict[s
     length = np.array([len(p["clean_ids"]) for p in pairs])
     return {"writers": writer_components(lens, model, acts["resid"], acts["attn_out"], acts["z"], aid),
             "copy": copy_components(lens, model, acts["z"], acts["attn"], length, pos, aid)}
-
-
-def _take(pairs: list[dict], n: int | None, rng: np.random.Generator) -> list[dict]:
-    pairs = sorted(pairs, key=lambda p: p["pair_id"])
-    if n is not None and len(pairs) > n:
-        keep = sorted(rng.choice(len(pairs), size=n, replace=False))
-        pairs = [pairs[i] for i in keep]
-    return pairs
 
 
 def _check_pairs(pairs: list[dict], where: str) -> None:
@@ -1017,7 +911,7 @@ def _rankings_for(model, d: SubtaskData, rankings: dict[str, str | list[str]], m
                     out.append(Ranking(name, scope, scores_frame(per, rows), "direct mean-ablation effect",
                                        len(rows)))
                 continue
-            from .roles import SCORERS
+            from .heads import SCORERS
 
             roles = roles or role_components(model, pairs, batch_size)
             scorer = SCORERS[what][0]
@@ -1181,18 +1075,6 @@ def merge_knockout(parts: Sequence[dict[str, pd.DataFrame]]) -> dict[str, pd.Dat
         frames = [p[name] for p in parts if name in p and len(p[name])]
         t = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         out[name] = t.sort_values("subtask", kind="stable", ignore_index=True) if "subtask" in t else t
-    return out
-
-
-def circuit_sets(heads: pd.DataFrame, prefer: Sequence[str] = HELDOUT_PREFERENCE) -> dict[tuple, set[Head]]:
-    """Kept-head set per (subtask, ranking) at the operating point, using the first available scope in ``prefer``."""
-    out: dict[tuple, set[Head]] = {}
-    for (k, name), df in heads.groupby(["subtask", "ranking"]):
-        for scope in prefer:
-            d = df[df["scope"] == scope]
-            if len(d):
-                out[(int(k), str(name))] = {(int(l), int(h)) for l, h in zip(d["layer"][d["kept"]], d["head"][d["kept"]])}
-                break
     return out
 
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 OVERRIDES = {"model": "spec", "dtype": "dtype", "device": "device"}  # flag -> key of the settings' ``model``
@@ -69,11 +70,35 @@ def load_from_args(args: argparse.Namespace, settings: dict[str, Any]) -> Any:
     return model
 
 
+_ID_FIELDS = ("clean_ids", "corrupt_ids", "answer_id", "corrupt_answer_id")
+
+
+def check_token_ids(pairs: Sequence[Any], vocab_size: int, where: str) -> None:
+    """Every token id of ``pairs`` (records of the pairs contract or :class:`cotmech.patching.data.Pair`s) lies in
+    ``0..vocab_size-1``; else :class:`RecordError` naming ``where`` and the pair. An id outside the vocabulary would
+    raise an ``IndexError`` on a CPU, and a device-side assert on a GPU, deep inside the first forward."""
+    import numpy as np
+
+    from .io import RecordError
+
+    for i, p in enumerate(pairs):
+        get = p.get if isinstance(p, dict) else (lambda k, _p=p: getattr(_p, k, None))
+        for field in _ID_FIELDS:
+            val = get(field)
+            if val is None:
+                continue
+            ids = val if isinstance(val, (list, tuple)) else [val]
+            bad = [t for t in ids if not isinstance(t, (int, np.integer)) or isinstance(t, bool)
+                   or not 0 <= t < vocab_size]
+            if bad:
+                raise RecordError(f"{where}: pair {get('pair_id') or i}: {field} holds {bad[0]!r}, not a token id of "
+                                  f"the model's vocabulary (0..{vocab_size - 1}); the pairs were made with another "
+                                  "tokenizer?")
+
+
 def check_pair_ids(model: Any, pairs: Any, where: object) -> None:
     """Stop with a :class:`cotmech.io.RecordError` naming ``where`` and the pair if a token id of ``pairs`` is not
     in the vocabulary of ``model`` (input embeddings and unembedding); call it before the first forward."""
-    from .pairs import check_token_ids
-
     n_in = model.hf.get_input_embeddings().weight.shape[0]
     check_token_ids(pairs, min(int(model.vocab_size), int(n_in)), str(where))
 

@@ -5,8 +5,8 @@ package ships an identical copy, ``cotmech/data/config.schema.yaml`` (``tests/te
 so that scripts run standalone, benchmarks and an installed package fill in the same values as a workflow run.
 
 - :func:`section` — ``settings[name]`` checked against the schema and completed with its defaults (read-only).
-- :func:`value` — one value by dotted key (``seed``, ``pairs.require_correct``): the rule's dotted key, else the
-  nested one, else the schema default.
+- :func:`value` — one value by dotted key (``seed``, ``pairs.require_correct``): the nested value, else the schema
+  default. Rules pass whole sections (``settings()`` in ``workflow/rules/common.smk``), never dotted keys.
 - :func:`dataset` — one entry of ``datasets`` completed with the defaults of a dataset.
 - :func:`load` — a whole study configuration from its files, as a workflow run sees it (benchmarks).
 """
@@ -91,19 +91,16 @@ def section(settings: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 
 def value(settings: Mapping[str, Any], key: str) -> Any:
-    """One config value by dotted key: ``settings[key]`` as a rule passes it, else the nested value, else the
-    schema default (the section's default filled in)."""
+    """One config value by dotted key: the nested value, else the schema default (the section's default filled
+    in)."""
     sch = node(key)
-    if key in settings:
-        got = settings[key]
-    else:
-        got: Any = settings
-        for part in key.split("."):
-            if not isinstance(got, Mapping) or part not in got:
-                if "default" not in sch:
-                    raise ConfigError(f"config {key}: missing (the schema has no default)")
-                return fill(sch["default"], sch)
-            got = got[part]
+    got: Any = settings
+    for part in key.split("."):
+        if not isinstance(got, Mapping) or part not in got:
+            if "default" not in sch:
+                raise ConfigError(f"config {key}: missing (the schema has no default)")
+            return fill(sch["default"], sch)
+        got = got[part]
     _check(got, sch, key)
     return fill(got, sch)
 

@@ -14,7 +14,7 @@ input captures what the recursion needs (z, resid_pre, attention patterns of eve
 
 Model state (study.md E9). The paper traces the **pruned circuit** of the subtask: every head outside the circuit
 (the knockout operating point, E6) is mean-ablated at every position — its z replaced by the reference means of
-:func:`cotmech.circuits.head_means`, aligned as in the knockout (``circuits.mean_alignment``) — and the search
+:func:`cotmech.ablation.head_means`, aligned as in the knockout (``circuits.mean_alignment``) — and the search
 starts from that pruned model's argmax next token and visits only circuit heads (:class:`Circuit`, :func:`trace_example` with ``circuit``). The
 unablated model (every head eligible, or the top heads of a ranking) is kept as an option; there all subtasks of an
 example whose clean inputs are prefixes of the longest one share one forward (causal model: same activations), and
@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .ablation import circuit_sets, head_means, sample_pairs
 from .models import eager_attention
-from .stats import bootstrap_weights, percentile_interval, wilson
+from .stats import bootstrap_weights, first_crossing, percentile_interval, wilson
 
 PARTS = ("fewshot", "question", "generated")
 START_TOKENS = ("argmax", "answer")
@@ -91,7 +92,7 @@ class Circuit:
     replaced at every position by its reference mean (``means``, end-aligned as in the knockout)."""
 
     kept: torch.Tensor  # [L, H] bool
-    means: Any  # cotmech.circuits.HeadMeans
+    means: Any  # cotmech.ablation.HeadMeans
     note: str = ""
 
 
@@ -503,9 +504,7 @@ def trace_example(model: Any, pairs: Sequence[dict], cfg: FlowConfig, generation
 
 def load_circuits(heads: Any, ranking: str, n_layers: int, n_heads: int) -> dict[int, torch.Tensor]:
     """Kept-head masks [L, H] per subtask of one knockout ranking, from ``circuits/heads.parquet`` (the operating
-    point's kept set, scope chosen by :func:`cotmech.circuits.circuit_sets`)."""
-    from .circuits import circuit_sets
-
+    point's kept set, scope chosen by :func:`cotmech.ablation.circuit_sets`)."""
     for c in ("subtask", "ranking", "scope", "layer", "head", "kept"):
         if c not in heads.columns:
             raise ValueError(f"knockout heads table lacks column {c!r} (has {list(heads.columns)})")
@@ -527,19 +526,17 @@ def pruned_circuits(model: Any, heads: Any, ranking: str, reference: Sequence[di
                     prefix_len: int = 0) -> dict[int, Circuit]:
     """The pruned model state of each subtask (study.md E9): the kept heads of ``ranking`` at the knockout operating
     point (:func:`load_circuits` of ``circuits/heads.parquet``) and the mean z of every head over the ``reference``
-    pairs of the same subtask (:func:`cotmech.circuits.head_means`, as the knockout; at most ``n_reference`` of
+    pairs of the same subtask (:func:`cotmech.ablation.head_means`, as the knockout; at most ``n_reference`` of
     them, a seeded sample; start-aligned over the first ``prefix_len`` positions, as the knockout's
     ``circuits.mean_alignment`` does: :func:`cotmech.circuits.alignment_prefix`). Errors name the subtask without a
     circuit or without reference pairs."""
-    from .circuits import _take, head_means
-
     masks = load_circuits(heads, ranking, model.n_layers, model.n_heads)
     out = {}
     for k in subtasks:
         if k not in masks:
             raise ValueError(f"no knockout circuit for subtask {k} with ranking {ranking!r} (circuits for subtasks "
                              f"{sorted(masks)}); add it to circuits.subtasks or trace unpruned (flow.pruned: false)")
-        ref = _take([p for p in reference if int(p["subtask"]) == k], n_reference, np.random.default_rng([seed, k]))
+        ref = sample_pairs([p for p in reference if int(p["subtask"]) == k], n_reference, np.random.default_rng([seed, k]))
         if not ref:
             raise ValueError(f"no reference pairs of subtask {k} for the mean ablation")
         means = head_means(model, [p["clean_ids"] for p in ref], batch_size, prefix_len=prefix_len)
@@ -674,8 +671,6 @@ def _ratio(k: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 def crossing_layer(share: Sequence[float], level: float = RIFT_LEVEL) -> int | None:
     """First layer whose ``share`` is >= ``level`` (NaN = no traced entry there, skipped); None if none."""
-    from .prior_shift import first_crossing
-
     return first_crossing(share, level)
 
 

@@ -131,13 +131,13 @@ def _suffix_trace(model: Any, ids: torch.Tensor, prefix_len: int, cache: Any, pa
 
 
 def _prefix(model: Any, ids: Sequence[int]) -> Any:
-    from .generation import prefill
+    from .decoding import prefill
 
     return prefill(model, ids) if len(ids) else None
 
 
 def _expand(cache: Any, batch: int) -> Any:
-    from .generation import expand_cache
+    from .decoding import expand_cache
 
     return expand_cache(cache, batch)
 
@@ -241,7 +241,7 @@ def prepare_examples(model: Any, records: Sequence[dict], n_examples: int, seed:
     """Pick ``n_examples`` generation records (correct ones if required), build the corrupted prompt and the clean
     greedy continuation ids. Records without an equal-length corruption are skipped (logged in ``skipped``) and
     do not count towards ``n_examples``: the result holds ``n_examples`` usable examples when the records allow."""
-    from .generation import greedy_generate
+    from .decoding import greedy_generate
     from .prontoqa.corrupt import encode
 
     rng = np.random.default_rng(seed)
@@ -337,7 +337,7 @@ def require_correct(settings: dict[str, Any]) -> bool:
     from . import config
 
     v = config.section(settings, "horizon")["require_correct"]
-    return bool(config.value(settings, "pairs.require_correct") if v is None else v)
+    return bool(config.section(settings, "pairs")["require_correct"] if v is None else v)
 
 
 def choose_layers(layers: Sequence[int] | None, layer_stride: int, n_layers: int) -> list[int]:

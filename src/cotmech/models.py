@@ -25,9 +25,7 @@ from urllib.parse import parse_qsl
 
 import torch
 
-
-class ModelSpecError(ValueError):
-    """A model spec could not be parsed or loaded; the message names the spec and the cause."""
+from .modelfiles import ModelSpecError, check_gguf, check_safetensors_dir
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,30 +297,6 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     if not rest:
         raise ModelSpecError(f"model spec {spec!r}: nothing after {kind!r}:")
     return kind, rest, overrides
-
-
-def check_safetensors_dir(directory: str | os.PathLike, spec: str) -> None:
-    """Every ``*.safetensors`` file in ``directory`` has a readable header that covers the whole file (cheap: the
-    header is parsed, no tensor is read); a truncated or damaged file raises :class:`ModelSpecError` naming it."""
-    from safetensors import SafetensorError, safe_open
-
-    for f in sorted(Path(directory).glob("*.safetensors")):
-        try:
-            with safe_open(str(f), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as e:
-            raise ModelSpecError(f"model spec {spec!r}: {f}: truncated or damaged safetensors file ({e})") from e
-
-
-def check_gguf(path: str | os.PathLike, spec: str) -> None:
-    """The GGUF file parses (header, metadata, tensor table within the file); else :class:`ModelSpecError`."""
-    import gguf
-
-    try:
-        gguf.GGUFReader(str(path))
-    except Exception as e:  # noqa: BLE001 - any parse failure of a damaged file (struct, overflow, decode ...)
-        raise ModelSpecError(f"model spec {spec!r}: {path}: not a readable GGUF file "
-                             f"({type(e).__name__}: {e})") from e
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:

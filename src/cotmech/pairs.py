@@ -92,23 +92,3 @@ def check_pair(p: dict) -> None:
         raise bad("answer_pos is null but answer_id occurs earlier in the clean input")
 
 
-_ID_FIELDS = ("clean_ids", "corrupt_ids", "answer_id", "corrupt_answer_id")
-
-
-def check_token_ids(pairs: Sequence[Any], vocab_size: int, where: str) -> None:
-    """Every token id of ``pairs`` (records of the pairs contract or :class:`cotmech.patching.data.Pair`s) lies in
-    ``0..vocab_size-1``; else :class:`RecordError` naming ``where`` and the pair. An id outside the vocabulary would
-    raise an ``IndexError`` on a CPU, and a device-side assert on a GPU, deep inside the first forward."""
-    for i, p in enumerate(pairs):
-        get = p.get if isinstance(p, dict) else (lambda k, _p=p: getattr(_p, k, None))
-        for field in _ID_FIELDS:
-            val = get(field)
-            if val is None:
-                continue
-            ids = val if isinstance(val, (list, tuple)) else [val]
-            bad = [t for t in ids if not isinstance(t, (int, np.integer)) or isinstance(t, bool)
-                   or not 0 <= t < vocab_size]
-            if bad:
-                raise RecordError(f"{where}: pair {get('pair_id') or i}: {field} holds {bad[0]!r}, not a token id of "
-                                  f"the model's vocabulary (0..{vocab_size - 1}); the pairs were made with another "
-                                  "tokenizer?")

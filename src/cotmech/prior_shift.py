@@ -15,7 +15,7 @@ Definitions (all per pair = one clean input, read at its predicting position):
 - **Lens rift** (our extension, not the paper's statistic; :func:`rift_summary`): per pair and layer,
   ``prefers_context`` = 1 if the lens gives the in-context answer a higher probability than the context-free
   prior's top-1 token (pairs where the two coincide are left out); the rift is the first residual layer ℓ where
-  the mean over pairs is >= 0.5 (:func:`first_crossing`); relative depth = ℓ / L.  Both tokens are read off the
+  the mean over pairs is >= 0.5 (:func:`cotmech.stats.first_crossing`); relative depth = ℓ / L.  Both tokens are read off the
   same lens distribution, so a lens that becomes final-like only late does not move the crossing late by itself,
   and nothing makes it cross at all: if the model's own output preferred the prior's token, it never would.  The
   earlier definition — the first layer after which JS(lens‖final) < JS(lens‖prior) — is still reported as
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .stats import bootstrap_weights
+from .stats import bootstrap_weights, first_crossing
 from .vocab import FALSE_ONTOLOGY_CONCEPTS, plural
 
 RIFT_DEFINITION = ("our extension (not the paper's statistic): first residual layer l (0 = embeddings, L = output "
@@ -180,14 +180,6 @@ def crossover_layer(in_context: np.ndarray, prior: np.ndarray) -> int | None:
     return int(i)
 
 
-def first_crossing(curve: Sequence[float], level: float = RIFT_LEVEL) -> int | None:
-    """First index whose value is >= ``level`` (NaN skipped); None if none."""
-    for i, v in enumerate(np.asarray(curve, float)):
-        if np.isfinite(v) and v >= level:
-            return int(i)
-    return None
-
-
 def group_sums(values: np.ndarray, inv: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-group nan-sums and non-NaN counts of ``values`` [n_rows, ...] -> ([G, ...], [G, ...])."""
     ok = np.isfinite(values)
@@ -218,7 +210,7 @@ METRICS = ("p_answer", "rank_answer", "top1_in_context", "topk_context_mass", "j
 
 
 def rows_frame(stats: dict[str, np.ndarray], index: pd.DataFrame, lens_name: str) -> pd.DataFrame:
-    """Long per-(row, layer) frame from :func:`cotmech.lens.lens_stats` output and the row index."""
+    """Long per-(row, layer) frame from :func:`cotmech.unembed.lens_stats` output and the row index."""
     N, Lp1 = stats["p_answer"].shape
     base = index.reset_index(drop=True).loc[np.repeat(np.arange(N), Lp1)].reset_index(drop=True)
     base.insert(0, "lens", lens_name)
@@ -288,10 +280,10 @@ def rift_summary(rows: pd.DataFrame, n_layers: int, n_boot: int, seed: int, ci: 
     Sp, Cp = group_sums(js_p, inv, G)
     with np.errstate(invalid="ignore", divide="ignore"):
         curve = Sq.sum(0) / Cq.sum(0)
-        layer = first_crossing(curve)
+        layer = first_crossing(curve, RIFT_LEVEL)
         bq = (W @ Sq) / (W @ Cq)  # [B, L+1]
         js_cross = crossover_layer(Sf.sum(0) / Cf.sum(0), Sp.sum(0) / Cp.sum(0))
-    boots = np.array([np.nan if (c := first_crossing(q)) is None else c for q in bq], float)
+    boots = np.array([np.nan if (c := first_crossing(q, RIFT_LEVEL)) is None else c for q in bq], float)
     ok = np.isfinite(boots)
     lo, hi = (np.quantile(boots[ok], [(1 - ci) / 2, (1 + ci) / 2]) if ok.any() else (np.nan, np.nan))
     with warnings.catch_warnings():
@@ -418,19 +410,6 @@ def load_activations(pairs_path: Any, tensors_path: Any, index_path: Any,
     return {k: tensors[k] for k in keys}, index
 
 
-def select_rows(index: pd.DataFrame, max_per_subtask: int | None, seed: int) -> np.ndarray:
-    """Row positions, at most ``max_per_subtask`` per subtask, drawn with a seeded RNG (sorted)."""
-    rng = np.random.default_rng(seed)
-    keep: list[int] = []
-    sub = index["subtask"].to_numpy()
-    for st in np.unique(sub):
-        pos = np.flatnonzero(sub == st)
-        if max_per_subtask is not None and len(pos) > max_per_subtask:
-            pos = rng.choice(pos, max_per_subtask, replace=False)
-        keep.extend(int(p) for p in pos)
-    return np.array(sorted(keep), dtype=int)
-
-
 def prior_inputs(index: pd.DataFrame, tokenizer: Any) -> tuple[list[list[int]], np.ndarray, list[str]]:
     """Unique context-free inputs, the row -> input map [N], and each row's fragment text."""
     is_b = _Boundary(tokenizer)
@@ -446,7 +425,7 @@ def prior_inputs(index: pd.DataFrame, tokenizer: Any) -> tuple[list[list[int]], 
 def run_lenses(model: Any, lens: Any, resid: torch.Tensor, index: pd.DataFrame, tuned: Any = None,
                top_k: int = 10, prior_batch_size: int = 16) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Both lenses on ``resid`` [N, L+1, d] (rows of ``index``): the long per-(row, layer) frame and facts."""
-    from .lens import lens_stats
+    from .unembed import lens_stats
 
     tok = model.tokenizer
     uniq, which, frags = prior_inputs(index, tok)

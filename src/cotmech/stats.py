@@ -1,5 +1,6 @@
 """The study's interval estimates, in one place: the Wilson score interval of a binomial proportion (accuracy,
-knockout, probe and flow counts) and the cluster bootstrap over examples (lens curves, rift layer, head-role shares).
+knockout, probe and flow counts) and the cluster bootstrap over examples (lens curves, rift layer, head-role shares);
+the first crossing of a level along a curve, and a seeded per-subtask row cap.
 
 Both are checked against independent references in ``tests/test_stats.py`` (statsmodels, an explicit resampling
 loop over example ids, coverage on planted data).
@@ -65,3 +66,25 @@ def percentile_interval(boots: np.ndarray, ci: float = 0.95, axis: int = 0) -> t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices (e.g. layers never traced)
         return tuple(np.nanquantile(boots, [(1 - ci) / 2, (1 + ci) / 2], axis=axis))
+
+
+def first_crossing(curve: Sequence[float], level: float) -> int | None:
+    """First index whose value is >= ``level`` (NaN skipped); None if none."""
+    for i, v in enumerate(np.asarray(curve, float)):
+        if np.isfinite(v) and v >= level:
+            return int(i)
+    return None
+
+
+def select_rows(index: Any, max_per_subtask: int | None, seed: int) -> np.ndarray:
+    """Row positions of a table with a ``subtask`` column, at most ``max_per_subtask`` per subtask, drawn with a
+    seeded RNG (sorted)."""
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    sub = index["subtask"].to_numpy()
+    for st in np.unique(sub):
+        pos = np.flatnonzero(sub == st)
+        if max_per_subtask is not None and len(pos) > max_per_subtask:
+            pos = rng.choice(pos, max_per_subtask, replace=False)
+        keep.extend(int(p) for p in pos)
+    return np.array(sorted(keep), dtype=int)

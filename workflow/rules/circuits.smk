@@ -80,7 +80,7 @@ rule overlap:
         script="scripts/overlap.py",
         code=code_inputs("scripts/overlap.py"),
     params:
-        settings=lambda w: settings("circuits.reuse_groups"),
+        settings=lambda w: settings("circuits"),
         outdir=lambda w, output: os.path.dirname(output.overlap),
     log:
         logpath("overlap"),

@@ -121,14 +121,14 @@ def code_inputs(script):
                   for f in seen)
 
 
-def settings(*keys, **extra):
-    """The config values a rule depends on, as one JSON string (a param, so a change reruns the rule)."""
+def settings(*sections, **extra):
+    """The config sections a rule depends on (whole top-level keys, read by `cotmech.config.section`/`value`), as one
+    JSON string (a param, so a change reruns the rule); `extra` adds nested values (one dataset's entry)."""
     out = {}
-    for k in keys:
-        cur = config
-        for part in k.split("."):
-            cur = cur[part]
-        out[k] = cur
+    for k in sections:
+        if "." in k:
+            raise ValueError(f"settings({k!r}): pass the whole section {k.split('.')[0]!r}, not a dotted key")
+        out[k] = config[k]
     out.update(extra)
     return json.dumps(out, sort_keys=True)
 

@@ -34,8 +34,7 @@ rule trace_flow:
         script="scripts/trace_flow.py",
         code=code_inputs("scripts/trace_flow.py"),
     params:
-        settings=lambda w: settings("model", "flow", "seed", "circuits.subtasks", "circuits.n_reference",
-                                    "circuits.batch_size", "circuits.mean_alignment"),
+        settings=lambda w: settings("model", "flow", "seed", "circuits"),
         ranking=lambda w, input: f"--ranking {shlex.quote(input.ranking[0])}" if input.ranking else "",
         circuit=lambda w, input: (f"--circuit-heads {shlex.quote(input.circuit_heads[0])}"
                                   f" --reference {shlex.quote(input.reference[0])}" if input.circuit_heads else ""),

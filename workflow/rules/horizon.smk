@@ -14,7 +14,7 @@ rule horizon:
         script="scripts/horizon.py",
         code=code_inputs("scripts/horizon.py"),
     params:
-        settings=lambda w: settings("model", "horizon", "seed", "pairs.require_correct"),
+        settings=lambda w: settings("model", "horizon", "seed", "pairs"),
     log:
         logpath("horizon", "{dataset}"),
     threads: MODEL_THREADS

@@ -10,7 +10,7 @@ rule make_tasks:
         script="scripts/make_tasks.py",
         data=task_import,
     params:
-        settings=lambda w: settings(f"datasets.{w.dataset}", "seed"),
+        settings=lambda w: settings("seed", datasets={w.dataset: config["datasets"][w.dataset]}),
     log:
         f"{RESULTS}/logs/tasks/{{dataset}}.log",
     threads: 1

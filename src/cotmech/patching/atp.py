@@ -7,7 +7,7 @@ and per head
     m_patched ≈ m_base + Σ_pos (z_source - z_base) · ∂m/∂z |_base
 
 which is exact when the metric is linear in z (tested on a model built to be linear). The result is a
-:class:`~cotmech.patching.exact.PatchResult` like the exact sweeps', so it is normalised and tabulated the
+:class:`~cotmech.patch_results.PatchResult` like the exact sweeps', so it is normalised and tabulated the
 same way; compare its ranking with ``exact`` (Spearman per subtask) before using it to screen heads.
 """
 from __future__ import annotations
@@ -20,9 +20,10 @@ import torch
 from tqdm import tqdm
 
 from ..batching import left_pad
-from .core import TraceOut, prefix_cache, run_trace
+from ..patch_results import PatchResult
+from ..tracing import TraceOut, prefix_cache, run_trace
 from .data import Pair
-from .exact import PatchResult, _check, _roles, pair_ref
+from .exact import _check, _roles, pair_ref
 from .metrics import PairRef, get_metric
 
 

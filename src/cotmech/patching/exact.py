@@ -1,7 +1,8 @@
 """Head-level activation patching over all heads: ``naive`` (the reference) and ``exact`` (same numbers, fast).
 
 Both return a :class:`PatchResult` holding, per pair, the metric of every single-head patch plus the
-metric of the base and source runs; :mod:`cotmech.patching.scores` turns it into a head-score table.
+metric of the base and source runs; :mod:`cotmech.patching.scores` turns it into a head-score table
+(:class:`PatchResult` is defined in :mod:`cotmech.patch_results`).
 
 ``exact`` uses that clean and corrupt inputs are token-aligned and identical before ``first_diff``:
 every activation there is identical in both runs, so patching it changes nothing. Per pair it computes
@@ -13,51 +14,19 @@ entering that layer is the base run's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..batching import left_pad
-from .core import Edit, TraceOut, prefix_cache, run_in_batches, run_trace
+from ..patch_results import PatchResult
+from ..tracing import Edit, TraceOut, prefix_cache, run_in_batches, run_trace
 from .data import Pair
 from .metrics import PairRef, get_metric
 
 DIRECTIONS = ("denoise", "noise")
-
-
-@dataclass
-class PatchResult:
-    """Metric values of single-head patches. Arrays are float64; rows follow ``pair_ids``."""
-
-    method: str
-    metric: str
-    direction: str
-    pair_ids: list[str]
-    subtasks: list[int]
-    patched: np.ndarray  # [pairs, n_layers, n_heads]
-    base: np.ndarray  # [pairs] metric of the run that is patched into (corrupt when denoising)
-    source: np.ndarray  # [pairs] metric of the run the activations come from (clean when denoising)
-    info: dict = field(default_factory=dict)
-
-    def per_pair_scores(self) -> np.ndarray:
-        """Normalised score per pair and head [pairs, n_layers, n_heads]."""
-        return (self.patched - self.base[:, None, None]) / (self.source - self.base)[:, None, None]
-
-    @staticmethod
-    def empty(method: str, metric: str, direction: str, n_layers: int, n_heads: int) -> "PatchResult":
-        """A result without pairs (an empty shard or corruption still writes its part)."""
-        return PatchResult(method, metric, direction, [], [], np.zeros((0, n_layers, n_heads)), np.zeros(0),
-                           np.zeros(0))
-
-    @staticmethod
-    def concat(parts: Sequence["PatchResult"]) -> "PatchResult":
-        p0 = parts[0]
-        return PatchResult(p0.method, p0.metric, p0.direction, [i for p in parts for i in p.pair_ids],
-                           [s for p in parts for s in p.subtasks], np.concatenate([p.patched for p in parts]),
-                           np.concatenate([p.base for p in parts]), np.concatenate([p.source for p in parts]),
-                           dict(p0.info))
 
 
 def _check(direction: str) -> None:
@@ -119,6 +88,57 @@ def naive_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
             bar.update(len(group))
     bar.close()
     return PatchResult("naive", metric if isinstance(metric, str) else "custom", direction,
+                       [p.pair_id for p in pairs], [p.subtask for p in pairs], patched, base_m, src_m)
+
+
+def hook_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise",
+               heads: Sequence[tuple[int, int]] | None = None, progress: bool = True) -> PatchResult:
+    """Second reference, and the honest speed baseline: one plain forward of the whole base input per head
+    and pair, the head's z set to the source run's by a forward pre-hook on ``o_proj`` (no nnsight, the
+    model's own attention implementation, last-position logits only). Same numbers as :func:`naive_sweep`."""
+    _check(direction)
+    fn = get_metric(metric)
+    heads = list(heads) if heads is not None else all_heads(model)
+    b_name, s_name = _roles(direction)
+    patched = np.full((len(pairs), model.n_layers, model.n_heads), np.nan)
+    base_m, src_m = np.zeros(len(pairs)), np.zeros(len(pairs))
+    dh, dev = model.d_head, model.device
+
+    def forward(ids: list[int], pre_hooks: dict) -> torch.Tensor:
+        handles = [model.hf_o_proj(lay).register_forward_pre_hook(f) for lay, f in pre_hooks.items()]
+        try:
+            with torch.inference_mode():
+                out = model.hf(input_ids=torch.tensor([ids], device=dev), use_cache=False, logits_to_keep=1)
+        finally:
+            for h in handles:
+                h.remove()
+        return out.logits[:, -1].float()
+
+    bar = tqdm(total=len(pairs) * len(heads), desc="hook patching", disable=not progress)
+    for i, p in enumerate(pairs):
+        z: dict[str, dict[int, torch.Tensor]] = {"clean": {}, "corrupt": {}}
+        logits = {}
+        for w in ("clean", "corrupt"):
+            def keep(lay, store=z[w]):
+                def pre(mod, args):
+                    store[lay] = args[0].detach().clone()
+                return pre
+            logits[w] = forward(getattr(p, f"{w}_ids"), {lay: keep(lay) for lay in range(model.n_layers)})
+        ref = pair_ref(p, logits["clean"][0], logits["corrupt"][0])
+        base_m[i] = float(fn(logits[b_name], ref)[0])
+        src_m[i] = float(fn(logits[s_name], ref)[0])
+        base_ids = getattr(p, f"{b_name}_ids")
+        for lay, h in heads:
+            value = z[s_name][lay][..., h * dh:(h + 1) * dh]
+
+            def patch(mod, args, value=value, h=h):
+                x = args[0].clone()
+                x[..., h * dh:(h + 1) * dh] = value
+                return (x,) + tuple(args[1:])
+            patched[i, lay, h] = float(fn(forward(base_ids, {lay: patch}), ref)[0])
+            bar.update(1)
+    bar.close()
+    return PatchResult("hook", metric if isinstance(metric, str) else "custom", direction,
                        [p.pair_id for p in pairs], [p.subtask for p in pairs], patched, base_m, src_m)
 
 
@@ -202,4 +222,4 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
                        {"head_batch": batch})
 
 
-__all__ = ["PatchResult", "naive_sweep", "exact_sweep", "pair_runs", "patch_suffix", "all_heads"]
+__all__ = ["naive_sweep", "exact_sweep", "pair_runs", "patch_suffix", "all_heads"]

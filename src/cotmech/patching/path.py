@@ -23,11 +23,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .core import Edit, run_trace
+from ..patch_results import aggregate
+from ..tracing import Edit, run_trace
 from .data import Pair
 from .exact import _check, _roles, pair_runs
 from .metrics import get_metric
-from .scores import aggregate
 
 PATHS = ("logits", "q", "k", "v", "qkv")
 

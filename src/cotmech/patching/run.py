@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import io
+from ..patch_results import PatchResult
 from .atp import atp_sweep
 from .data import Pair
-from .exact import PatchResult, exact_sweep, naive_sweep
+from .exact import exact_sweep, naive_sweep
 from .scores import heatmap_figure, score_table, to_matrix
 
 METHODS = ("naive", "exact", "atp")

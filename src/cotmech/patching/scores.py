@@ -1,39 +1,14 @@
-"""Head-score tables from patching results: aggregate over pairs, seeded bootstrap CI, heat-maps, merging.
-
-Aggregation (as the paper averages KL over the batch before normalising, study.md §5): the score of a
-head is the normalised *mean* metric, (mean m_patched - mean m_base) / (mean m_source - mean m_base); the
-95% CI resamples pairs with replacement (percentile bootstrap, ``n_boot`` draws from ``seed``).
+"""Head-score tables from patching results: the aggregate over pairs with its seeded bootstrap CI
+(:func:`cotmech.patch_results.aggregate`) as a long table, heat-maps, AtP-vs-exact Spearman.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .. import io
-from ..stats import resample_counts
-from .exact import PatchResult
-
-TABLE_COLUMNS = ["subtask", "layer", "head", "score", "ci_low", "ci_high", "n"]
-
-
-def aggregate(patched: np.ndarray, base: np.ndarray, source: np.ndarray, n_boot: int = 1000, seed: int = 0
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """score, ci_low, ci_high [n_layers, n_heads] from per-pair arrays (patched [pairs, L, H], base/source [pairs])."""
-    N, L, H = patched.shape
-    flat = patched.reshape(N, L * H)
-    denom = source.mean() - base.mean()
-    score = (flat.mean(0) - base.mean()) / denom
-    if n_boot <= 0 or N < 2:
-        nan = np.full(L * H, np.nan)
-        return score.reshape(L, H), nan.reshape(L, H), nan.reshape(L, H)
-    w = resample_counts(N, n_boot, seed) / N  # [boot, pairs] resampling weights
-    boot = ((w @ np.nan_to_num(flat)) - (w @ base)[:, None]) / ((w @ source) - (w @ base))[:, None]
-    boot[:, np.isnan(flat).any(0)] = np.nan
-    lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0) if np.isfinite(boot).any() else (boot[0], boot[0])
-    return score.reshape(L, H), lo.reshape(L, H), hi.reshape(L, H)
+from ..patch_results import PatchResult, aggregate
 
 
 def score_table(res: PatchResult, subtask: int, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -65,43 +40,6 @@ def heatmap_figure(matrix: np.ndarray, stem: str | os.PathLike, title: str, labe
     fig, axes = figure(width=max(3.5, 0.16 * H + 1.5), height=max(3.0, 0.12 * L + 1.0))
     heatmap(axes[0, 0], matrix, title=title, center=0.0, colorbar_label=label)
     save_figure(fig, stem)
-
-
-# --------------------------------------------------------------------------------------------------
-# raw shards (per-pair metric values) <-> PatchResult
-# --------------------------------------------------------------------------------------------------
-def save_raw(path: str | os.PathLike, res: PatchResult) -> None:
-    """Per-pair values as safetensors (+ ids and settings in the metadata); shards merge with :func:`load_raw`."""
-    import json
-
-    import torch
-
-    io.save_tensors(path, {"patched": torch.from_numpy(res.patched), "base": torch.from_numpy(res.base),
-                           "source": torch.from_numpy(res.source)},
-                    metadata={"method": res.method, "metric": res.metric, "direction": res.direction,
-                              "pair_ids": json.dumps(res.pair_ids), "subtasks": json.dumps(res.subtasks),
-                              "info": json.dumps(res.info)})
-
-
-def load_raw(paths: Sequence[str | os.PathLike]) -> PatchResult:
-    """Concatenate raw shards (in the given order); they must agree on method, metric and direction."""
-    import json
-
-    from safetensors import safe_open
-
-    parts = []
-    for p in paths:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata()
-            t = {k: f.get_tensor(k).numpy() for k in f.keys()}
-        parts.append(PatchResult(meta["method"], meta["metric"], meta["direction"], json.loads(meta["pair_ids"]),
-                                 json.loads(meta["subtasks"]), t["patched"], t["base"], t["source"],
-                                 json.loads(meta.get("info", "{}"))))
-    keys = {(p.method, p.metric, p.direction) for p in parts}
-    if len(keys) > 1:
-        raise ValueError(f"raw shards disagree on (method, metric, direction): {sorted(keys)}: {list(map(str, paths))}")
-    parts = [p for p in parts if p.pair_ids] or parts[:1]
-    return PatchResult.concat(parts)
 
 
 def spearman_table(exact: dict[int, pd.DataFrame], atp: dict[int, pd.DataFrame]) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """The one generic head patcher: a single nnsight trace that overwrites per-head activations row by row.
 
-Every method in this package (naive, exact, AtP, path patching, induction heads) is a loop around
-:func:`run_trace`. A *site* is a per-head activation of one layer:
+Every patching method of :mod:`cotmech.patching` (naive, exact, AtP, path patching, induction heads) and the
+mean-ablation knockout of :mod:`cotmech.circuits` are loops around :func:`run_trace`. A *site* is a per-head activation of one layer:
 
 - ``z``: a head's output, its slice of the attention output projection's input (``hook_z``);
 - ``q``, ``k``, ``v``: a head's query / key / value projection output (llama-family only; ``k``/``v`` are
