@@ -14,8 +14,16 @@ Asserts that ``cached`` gives the same predictions for every removed set (hence 
 prints seconds, the ratio baseline / cached, and how far the segment-aligned curves are from the end-aligned
 ones (the documented change of the means, not an error).
 
+``--search``: instead, the operating point of every ordering two ways, both with segment-aligned means and the
+cached prefix: *exhaustive* (today's code: every step on every example, then ``operating_point``) and
+*bisection* (``circuits.search_curve``: bisection over the steps with early threshold decisions). Prints seconds,
+sequences run and the ratio; asserts equal operating points for every ordering whose exhaustive curve does not
+rise (the case where bisection is exact; a rising curve is reported) and equal accuracies at every step the
+bisection evaluated.
+
   bench_knockout.py                                                      # tiny random model, seconds
   bench_knockout.py --model embedded:qwen2.5-coder-1.5b-instruct --n-examples 4 --steps 5 --dtype float32
+  bench_knockout.py --search --model embedded:qwen2.5-coder-1.5b-instruct --n-examples 16 --steps 11 --dtype bfloat16
 """
 from __future__ import annotations
 
@@ -64,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="grid points over 0..all heads (step_grid)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--search", action="store_true", help="exhaustive vs bisection operating points (see above)")
+    ap.add_argument("--threshold", type=float, default=0.9, help="operating-point threshold (--search)")
     args = ap.parse_args(argv)
 
     from cotmech import circuits as C
@@ -83,17 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     L, H = model.n_layers, model.n_heads
     rng = np.random.default_rng(args.seed)
     grid = C.step_grid(L * H, args.steps)
-    sets = []
+    sets, plans = [], []
     for _ in range(args.orders):
         scores = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
                                "score": rng.random(L * H)})
-        sets += C.sorted_plan(scores, L, H, grid).sets
+        plans.append(C.sorted_plan(scores, L, H, grid).sets)
+        sets += plans[-1]
     distinct = len({frozenset(s) for s in sets if s})
     print(f"model {args.model} ({args.dtype}, {args.device}, {torch.get_num_threads()} threads), CPU {cpu_model()}")
     print(f"{len(clean)} clean sequences of {min(map(len, clean))}-{max(map(len, clean))} tokens (shared prefix "
           f"{prefix}), {len(refs)} references; {args.orders} orderings × grid {grid}: {distinct} distinct removed "
           f"sets + the unablated baseline")
 
+    if args.search:
+        return search(args, model, C, clean, refs, prefix, plans, L * H)
     end_means = C.head_means(model, refs, args.batch_size)
     seg_means = C.head_means(model, refs, args.batch_size, prefix_len=prefix)
     # warm-up (kernels, allocator, nnsight) on short inputs of both paths
@@ -121,6 +134,60 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed-up baseline / cached: {t_base / t_new:.1f}×; full-seg / cached: {t_full / t_new:.1f}×")
     print(f"equal: cached predictions = full-sequence predictions (segment means) for all {distinct} removed sets")
     print(f"segment vs end alignment: max |Δacc| over the curves {float((c_full.acc - c_base.acc).abs().max()):.3f}")
+    return 0
+
+
+def search(args, model, C, clean, refs, prefix, plans, n_total) -> int:
+    """--search: exhaustive curves + operating_point against search_curve, same means, same process."""
+    means = C.head_means(model, refs, args.batch_size, prefix_len=prefix)
+    C.ablated_argmax(model, [clean[0][:prefix + 4]], means, plans[0][1], 1)  # warm-up
+    print("means and warm-up done", flush=True)
+    thr = args.threshold
+
+    t0 = time.perf_counter()
+    base = C.ablated_argmax(model, clean, means, [], args.batch_size)
+    t_base = time.perf_counter() - t0
+    seen: dict = {}
+    t0 = time.perf_counter()
+    ex = []
+    for sets in plans:
+        c = C.curve_for_sets(model, clean, means, sets, base, n_total, args.batch_size, cache=seen)
+        ex.append((c, C.operating_point(c.n_removed.tolist(), c.acc.tolist(), thr)))
+    t_ex = time.perf_counter() - t0
+    print(f"exhaustive: {t_ex:.1f} s (baseline {t_base:.1f} s)", flush=True)
+    n_ex = len(clean) * len(seen)
+    seen_b: dict = {}
+    t0 = time.perf_counter()
+    bi = [C.search_curve(model, clean, means, sets, base, n_total, thr, args.batch_size, seen_b) for sets in plans]
+    t_bi = time.perf_counter() - t0
+    n_bi = 0
+    done: set = set()
+    for sets, (c, _) in zip(plans, bi):  # sequences run per distinct removed set (a set shared by orderings once)
+        for s, r in zip(sets, c.n_run):
+            if frozenset(s) not in done:
+                done.add(frozenset(s))
+                n_bi += int(r)
+    rising = same_op = 0
+    for j, ((ce, ie), (cb, ib)) in enumerate(zip(ex, bi)):
+        ev = cb[cb.evaluated]
+        same = (ev.correct.astype(int).values == ce.correct[cb.evaluated].values).all()
+        assert same, f"ordering {j}: accuracies differ"
+        mono = bool((np.diff(ce.correct.values) <= 0).all())
+        rising += not mono
+        same_op += ib == ie
+        print(f"ordering {j}: exhaustive correct {ce.correct.tolist()} (n {len(clean)}); operating point "
+              f"exhaustive step {ie} ({ce.n_removed[ie]} removed), bisection step {ib} ({cb.n_removed[ib]} removed); "
+              f"bisection evaluated steps {ev.index.tolist()}, sequences run per step {cb.n_run.tolist()}")
+        if mono:
+            assert ib == ie, f"ordering {j}: operating points differ on a non-rising curve"
+    print(f"{'run':<12}{'seconds':>10}{'sequences':>11}")
+    print(f"{'baseline':<12}{t_base:>10.2f}{len(clean):>11}")
+    print(f"{'exhaustive':<12}{t_ex:>10.2f}{n_ex:>11}")
+    print(f"{'bisection':<12}{t_bi:>10.2f}{n_bi:>11}")
+    print(f"speed-up exhaustive / bisection: {t_ex / t_bi:.1f}× (sequences {n_ex / max(n_bi, 1):.1f}×); with the "
+          f"shared unablated baseline: {(t_ex + t_base) / (t_bi + t_base):.1f}×")
+    print(f"equal operating points: {same_op} of {len(plans)} orderings (asserted for the {len(plans) - rising} "
+          f"non-rising curve(s); {rising} rising, where bisection returns a crossing); evaluated accuracies equal")
     return 0
 
 

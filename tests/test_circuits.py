@@ -632,3 +632,157 @@ def test_cached_knockout_curves_equal_the_exhaustive_full_forward(sensitive_mode
             assert torch.equal(cached_cache[key], pred)
         accs |= set(full.acc)
     assert len(accs) > 2  # removals change predictions: the comparison is not vacuous
+
+
+# --------------------------------------------------------------------------------------------------
+# Operating point by bisection with early threshold decisions (circuits.search: bisection)
+# --------------------------------------------------------------------------------------------------
+def _nearest(n_removed, counts, n, threshold):
+    """Oracle: the paper's rule by an explicit loop (nearest the threshold, ties to more removal)."""
+    d = [abs(c / n - threshold) for c in counts]
+    best = min(round(x, 12) for x in d)
+    return max((i for i in range(len(counts)) if round(d[i], 12) == best), key=lambda i: n_removed[i])
+
+
+def _bisect_on(counts, n, threshold, n_removed=None):
+    n_removed = list(range(len(counts))) if n_removed is None else n_removed
+    calls = {"decide": [], "count": []}
+
+    def decide(i, k):
+        calls["decide"].append(i)
+        return counts[i] >= k
+
+    def count(i):
+        calls["count"].append(i)
+        return counts[i]
+    i, got = C.bisect_operating_point(n_removed, n, decide, count, threshold)
+    return i, got, calls
+
+
+def test_bisection_equals_the_exhaustive_operating_point_on_monotone_curves():
+    """Every non-increasing count curve (plateaus, all above, all below, exact hits of the threshold): the
+    bisection's operating point is the explicit-loop nearest step of the whole curve; counted steps are true."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_cases = 0
+    for n in (1, 4, 10, 35):
+        for S in (1, 2, 3, 9, 21):
+            for _ in range(60):
+                counts = sorted(rng.integers(0, n + 1, S).tolist(), reverse=True)
+                if rng.random() < 0.3:
+                    counts[0] = n
+                n_removed = np.cumsum(rng.integers(1, 4, S)).tolist()  # increasing, as every plan's steps
+                for thr in (0.9, 0.5, 0.0, 1.0, float(rng.choice(counts)) / n):
+                    i, got, calls = _bisect_on(counts, n, thr, n_removed)
+                    assert i == _nearest(n_removed, counts, n, thr), (counts, n_removed, thr)
+                    assert all(counts[j] == c for j, c in got.items()) and i in got
+                    assert len(calls["count"]) <= 3 and len(calls["decide"]) <= 2 * (int(np.log2(S)) + 2)
+                    n_cases += 1
+    assert n_cases > 5000
+
+
+def test_bisection_on_a_non_monotone_curve_returns_a_counted_crossing():
+    """Accuracy that rises again: the result is the nearest among the counted steps, which bracket a crossing
+    (documented in docs/DEVIATIONS.md); here it differs from the exhaustive point (the test is not vacuous)."""
+    n, thr = 10, 0.9
+    counts = [10, 9, 3, 3, 9, 9, 2, 9, 0]  # exhaustive: ties at 0.0 distance -> the last 9 (step 7)
+    i, got, _ = _bisect_on(counts, n, thr)
+    assert _nearest(list(range(9)), counts, n, thr) == 7
+    ev = sorted(got)
+    assert i == ev[C.operating_point(ev, [got[j] / n for j in ev], thr)]
+    passes = [j for j in ev if got[j] / n >= thr]
+    fails = [j for j in ev if got[j] / n < thr]
+    assert any(f == p + 1 for p in passes for f in fails)  # a crossing c-1 -> c among the counted steps
+    assert i != 7
+
+
+def test_early_decisions_equal_the_full_evaluation(sensitive_model):
+    """LazyPredictions.decide(k) = (full agreement count >= k) for every k, both paths, batch sizes 1 and 2;
+    its predictions equal ablated_argmax's; some decisions stop early (fewer sequences run)."""
+    m = sensitive_model
+    seqs, refs = _prefixed(m)
+    means = C.head_means(m, refs, batch_size=2, prefix_len=C.common_prefix_len(seqs))
+    base = C.ablated_argmax(m, seqs, means, [], 2)
+    heads = _all_heads(m)
+    early = 0
+    for removed in (heads[:1], heads[5:9], heads[::3]):
+        for method, bs in (("full", 2), ("cached", 1)):
+            want = C.ablated_argmax(m, seqs, means, removed, bs, method)
+            correct = int((want == base).sum())
+            for k in sorted({0, 1, correct, correct + 1, len(seqs), len(seqs) + 1}):  # every boundary
+                u = C.LazyPredictions(m, seqs, means, removed, bs, method)
+                assert u.decide(base, k) == (correct >= k), (removed, method, bs, k)
+                early += u.n_run < len(seqs)
+                assert torch.equal(u.all(), want) and u.n_run == len(seqs)
+    assert early > 0
+
+
+def _monotone(counts):
+    return all(a >= b for a, b in zip(counts, counts[1:]))
+
+
+def test_search_curve_equals_the_exhaustive_curve_on_a_real_knockout(sensitive_model):
+    """Real mean-ablation curves of three orders over every step: evaluated steps' accuracies equal the
+    exhaustive curve's; the operating point equals the exhaustive one where the curve is monotone (some are),
+    else it is the nearest evaluated step; fewer sequences run than the exhaustive sweep."""
+    m = sensitive_model
+    seqs, refs = _prefixed(m)
+    means = C.head_means(m, refs, batch_size=2, prefix_len=C.common_prefix_len(seqs))
+    base = C.ablated_argmax(m, seqs, means, [], 2)
+    heads = _all_heads(m)
+    n_mono = 0
+    for order in (heads, heads[::-1], heads[1::2] + heads[::2]):
+        sets = [order[:n] for n in range(0, len(heads) + 1, 2)]
+        want = C.curve_for_sets(m, seqs, means, sets, base, len(heads), 2)
+        cache: dict = {}
+        got, i = C.search_curve(m, seqs, means, sets, base, len(heads), 0.9, 2, cache)
+        ev = got[got.evaluated]
+        pd.testing.assert_frame_equal(ev[want.columns].reset_index(drop=True),
+                                      want[got.evaluated].reset_index(drop=True), check_dtype=False)
+        assert got[~got.evaluated].acc.isna().all() and bool(got.evaluated.iloc[i])
+        assert got.n_run.sum() < len(seqs) * (len(sets) - 1)
+        key = max(cache, key=len)  # only complete predictions are shared
+        assert torch.equal(cache[key], C.ablated_argmax(m, seqs, means, list(key), 2))
+        exhaustive = C.operating_point(want.n_removed.tolist(), want.acc.tolist(), 0.9)
+        if _monotone(want.correct.tolist()):
+            assert i == exhaustive
+            n_mono += 1
+        else:
+            j = C.operating_point(ev.n_removed.tolist(), ev.acc.tolist(), 0.9)
+            assert i == ev.index[j]
+    assert n_mono >= 1
+
+
+def test_run_knockout_bisection_matches_exhaustive():
+    """run_knockout with search='bisection': same operating points and kept heads as 'exhaustive' for every
+    monotone curve, evaluated steps equal, un-evaluated steps marked; an unknown search is refused."""
+    from cotmech.models import load_model
+
+    tiny_llama = load_model("random:tiny-llama?initializer_range=0.15", dtype="float32", device="cpu")
+    clean = _pairs(tiny_llama, TEXTS * 2, "fictional")
+    for i, p in enumerate(clean):
+        p["example_id"] = f"fictional-{i // 2}"
+        p["pair_id"] = f"{p['example_id']}-k{p['subtask']}"
+    ref = _pairs(tiny_llama, TEXTS[:2], "falseont")
+    kw = dict(steps=17, seed=3, batch_size=4, progress=False, log=lambda *a: None)
+    ex = C.run_knockout(tiny_llama, clean, ref, {"direct": C.BUILTIN}, **kw)
+    bi = C.run_knockout(tiny_llama, clean, ref, {"direct": C.BUILTIN}, search="bisection", **kw)
+    assert ex["curves"].evaluated.all() and not bi["curves"].evaluated.all()
+    keys = ["subtask", "ranking", "scope", "step"]
+    merged = ex["curves"].merge(bi["curves"], on=keys, suffixes=("", "_b"))
+    ev = merged[merged.evaluated_b]
+    assert (ev.acc == ev.acc_b).all() and (ev.correct == ev.correct_b).all()
+    n_mono = n_inner = 0
+    for (k, r, s), c in ex["curves"].groupby(["subtask", "ranking", "scope"]):
+        if not _monotone(c.correct.tolist()):
+            continue
+        n_mono += 1
+        n_inner += 0 < C.operating_point(c.n_removed.tolist(), c.acc.tolist()) < len(c) - 1
+        sel = lambda t: t[(t.subtask == k) & (t.ranking == r) & (t.scope == s)]  # noqa: E731
+        pd.testing.assert_frame_equal(sel(bi["operating_points"]).reset_index(drop=True),
+                                      sel(ex["operating_points"]).reset_index(drop=True))
+        pd.testing.assert_frame_equal(sel(bi["heads"]).reset_index(drop=True), sel(ex["heads"]).reset_index(drop=True))
+    assert n_mono >= 1 and n_inner >= 1  # an operating point inside the curve: not vacuous
+    with pytest.raises(ValueError, match="circuits.search"):
+        C.run_knockout(tiny_llama, clean, ref, {"direct": C.BUILTIN}, search="golden", **kw)

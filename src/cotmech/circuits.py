@@ -22,6 +22,13 @@ float rounding, ``method="full"`` keeps the latter). ``end`` alignment runs ever
 Accuracy. Share of evaluation examples whose ablated argmax next token equals the *unablated* argmax at the
 predicting position (§5), with a Wilson 95% interval over examples.
 
+Operating-point search (``circuits.search``). ``exhaustive`` evaluates every step of every curve. ``bisection``
+(:func:`search_curve`, :func:`bisect_operating_point`) bisects over the steps on "accuracy ≥ threshold", each
+decision running examples batch by batch only until they fix it (:class:`LazyPredictions`, exact), evaluates in
+full the steps around the crossing it finds, and returns the nearest of them: the exhaustive operating point
+whenever accuracy does not rise along the steps, otherwise one crossing (docs/DEVIATIONS.md). Its curves mark the
+measured steps (``evaluated``).
+
 Rankings and procedures (E6). Any head-score table (higher = more important) orders the heads. As the authors'
 scripts: decision/copy-type rankings remove the n lowest scores for every n of a grid (:func:`sorted_plan`); the
 induction ranking removes the heads inside a widening window around the modal Freedman–Diaconis bin of its scores
@@ -151,30 +158,37 @@ def cached_ablated_logits(model, seqs: Sequence[Sequence[int]], means: HeadMeans
     if P == 0:
         raise ValueError("cached_ablated_logits: no shared start-aligned prefix (means.prefix_len = 0 or none shared)")
     cache = ablated_prefix_cache(model, seqs[0][:P], means, removed)
-    shared = prefix_attention == "shared" and _shared_ok(model)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     out: torch.Tensor | None = None
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for idx in chunks(order, batch_size):
-        suf = [list(seqs[i][P:]) for i in idx]
-        R, S = len(suf), max(len(x) for x in suf)
-        ids = torch.tensor([x + [pad] * (S - len(x)) for x in suf], dtype=torch.long)
-        n = torch.tensor([len(seqs[i]) for i in idx])
-        pos = P + torch.arange(S)[None].expand(R, -1)
-        last = [len(x) - 1 for x in suf]
-        keep = sorted(set(last))
-        kwargs = {"input_ids": ids.to(model.device), "position_ids": pos.to(model.device), "use_cache": True,
-                  "attention_mask": torch.ones(R, P + S, dtype=torch.long, device=model.device),
-                  "logits_to_keep": torch.tensor(keep, device=model.device),
-                  _cache_kwarg(model): cache.dynamic(R, model.hf.config, shared=shared)}
-        serve = _serve_prefix(model, cache) if shared else contextlib.nullcontext()
-        with torch.no_grad(), serve, _z_hooks(model, removed, lambda layer: means.values_at(layer, pos, n)):
-            logits = model.hf(**kwargs).logits  # [R, len(keep), vocab]
-        rows = logits[torch.arange(R), torch.tensor([keep.index(j) for j in last])].float().cpu()
+        rows = _suffix_logits(model, seqs, idx, P, cache, means, removed, prefix_attention)
         if out is None:
             out = torch.empty(len(seqs), rows.shape[-1])
         out[list(idx)] = rows
     return out
+
+
+def _suffix_logits(model, seqs: Sequence[Sequence[int]], idx: Sequence[int], P: int, cache: PrefixCache,
+                   means: HeadMeans, removed: Sequence[Head], prefix_attention: str = "shared") -> torch.Tensor:
+    """One batch of :func:`cached_ablated_logits`: the suffixes of ``seqs[i]`` for i in ``idx`` over the ablated
+    prefix ``cache`` of P tokens; logits at each predicting position [len(idx), vocab]."""
+    shared = prefix_attention == "shared" and _shared_ok(model)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    suf = [list(seqs[i][P:]) for i in idx]
+    R, S = len(suf), max(len(x) for x in suf)
+    ids = torch.tensor([x + [pad] * (S - len(x)) for x in suf], dtype=torch.long)
+    n = torch.tensor([len(seqs[i]) for i in idx])
+    pos = P + torch.arange(S)[None].expand(R, -1)
+    last = [len(x) - 1 for x in suf]
+    keep = sorted(set(last))
+    kwargs = {"input_ids": ids.to(model.device), "position_ids": pos.to(model.device), "use_cache": True,
+              "attention_mask": torch.ones(R, P + S, dtype=torch.long, device=model.device),
+              "logits_to_keep": torch.tensor(keep, device=model.device),
+              _cache_kwarg(model): cache.dynamic(R, model.hf.config, shared=shared)}
+    serve = _serve_prefix(model, cache) if shared else contextlib.nullcontext()
+    with torch.no_grad(), serve, _z_hooks(model, removed, lambda layer: means.values_at(layer, pos, n)):
+        logits = model.hf(**kwargs).logits  # [R, len(keep), vocab]
+    return logits[torch.arange(R), torch.tensor([keep.index(j) for j in last])].float().cpu()
 
 
 METHODS = ("auto", "full", "cached")
@@ -427,6 +441,169 @@ def operating_point(n_removed: Sequence[int], acc: Sequence[float], threshold: f
         if best is None or key < best[0]:
             best = (key, i)
     return best[1]
+
+
+SEARCHES = ("exhaustive", "bisection")
+
+
+class LazyPredictions:
+    """Ablated argmax of every sequence for one removed set, computed batch by batch on demand (the batches and
+    code of :func:`ablated_argmax`, so each prediction is the same number), so that a threshold decision can stop
+    as soon as it is fixed (:meth:`decide`) and a later full evaluation (:meth:`all`) continues where it stopped."""
+
+    def __init__(self, model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed: Sequence[Head],
+                 batch_size: int = 8, method: str = "auto"):
+        if method not in METHODS:
+            raise ValueError(f"LazyPredictions: method must be one of {METHODS}, got {method!r}")
+        self.model, self.seqs, self.means, self.removed = model, seqs, means, list(removed)
+        self.P = cacheable_prefix(seqs, means) if method != "full" else 0
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        self.batches = [list(idx) for idx in chunks(order, batch_size)]
+        self.pred = torch.full((len(seqs),), -1, dtype=torch.long)  # -1: not run yet
+        self.next = 0  # next batch to run
+        self.n_run = 0  # sequences run so far
+        self._cache: PrefixCache | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.next == len(self.batches)
+
+    def _step(self) -> None:
+        idx = self.batches[self.next]
+        if self.P > 0:
+            if self._cache is None:
+                self._cache = ablated_prefix_cache(self.model, self.seqs[0][:self.P], self.means, self.removed)
+            logits = _suffix_logits(self.model, self.seqs, idx, self.P, self._cache, self.means, self.removed)
+        else:
+            batch = left_pad([self.seqs[i] for i in idx], self.model.tokenizer.pad_token_id)
+            logits = ablated_last_logits(self.model, batch, self.means, self.removed)
+        self.pred[idx] = logits.argmax(-1)
+        self.next += 1
+        self.n_run += len(idx)
+        if self.complete:
+            self._cache = None
+
+    def all(self) -> torch.Tensor:
+        """Every prediction [n] (equal to :func:`ablated_argmax` with the same arguments)."""
+        while not self.complete:
+            self._step()
+        return self.pred
+
+    def decide(self, baseline: torch.Tensor, k: int) -> bool:
+        """Whether at least ``k`` predictions equal ``baseline``: runs batches only until the answer is fixed
+        by the predictions seen so far (exact)."""
+        while True:
+            ran = self.pred >= 0
+            correct = int((self.pred[ran] == baseline[ran]).sum())
+            if correct >= k:
+                return True
+            if correct + int((~ran).sum()) < k:
+                return False
+            self._step()
+
+
+def threshold_count(n: int, threshold: float) -> int:
+    """Smallest number of agreeing examples k out of ``n`` with k / n >= ``threshold`` (the float comparison of
+    the accuracy column); n + 1 if none."""
+    return next((k for k in range(n + 1) if k / n >= threshold), n + 1)
+
+
+def bisect_operating_point(n_removed: Sequence[int], n: int, decide, count, threshold: float = 0.9
+                           ) -> tuple[int, dict[int, int]]:
+    """Operating point of a curve over steps 0…S−1 (``n_removed`` increasing) by bisection, from threshold
+    decisions ``decide(i, k)`` (at least k of the n examples agree at step i) and full counts ``count(i)``.
+
+    1. Bisection on "acc ≥ threshold" finds a crossing: steps c−1 (passes) and c (fails; c = S if every probed
+       step passes, c = 0 if step 0 fails). 2. Steps c−1 and c are counted in full. 3. If c is at least as near
+       the threshold as c−1 (ties go to more removal), a second bisection on "correct ≥ correct(c)" finds the end
+       e of c's plateau, counted in full. Returns (the :func:`operating_point` among the fully counted steps,
+       {step: count} of those steps). When accuracy is non-increasing along the steps this is the exhaustive
+       :func:`operating_point` of the whole curve (the nearest step is c−1, or the last step with c's accuracy);
+       otherwise it is the nearest counted step around the crossing that the bisection found."""
+    S = len(n_removed)
+    if S == 0 or n < 1:
+        raise ValueError("bisect_operating_point: need at least one step and one example")
+    if any(a >= b for a, b in zip(n_removed, n_removed[1:])):
+        raise ValueError("bisect_operating_point: n_removed must increase from step to step")
+    counts: dict[int, int] = {}
+
+    def op() -> int:
+        ev = sorted(counts)
+        return ev[operating_point([n_removed[i] for i in ev], [counts[i] / n for i in ev], threshold)]
+
+    k_thr = threshold_count(n, threshold)
+    lo, hi = -1, S
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if decide(mid, k_thr):
+            lo = mid
+        else:
+            hi = mid
+    for i in (lo, hi):
+        if 0 <= i < S:
+            counts[i] = count(i)
+    if hi < S and op() == hi:
+        a, b = hi, S  # decide(a, counts[hi]) holds; the last step with at least c's count
+        while b - a > 1:
+            mid = (a + b) // 2
+            if decide(mid, counts[hi]):
+                a = mid
+            else:
+                b = mid
+        if a not in counts:
+            counts[a] = count(a)
+    return op(), counts
+
+
+def search_curve(model, seqs: Sequence[Sequence[int]], means: HeadMeans, sets: Sequence[Sequence[Head]],
+                 baseline: torch.Tensor, n_total: int, threshold: float = 0.9, batch_size: int = 8,
+                 cache: dict | None = None, method: str = "auto") -> tuple[pd.DataFrame, int]:
+    """The operating point of the removed-head ``sets`` (nested steps) by :func:`bisect_operating_point`, each
+    threshold decision stopping as soon as it is fixed (:meth:`LazyPredictions.decide`). Returns (curve, index
+    of the operating point): the curve has a row per step as :func:`curve_for_sets` plus ``evaluated`` (True:
+    every example run, its accuracy is measured; False: correct, acc and the interval are NaN) and ``n_run``
+    (sequences run for the step by this search; 0 where ``cache`` or the baseline had it). Fully evaluated sets
+    go into ``cache``."""
+    cache = {} if cache is None else cache
+    n = len(seqs)
+    lazy: dict[frozenset, LazyPredictions] = {}
+
+    def unit(i):
+        key = frozenset(sets[i])
+        if not key or key in cache:
+            return None
+        if key not in lazy:
+            lazy[key] = LazyPredictions(model, seqs, means, sets[i], batch_size, method)
+        return lazy[key]
+
+    def full(i) -> torch.Tensor:
+        u = unit(i)
+        if u is None:
+            return baseline if not sets[i] else cache[frozenset(sets[i])]
+        pred = u.all()
+        cache[frozenset(sets[i])] = pred
+        return pred
+
+    def decide(i, k) -> bool:
+        u = unit(i)
+        if u is None:
+            return int((full(i) == baseline).sum()) >= k
+        return u.decide(baseline, k)
+
+    count = lambda i: int((full(i) == baseline).sum())  # noqa: E731
+    i_op, counts = bisect_operating_point([len(s) for s in sets], n, decide, count, threshold)
+    rows = []
+    for i, removed in enumerate(sets):
+        r = dict(n_removed=len(removed), n_kept=n_total - len(removed))
+        if i in counts:
+            r.update(_acc_row(full(i), baseline), evaluated=True)
+        else:
+            r.update(n=n, correct=np.nan, acc=np.nan, ci_low=np.nan, ci_high=np.nan, evaluated=False)
+        u = lazy.get(frozenset(removed))
+        r["n_run"] = u.n_run if u is not None else 0
+        rows.append(r)
+    cols = ["n_removed", "n_kept", "n", "correct", "acc", "ci_low", "ci_high", "evaluated", "n_run"]
+    return pd.DataFrame(rows, columns=cols), i_op
 
 
 def split_examples(example_ids: Iterable[str], rank_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -772,7 +949,8 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
                  n_reference: int | None = None, batch_size: int = 8, window_rankings: Sequence[str] = (),
                  window_widths: int = 10, other_data: Sequence[str] = (), primary: str | None = None,
                  isolation_spec: dict | None = None, cross_spec: dict | None = None,
-                 mean_alignment: str = "segment", progress: bool = True, log=print) -> dict[str, pd.DataFrame]:
+                 mean_alignment: str = "segment", search: str = "exhaustive", progress: bool = True,
+                 log=print) -> dict[str, pd.DataFrame]:
     """Knockout curves for every subtask and ranking (E6) and the within-subtask E7 experiments.
 
     ``rankings``: name -> a :data:`BUILTINS` key, or a table path with an optional ``{subtask}`` placeholder, or a
@@ -784,11 +962,15 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
     the subtask's circuit (column ``primary``; default the first ranking). ``isolation_spec`` {main, others} and
     ``cross_spec`` {base, others, steps, stop} run :func:`isolation` and :func:`cross_removal` on the held-out
     circuits. ``mean_alignment`` (:data:`ALIGNMENTS`, :func:`alignment_prefix`): the reference means' alignment.
+    ``search`` (:data:`SEARCHES`): ``exhaustive`` evaluates every step of every curve; ``bisection`` finds each
+    operating point by :func:`search_curve` and evaluates only the steps it needs (column ``evaluated``).
     Returns tables ``curves``, ``operating_points``, ``heads``, ``isolation``, ``cross_removal``.
     Subtasks are independent given the split, so the workflow runs one job per subtask (:func:`merge_knockout`).
     """
     _check_pairs(clean, "clean pairs")
     _check_pairs(reference, "reference pairs")
+    if search not in SEARCHES:
+        raise ValueError(f"circuits.search must be one of {SEARCHES}, got {search!r}")
     have = sorted({int(p["subtask"]) for p in clean})
     subtasks = have if subtasks is None else [int(k) for k in subtasks]
     n_total = model.n_total_heads
@@ -820,7 +1002,13 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
             plan = (window_plan(r.scores, L, H, window_widths) if r.name in window_rankings
                     else sorted_plan(r.scores, L, H, grid))
             plans[(r.name, r.scope)] = plan
-            c = curve_for_sets(model, eval_seqs, means, plan.sets, baseline, n_total, batch_size, progress, seen)
+            if search == "bisection":
+                c, i = search_curve(model, eval_seqs, means, plan.sets, baseline, n_total, threshold, batch_size,
+                                    seen)
+            else:
+                c = curve_for_sets(model, eval_seqs, means, plan.sets, baseline, n_total, batch_size, progress, seen)
+                c["evaluated"] = True
+                i = operating_point(c.n_removed.tolist(), c.acc.tolist(), threshold)
             c.insert(0, "step", range(len(c)))
             lo_hi = plan.windows or [(np.nan, np.nan)] * len(c)
             c["window_low"], c["window_high"] = [w[0] for w in lo_hi], [w[1] for w in lo_hi]
@@ -828,7 +1016,6 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
                            ("ranking", r.name), ("kind", d.kind), ("subtask", k)):
                 c.insert(0, col, v)
             curves.append(c)
-            i = operating_point(c.n_removed.tolist(), c.acc.tolist(), threshold)
             op = c.iloc[i]
             ops.append(dict(subtask=k, kind=d.kind, ranking=r.name, scope=r.scope, heldout=r.heldout,
                             n_removed=int(op.n_removed), n_kept=int(op.n_kept), acc=float(op.acc),
@@ -959,6 +1146,8 @@ def plot_curves(curves: pd.DataFrame, ops: pd.DataFrame, kind: str, n_total: int
     for ax, k in zip(axes[0], ks):
         for i, (name, scope) in enumerate(combos):
             c = df[(df["subtask"] == k) & (df["ranking"] == name) & (df["scope"] == scope)]
+            if "evaluated" in c:  # bisection: only the measured steps (NaN in older tables = measured)
+                c = c[c["evaluated"].fillna(True).astype(bool)]
             if c.empty:
                 continue
             ls = "--" if scope == "eval_split" else _STYLES[(i // len(_MARKERS)) % len(_STYLES)]
@@ -1002,7 +1191,7 @@ def plot_overlap(overlap: pd.DataFrame, subtasks: Sequence[int], stem) -> list:
 
 #: keys of config section ``circuits`` that are :func:`run_knockout` keyword arguments of the same name
 KNOCKOUT_KEYS = ("subtasks", "steps", "threshold", "rank_fraction", "n_examples", "n_reference", "batch_size",
-                 "window_rankings", "window_widths", "other_data", "primary", "mean_alignment")
+                 "window_rankings", "window_widths", "other_data", "primary", "mean_alignment", "search")
 #: the keys of :func:`run_cross_subtask`
 CROSS_SUBTASK_KEYS = ("subtasks", "rank_fraction", "n_examples", "n_reference", "batch_size", "mean_alignment")
 
