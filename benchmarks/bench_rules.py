@@ -425,6 +425,15 @@ class Bench:
         inner = [g for g in grid if 0 < g < n_total]
         distinct = ((n_orders - n_window) * len(inner) + n_window * int(cc["window_widths"])
                     + (1 if n_total in grid else 0))
+        search_note = "every step evaluated (circuits.search: exhaustive)"
+        if cc["search"] == "bisection":  # per ordering: the bisection's decisions + at most 3 full evaluations
+            def probes(n_sets: int) -> int:
+                return min(n_sets, math.ceil(math.log2(n_sets + 1)) + 3)
+            distinct = min(distinct, (n_orders - n_window) * probes(len(inner) + 1)
+                           + n_window * probes(int(cc["window_widths"])))
+            search_note = (f"circuits.search: bisection: per ordering at most ceil(log2(steps + 1)) threshold "
+                           f"decisions + 3 full evaluations of {len(grid)} steps, every decision counted in full "
+                           f"(upper bound: decisions stop early, the plateau search runs only sometimes)")
         u_means = u_direct = u_ablate = 0
         for k in subtasks:
             ck = st.pairs_k(clean_d, k) if cc["n_examples"] is None else min(cc["n_examples"], st.pairs_k(clean_d, k))
@@ -461,7 +470,7 @@ class Bench:
                         f"per subtask: evaluation split × (1 baseline + {distinct} distinct removed sets = {n_orders} "
                         f"orderings [rankings {list(cc['rankings'])}{f', skipped {skipped}' if skipped else ''}] × "
                         f"{len(inner)} inner steps + all heads once) = {u_ablate} (upper bound: identical sets share "
-                        f"a run); sample: {n_total // 2} heads removed, batch {bs}"))
+                        f"a run); {search_note}; sample: {n_total // 2} heads removed, batch {bs}"))
         return rows
 
     def head_roles(self, s: int) -> list[Row]:

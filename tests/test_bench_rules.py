@@ -125,6 +125,23 @@ def test_every_rule_on_a_tiny_model(tmp_path):
     assert peak == {""}  # CPU run: no GPU memory column
 
 
+def test_knockout_units_under_bisection(tmp_path):
+    """circuits.search: bisection counts, per ordering, ceil(log2(steps + 1)) decisions + 3 full evaluations over
+    the non-baseline steps (capped by the exhaustive count); exhaustive counts every step."""
+    def ablated(search: str, steps: int) -> float:
+        cfg = {**TINY, "circuits": {**TINY["circuits"], "steps": steps, "search": search}}
+        rows = _run(tmp_path, cfg, "--rules", "knockout")
+        return float(rows[("knockout", "ablated forwards")]["units_at_scale"])
+
+    n_sub, n_eval = len(TINY["circuits"]["subtasks"]), 2  # 4 clean pairs per subtask, half evaluated
+    # 16 heads, 9 steps: grid 0, 2, ..., 16 -> 8 non-baseline steps per sorted ordering (7 inner + all heads);
+    # 8 sorted orderings (4 rankings × 2 splits), induction: 10 FD windows
+    assert ablated("exhaustive", 9) == n_sub * n_eval * (1 + 8 * 7 + 10 + 1)
+    probes = lambda n: min(n, math.ceil(math.log2(n + 1)) + 3)  # noqa: E731
+    assert probes(8) == 7 and probes(10) == 7
+    assert ablated("bisection", 9) == n_sub * n_eval * (1 + 8 * probes(8) + probes(10))
+
+
 def test_counts_scale_with_the_correct_share(tmp_path):
     """require_correct: --correct 0.5 keeps 3 of 6 examples; pairs built for 2 (--count-examples) and scaled."""
     cfg = {**TINY, "pairs": {"require_correct": True},

@@ -112,8 +112,10 @@ def test_floor_check_catches_a_config_below_a_floor(tmp_path, key, value, floor)
     assert any(floor in b for b in bad), bad
 
 
-def test_findings_config_has_the_knockout_speed_placeholder():
-    assert "knockout speed option (circuits.search) goes here" in FINDINGS.read_text()
+def test_findings_config_finds_operating_points_by_bisection():
+    """The 2-hour budget rests on the knockout's bisection (bench_rules counts it); config.yaml keeps every step."""
+    assert cfgmod.load(FINDINGS, BASE)["circuits"]["search"] == "bisection"
+    assert cfgmod.load(BASE)["circuits"]["search"] == "exhaustive"
 
 
 # --------------------------------------------------------------------------------------------------
