@@ -780,7 +780,8 @@ TABLES = ("depth_maps.parquet", "depth_summary.csv", "sources.csv", "head_source
 
 
 def tables(traces: Sequence[dict], tokenizer: Any = None, pairs: dict[str, dict] | None = None,
-           meta: dict | None = None, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> tuple[dict[str, Any], dict]:
+           meta: dict | None = None, n_boot: int = 1000, seed: int = 0,
+           ci: float = 0.95) -> tuple[dict[str, Any], dict]:
     """Every flow table of ``traces`` ({file name: frame}, the names of :data:`TABLES`) and the summary dict
     (``n_boot``, ``seed``, ``ci``: the cluster bootstrap of the rift headline and the per-layer shares)."""
     import pandas as pd
