@@ -15,7 +15,6 @@ the log say how many were used):
 from __future__ import annotations
 
 import sys
-import time
 
 from cotmech import config
 from cotmech.cli import add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
@@ -58,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.io import RecordError, read_jsonl, read_table, write_table
     from cotmech.models import ModelSpecError
     from cotmech.patching.data import load_pairs
-    from cotmech.patch_results import PatchResult, load_raw, save_raw
-    from cotmech.patching.run import sweep, write_scores
+    from cotmech.patch_results import load_raw, save_raw
+    from cotmech.patching.run import run, write_scores
     from cotmech.patching.scores import spearman_table
 
     try:
@@ -103,23 +102,15 @@ def main(argv: list[str] | None = None) -> int:
               f"shard {i}/{n}: {len(pairs)} of them", flush=True)
         model = load_from_args(args, settings)
         check_pair_ids(model, pairs, args.pairs)
-        t1 = time.time()
-        # an empty shard still writes its (empty) part
-        res = sweep(model, pairs, method, opts) if pairs else PatchResult.empty(
-            method, opts["metric"], opts["direction"], model.n_layers, model.n_heads)
-        print(f"{method}: {len(pairs)} pairs x {model.n_layers * model.n_heads} heads in {time.time() - t1:.1f} s",
-              flush=True)
+        res, atp, df = run(model, pairs, opts, seed, method=method, subtask=args.subtask,
+                           atp=bool(args.atp_raw), table=bool(args.out))
         if args.raw:
             save_raw(args.raw, res)
         if args.atp_raw:
-            t2 = time.time()
-            atp = sweep(model, pairs, "atp", opts) if pairs else PatchResult.empty(
-                "atp", opts["metric"], opts["direction"], model.n_layers, model.n_heads)
             save_raw(args.atp_raw, atp)
-            print(f"atp: {len(pairs)} pairs in {time.time() - t2:.1f} s", flush=True)
         if args.out:
             write_scores(res, args.subtask if args.subtask is not None else -1, args.out, args.figure,
-                         opts["n_boot"], seed)
+                         opts["n_boot"], seed, df=df)
     except (RecordError, ModelSpecError, ValueError) as e:
         return fail(e)
     return 0

@@ -16,47 +16,26 @@ lens is evaluated only on the examples held out from its training (--tuned-repor
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 
 from cotmech import config
-from cotmech.cli import (add_activation_args, add_model_args, check_pair_ids, check_tables, fail, load_from_args,
-                         parser, read_settings)
+from cotmech.cli import add_activation_args, add_model_args, check_tables, fail, load_from_args, parser, read_settings
 
 
 def _dataset(args: argparse.Namespace, settings: dict) -> None:
-    import torch
-
-    from cotmech.lens import load_tuned_lens
-    from cotmech.unembed import make_unembed
     from cotmech.io import write_table
-    from cotmech.prior_shift import heldout_rows, layer_table, load_activations, plot_curves, run_lenses
-    from cotmech.stats import select_rows
+    from cotmech.lens import load_tuned_lens
+    from cotmech.prior_shift import load_activations, plot_curves, run
 
-    cfg = config.section(settings, "prior_shift")
-    seed = config.value(settings, "seed")
     tensors, index = load_activations(args.pairs, args.activations, args.index, keys=("resid",))
-    rows = select_rows(index, cfg["max_per_subtask"], seed)
-    index = index.iloc[rows].reset_index(drop=True)
-    resid = tensors["resid"][torch.as_tensor(rows)]
     model = load_from_args(args, settings)
-    check_pair_ids(model, index.to_dict("records"), args.pairs)
-    lens = make_unembed(model)
     tuned = load_tuned_lens(args.tuned_lens) if args.tuned_lens else None
     if tuned is not None and (tuned.n_layers, tuned.d_model) != (model.n_layers, model.d_model):
         raise ValueError(f"{args.tuned_lens}: tuned lens is for {tuned.n_layers} layers × d {tuned.d_model}, "
                          f"model has {model.n_layers} × {model.d_model}")
-    print(f"lens fast path: {lens.fast}; {len(index)} of {len(rows)} rows", flush=True)
-    t1 = time.time()
-    frame, facts = run_lenses(model, lens, resid, index, tuned, top_k=int(cfg["top_k"]),
-                              prior_batch_size=int(cfg["prior_batch_size"]))
-    frame.insert(0, "dataset", args.dataset)
-    if tuned is not None:
-        frame = heldout_rows(frame, _heldout(args.tuned_report))
-    print(f"lenses done in {time.time() - t1:.1f} s: {json.dumps(facts)}", flush=True)
-    table = layer_table(frame, model.n_layers, int(cfg["n_boot"]), seed, float(cfg["ci"]))
-    table.insert(0, "dataset", args.dataset)
+    frame, table = run(model, tensors["resid"], index, config.section(settings, "prior_shift"),
+                       config.value(settings, "seed"), dataset=args.dataset, tuned=tuned,
+                       heldout=_heldout(args.tuned_report) if tuned is not None else None, where=args.pairs)
     write_table(args.rows, frame)
     write_table(args.table, table)
     plot_curves(table, args.dataset, args.figure)
@@ -75,41 +54,23 @@ def _heldout(path: str | None) -> list[str]:
 
 
 def _rift(args: argparse.Namespace, settings: dict) -> None:
-    import pandas as pd
-
     from cotmech.io import RecordError, read_table, write_json
-    from cotmech.prior_shift import (PAPER_RIFT, RIFT_DEFINITION, heldout_rows, layer_table, plot_curves,
-                                     rift_summary)
+    from cotmech.prior_shift import ROWS_COLUMNS, plot_curves, rift
 
-    cfg = config.section(settings, "prior_shift")
-    seed, n_boot, ci = config.value(settings, "seed"), int(cfg["n_boot"]), float(cfg["ci"])
     frames = []
     for p in args.rows:
         df = read_table(p)
-        for col in ("dataset", "lens", "pair_id", "example_id", "layer", "js_final", "js_prior", "top1_in_context",
-                    "prefers_context"):
+        for col in ROWS_COLUMNS:
             if col not in df.columns:
                 raise RecordError(f"{p}: missing column {col!r} (not a prior_shift rows table?)")
         frames.append(df)
-    rows = pd.concat(frames, ignore_index=True)
-    if (rows["lens"] == "tuned").any():
-        rows = heldout_rows(rows, _heldout(args.tuned_report))
-    n_layers = int(rows["layer"].max())
-    rows["example_id"] = rows["dataset"].astype(str) + "/" + rows["example_id"].astype(str)
-    rows["pair_id"] = rows["dataset"].astype(str) + "/" + rows["pair_id"].astype(str)
-    out = {"label": "extension (not the paper's statistic; the paper's is flow/<dataset>/summary.json)",
-           "definition": RIFT_DEFINITION, "divergence": "Jensen-Shannon, bits", "n_layers": n_layers,
-           "tuned_lens_rows": "examples held out from tuned-lens training only",
-           "context_abidance": "share of (pair, layer) cells whose lens top-1 token is a prompt token",
-           "bootstrap": f"{n_boot} cluster resamples of examples, seed {seed}, {ci:.0%} percentile CI",
-           "paper": PAPER_RIFT, "datasets": {}}
-    for name, part in [("all", rows)] + list(rows.groupby("dataset", sort=True)):
-        out["datasets"][name] = {lens: rift_summary(r, n_layers, n_boot, seed, ci)
-                                 for lens, r in part.groupby("lens", sort=False)}
+    tuned = any((df["lens"] == "tuned").any() for df in frames)
+    out, table = rift(frames, config.section(settings, "prior_shift"), config.value(settings, "seed"),
+                      heldout=_heldout(args.tuned_report) if tuned else None)
     write_json(args.out, out)
-    table = layer_table(rows, n_layers, n_boot, seed, ci)
     rifts = {lens: v["rift_layer"] for lens, v in out["datasets"]["all"].items()}
     plot_curves(table, "all datasets", args.figure, rifts)
+    n_layers = out["n_layers"]
     for lens, v in out["datasets"]["all"].items():
         print(f"{lens} lens (extension): rift layer {v['rift_layer']} of {n_layers} "
               f"(CI {v['ci_low']}–{v['ci_high']}), "

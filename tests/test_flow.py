@@ -595,3 +595,72 @@ def test_important_mask_mean_over_subtasks_and_heads_outside_the_model():
     # a subtask's own scores: subtask 0 ranks (0, 0) (NaN ci_low) and (2, 0); subtask 1 ranks (3, 1) and (1, 1)
     assert flow.important_mask(df, 4, 2, top_k=4, subtask=0).nonzero().tolist() == [[0, 0], [2, 0]]
     assert flow.important_mask(df, 4, 2, top_k=5, subtask=1).nonzero().tolist() == [[0, 0], [1, 1], [3, 1]]
+
+
+def test_run_equals_the_steps_one_by_one():
+    """cotmech.flow.run (the script's entry point) against the steps called one by one: example choice, the
+    per-subtask pruned circuits (mean-ablated elsewhere) or a ranking's top-k mask, trace_example per example, then
+    every table and the summary (seconds aside)."""
+    import pandas as pd
+
+    from cotmech import config
+
+    model = load_model("random:tiny-llama", dtype="float32", device="cpu")
+    g = torch.Generator().manual_seed(11)
+    pairs, ref = [], []
+    for e in range(3):
+        ids = torch.randint(10, 400, (16,), generator=g).tolist()
+        for k, n in ((0, 11), (1, 16)):
+            pairs.append({"pair_id": f"e{e}-k{k}", "example_id": f"e{e}", "subtask": k, "clean_ids": ids[:n],
+                          "answer_id": ids[2]})
+            ref.append({"pair_id": f"r{e}-k{k}", "example_id": f"r{e}", "subtask": k,
+                        "clean_ids": torch.randint(10, 400, (n,), generator=g).tolist(), "answer_id": 5})
+    kept = {0: {(3, 1), (2, 0), (1, 2), (0, 3)}, 1: {(3, 0), (3, 2), (2, 1), (1, 1), (0, 0)}}
+    heads = pd.DataFrame([dict(subtask=k, ranking="induction", scope="rank_split", layer=la, head=h,
+                               removal_rank=4 * la + h, kept=(la, h) in kept[k])
+                          for k in (0, 1) for la in range(4) for h in range(4)])
+    ranking = pd.DataFrame([dict(subtask=k, layer=la, head=h, score=float((7 * la + 3 * h + k) % 5))
+                            for k in (0, 1) for la in range(4) for h in range(4)])
+    base = {"n_examples": 2, "subtasks": None, "circuit_ranking": "induction", "start": "argmax", "n_boot": 40,
+            "ci": 0.9, "l": 3, "k": 1, "p": 1, "prefilter": None, "top_k": 6}
+    cs = config.section({"circuits": {"subtasks": [1], "n_reference": None, "batch_size": 2}}, "circuits")
+    names = {"pairs": "P", "circuit_heads": "H", "ranking": "R"}
+    for pruned in (True, False):
+        fs = config.section({"flow": {**base, "pruned": pruned}}, "flow")
+        traces, frames, summary = flow.run(model, pairs, fs, 4, circuits_cfg=cs, heads=heads, reference=ref,
+                                           ranking=ranking, alignment=0, names=names, log=lambda m: None)
+        fcfg = flow.FlowConfig(l=3, k=1, p=1, prefilter=None, start="argmax")
+        # pruned: subtasks from circuits (only 1); unpruned: flow.subtasks None -> all
+        chosen = flow.select_examples(pairs, 2, [1] if pruned else None)
+        assert list(chosen) == ["e0", "e1"]
+        ref_traces = []
+        if pruned:
+            circ = flow.pruned_circuits(model, heads, "induction", ref, [1], None, 4, 2, 0)
+            for ps in chosen.values():
+                ref_traces += flow.trace_example(model, ps, fcfg, None, None, circ.__getitem__)
+            assert all(tr["subtask"] == 1 and {(n["layer"], n["head"]) for n in tr["nodes"]} <= kept[1]
+                       for tr in ref_traces)
+        else:
+            masks = {k: flow.important_mask(ranking, 4, 4, 6, subtask=k) for k in (0, 1)}
+            assert all(int(m.sum()) == 6 for m in masks.values()) and not torch.equal(masks[0], masks[1])
+            for ps in chosen.values():
+                ref_traces += flow.trace_example(model, ps, fcfg, None, masks.__getitem__, None)
+        assert traces == ref_traces and len(traces) == (2 if pruned else 4)
+        ref_frames, ref_summary = flow.tables(ref_traces, model.tokenizer, {p["pair_id"]: p for p in pairs},
+                                              n_boot=40, seed=4, ci=0.9)
+        assert list(frames) == list(flow.TABLES)
+        for name in flow.TABLES:
+            pd.testing.assert_frame_equal(frames[name], ref_frames[name])
+        assert summary.pop("seconds") >= 0
+        assert summary["pruned"] is pruned and summary["circuit_heads"] == ("H" if pruned else None)
+        assert summary["ranking"] == (None if pruned else "R") and summary["top_k"] == (None if pruned else 6)
+        assert summary["argmax_is_answer"] == sum(t["argmax_is_answer"] for t in ref_traces)
+        for key in ("model", "pairs", "config", "model_state", "pruned", "circuit_heads", "ranking", "top_k",
+                    "argmax_is_answer"):
+            summary.pop(key)
+        assert summary == ref_summary
+    with pytest.raises(ValueError, match="H: .*no knockout circuit for subtask 2"):
+        flow.run(model, pairs + [{**pairs[0], "pair_id": "e0-k2", "subtask": 2}],
+                 config.section({"flow": {**base, "pruned": True}}, "flow"), 4,
+                 circuits_cfg=config.section({"circuits": {"subtasks": [2]}}, "circuits"), heads=heads,
+                 reference=ref, names=names, log=lambda m: None)

@@ -74,3 +74,39 @@ def test_workflow_passes_the_configs_n_pairs():
     for j in jobs:
         assert f" --n-pairs {want if want else 'all'} " in j["shellcmd"], j["shellcmd"]
         assert j["settings"]["patching"]["n_pairs"] == want
+
+
+def test_run_equals_the_sweeps_and_score_table(pairs_file):
+    """cotmech.patching.run.run (the script's entry point) against its steps called directly: the method's sweep
+    (exact here; AtP on the same pairs on request), and the bootstrap head table seeded by (seed, subtask, method);
+    an empty shard gives empty results of the model's shape."""
+    import numpy as np
+    import pandas as pd
+
+    from cotmech import config
+    from cotmech.models import load_model
+    from cotmech.patching import atp_sweep, exact_sweep, load_pairs, score_table
+    from cotmech.patching.run import run, sub_seed
+
+    model = load_model(MODEL, dtype="float32", device="cpu")
+    pairs = load_pairs(pairs_file, subtask=2, limit=5)
+    cfg = config.section({"patching": {"n_boot": 30, "method": "exact"}}, "patching")
+    res, atp, df = run(model, pairs, cfg, 9, subtask=2, atp=True, log=lambda m: None)
+    kw = dict(metric=cfg["metric"], direction=cfg["direction"], progress=False)
+    ref = exact_sweep(model, pairs, head_batch=cfg["head_batch"], **kw)
+    ref_atp = atp_sweep(model, pairs, pair_batch=cfg["pair_batch"], **kw)
+    assert res.method == "exact" and atp.method == "atp" and res.pair_ids == ref.pair_ids
+    for a, b in ((res, ref), (atp, ref_atp)):
+        for f in ("patched", "base", "source"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    pd.testing.assert_frame_equal(df, score_table(ref, 2, n_boot=30, seed=sub_seed(9, "boot", 2, "exact")))
+    assert (df["n"] == 5).all() and len(df) == model.n_layers * model.n_heads
+    # method override, no subtask -> table for subtask -1; no table when not asked
+    res2, atp2, df2 = run(model, pairs[:2], cfg, 9, method="atp", table=False, log=lambda m: None)
+    assert res2.method == "atp" and atp2 is None and df2 is None
+    np.testing.assert_array_equal(res2.patched, ref_atp.patched[:2])
+    _, _, df3 = run(model, pairs[:2], cfg, 9, method="atp", log=lambda m: None)
+    pd.testing.assert_frame_equal(df3, score_table(res2, -1, n_boot=30, seed=sub_seed(9, "boot", -1, "atp")))
+    empty, eatp, _ = run(model, [], cfg, 9, subtask=2, atp=True, table=False, log=lambda m: None)
+    assert empty.patched.shape == (0, model.n_layers, model.n_heads) and eatp.patched.shape[0] == 0
+    assert empty.method == "exact" and eatp.method == "atp"

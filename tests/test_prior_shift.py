@@ -317,3 +317,60 @@ def test_split_without_a_rift_layer_reports_empty_halves():
     assert s["rift_layer"] is None
     assert s["context_abidance_rift"] == {"below": empty, "above": empty}
     assert s["context_abidance_midpoint"]["below"]["mean"] is not None
+
+
+def test_run_and_rift_equal_the_lower_level_steps(inputs):
+    # cotmech.prior_shift.run / rift (the scripts' entry points) against the steps called one by one: seeded row
+    # draw, both lenses, held-out filter of the tuned rows, per-layer table; then the rift's pooled rows by hand
+    from cotmech import config
+    from cotmech.lens import TunedLens
+    from cotmech.models import load_model
+    from cotmech.prior_shift import (heldout_rows, layer_table, load_activations, rift, rift_summary, run,
+                                     run_lenses)
+    from cotmech.stats import select_rows
+    from cotmech.unembed import make_unembed
+
+    d = inputs
+    settings = {**SETTINGS, "prior_shift": {**SETTINGS["prior_shift"], "max_per_subtask": 2}}
+    cfg, seed = config.section(settings, "prior_shift"), 5
+    model = load_model(SPEC, dtype="float32", device="cpu")
+    tl = TunedLens(model.n_layers, model.d_model, rank=2, seed=3)
+    with torch.no_grad():
+        for p in tl.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    tensors, index = load_activations(d / "pairs.jsonl", d / "acts.safetensors", d / "acts.parquet")
+    held = ["toy/ex1", "toy/ex2"]
+    frame, table = run(model, tensors["resid"], index, cfg, seed, dataset="toy", tuned=tl, heldout=held,
+                       log=lambda msg: None)
+
+    keep = select_rows(index, 2, seed)
+    assert len(keep) == 8  # 4 subtasks x 2 of 3 examples
+    sub = index.iloc[keep].reset_index(drop=True)
+    ref, _ = run_lenses(model, make_unembed(model), tensors["resid"][torch.as_tensor(keep)], sub, tl, top_k=5,
+                        prior_batch_size=4)
+    ref.insert(0, "dataset", "toy")
+    ref = heldout_rows(ref, held)
+    pd.testing.assert_frame_equal(frame, ref)
+    assert set(frame[frame.lens == "tuned"]["example_id"]) <= {"ex1", "ex2"}
+    assert set(frame[frame.lens == "logit"]["pair_id"]) == set(sub["pair_id"])
+    ref_table = layer_table(ref, model.n_layers, cfg["n_boot"], seed, cfg["ci"])
+    ref_table.insert(0, "dataset", "toy")
+    pd.testing.assert_frame_equal(table, ref_table)
+
+    other = frame.assign(dataset="two")
+    held = held + ["two/ex2"]
+    out, t = rift([frame, other], cfg, seed, heldout=held)
+    rows = pd.concat([frame, other], ignore_index=True)
+    rows = rows[(rows.lens != "tuned") | (rows.dataset + "/" + rows.example_id).isin(held)]  # keys "<dataset>/<ex>"
+    rows = rows.assign(example_id=rows.dataset + "/" + rows.example_id, pair_id=rows.dataset + "/" + rows.pair_id)
+    rows = rows.reset_index(drop=True)
+    assert out["n_layers"] == model.n_layers and set(out["datasets"]) == {"all", "toy", "two"}
+    for name, part in (("all", rows), ("toy", rows[rows.dataset == "toy"]), ("two", rows[rows.dataset == "two"])):
+        for lens in ("logit", "tuned"):
+            assert out["datasets"][name][lens] == rift_summary(part[part.lens == lens], model.n_layers,
+                                                               cfg["n_boot"], seed, cfg["ci"])
+    pd.testing.assert_frame_equal(t, layer_table(rows, model.n_layers, cfg["n_boot"], seed, cfg["ci"]))
+    with pytest.raises(ValueError, match="held out"):
+        rift([frame], cfg, seed)
+    with pytest.raises(ValueError, match="held out"):
+        run(model, tensors["resid"], index, cfg, seed, dataset="toy", tuned=tl)

@@ -775,35 +775,115 @@ def attention_profile(traces: Sequence[dict], tokenizer: Any = None, pairs: dict
     return pd.DataFrame(rows, columns=["pair_id", "example_id", "subtask", "pos", "rel_pos", "part", "token", "attn"])
 
 
+TABLES = ("depth_maps.parquet", "depth_summary.csv", "sources.csv", "head_sources.parquet", "context_layers.csv",
+          "head_context.parquet", "attention.parquet")
+
+
+def tables(traces: Sequence[dict], tokenizer: Any = None, pairs: dict[str, dict] | None = None,
+           meta: dict | None = None, n_boot: int = 1000, seed: int = 0,
+           ci: float = 0.95) -> tuple[dict[str, Any], dict]:
+    """Every flow table of ``traces`` ({file name: frame}, the names of :data:`TABLES`) and the summary dict
+    (``n_boot``, ``seed``, ``ci``: the cluster bootstrap of the rift headline and the per-layer shares)."""
+    import pandas as pd
+
+    if not traces:  # e.g. no correctly solved example: empty tables, the summary says why
+        return {name: pd.DataFrame() for name in TABLES}, {**(meta or {}), "n_traces": 0, "note": "no pairs to trace"}
+    out = dict(zip(TABLES, (depth_maps(traces), depth_summary(traces), answer_sources(traces), head_sources(traces),
+                            context_by_layer(traces, n_boot, seed, ci), head_context(traces),
+                            attention_profile(traces, tokenizer, pairs))))
+    summary = {**(meta or {}), **rift_summary(traces, n_boot=n_boot, seed=seed, ci=ci),
+               "depth": out["depth_summary.csv"].to_dict(orient="records"),
+               "sources": out["sources.csv"].to_dict(orient="records")}
+    return out, summary
+
+
 def write_outputs(traces: Sequence[dict], outdir: Any, tokenizer: Any = None,
                   pairs: dict[str, dict] | None = None, meta: dict | None = None, n_boot: int = 1000,
                   seed: int = 0, ci: float = 0.95) -> dict:
-    """Write every flow table of ``traces`` under ``outdir`` (see the rule's docs); returns the summary dict
-    (``n_boot``, ``seed``, ``ci``: the cluster bootstrap of the rift headline and the per-layer shares)."""
+    """Write every flow table of ``traces`` under ``outdir`` (:func:`tables`; see the rule's docs) and traces.jsonl,
+    summary.json; returns the summary dict."""
+    frames, summary = tables(traces, tokenizer, pairs, meta, n_boot, seed, ci)
+    write_all(outdir, traces, frames, summary)
+    return summary
+
+
+def write_all(outdir: Any, traces: Sequence[dict], frames: dict[str, Any], summary: dict) -> None:
+    """traces.jsonl, the tables ``frames`` and summary.json under ``outdir``."""
     from pathlib import Path
 
     from .io import write_json, write_jsonl, write_table
 
     out = Path(outdir)
     write_jsonl(out / "traces.jsonl", traces)
-    if not traces:  # e.g. no correctly solved example: empty tables, the summary says why
-        import pandas as pd
-
-        for name in ("depth_maps.parquet", "depth_summary.csv", "sources.csv", "head_sources.parquet",
-                     "context_layers.csv", "head_context.parquet", "attention.parquet"):
-            write_table(out / name, pd.DataFrame())
-        summary = {**(meta or {}), "n_traces": 0, "note": "no pairs to trace"}
-        write_json(out / "summary.json", summary)
-        return summary
-    write_table(out / "depth_maps.parquet", depth_maps(traces))
-    write_table(out / "depth_summary.csv", depth_summary(traces))
-    write_table(out / "sources.csv", answer_sources(traces))
-    write_table(out / "head_sources.parquet", head_sources(traces))
-    write_table(out / "context_layers.csv", context_by_layer(traces, n_boot, seed, ci))
-    write_table(out / "head_context.parquet", head_context(traces))
-    write_table(out / "attention.parquet", attention_profile(traces, tokenizer, pairs))
-    summary = {**(meta or {}), **rift_summary(traces, n_boot=n_boot, seed=seed, ci=ci),
-               "depth": depth_summary(traces).to_dict(orient="records"),
-               "sources": answer_sources(traces).to_dict(orient="records")}
+    for name, frame in frames.items():
+        write_table(out / name, frame)
     write_json(out / "summary.json", summary)
-    return summary
+
+
+def run(model: Any, pairs: Sequence[dict], cfg: Any, seed: int, *, circuits_cfg: Any,
+        generations: Sequence[dict] = (), heads: Any = None, reference: Sequence[dict] | None = None,
+        ranking: Any = None, alignment: int = 0, names: dict[str, Any] | None = None,
+        log: Any = None) -> tuple[list[dict], dict[str, Any], dict]:
+    """Trace the answer-writer pathways of one dataset's pairs (study.md E9, E10): the traces, the tables
+    ({file name: frame}) and the summary dict.
+
+    ``cfg`` the ``flow`` config section, ``circuits_cfg`` the ``circuits`` section (:func:`cotmech.config.section`).
+    Pruned (``cfg["pruned"]``): each subtask's knockout circuit from the kept-head table ``heads`` with the other
+    heads mean-ablated over ``reference`` pairs (``alignment``: the start-aligned prefix,
+    ``cotmech.circuits.alignment_prefix``); unpruned: heads from the score table ``ranking`` (top ``cfg["top_k"]``),
+    or all. ``generations``: the dataset's generation records (prompt parts). ``names`` ({"pairs", "circuit_heads",
+    "ranking"}: where the inputs came from) go to the summary and error messages.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    names = names or {}
+    log = log or print
+    fcfg = FlowConfig(**{k: cfg[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob",
+                                              "prefilter", "start")})
+    pruned = bool(cfg["pruned"])
+    if pruned and (heads is None or reference is None):
+        raise ValueError("flow.pruned needs the knockout heads table and the reference pairs")
+    ranking = None if pruned else ranking
+    subtasks = cfg["subtasks"]
+    if pruned and subtasks is None:
+        subtasks = circuits_cfg["subtasks"]
+    chosen = select_examples(pairs, int(cfg["n_examples"]), subtasks)
+    gens = {r["id"]: r for r in generations}
+    important = circuit = None
+    t1 = time.time()
+    if pruned:
+        want = sorted({int(p["subtask"]) for ps in chosen.values() for p in ps})
+        try:
+            circuits = pruned_circuits(model, heads, cfg["circuit_ranking"], reference, want,
+                                       circuits_cfg["n_reference"], seed, int(circuits_cfg["batch_size"]), alignment)
+        except ValueError as e:
+            raise ValueError(f"{names.get('circuit_heads')}: {e}") from e
+        for k, c in circuits.items():
+            log(f"subtask {k}: pruned circuit, {c.note}")
+        circuit = circuits.__getitem__
+    elif ranking is not None:
+        top_k = int(cfg["top_k"] or model.n_total_heads)
+        cache: dict = {}
+
+        def important(k: int):  # noqa: F811 - per-subtask mask, cached
+            if k not in cache:
+                cache[k] = important_mask(ranking, model.n_layers, model.n_heads, top_k, subtask=k)
+            return cache[k]
+    traces = []
+    for ex_id, ex_pairs in tqdm(chosen.items(), desc="trace", unit="ex"):
+        try:
+            traces += trace_example(model, ex_pairs, fcfg, gens.get(ex_id), important, circuit)
+        except ValueError as e:
+            raise ValueError(f"example {ex_id}: {e}") from e
+    meta = {"model": model.spec, "pairs": names.get("pairs"), "config": config_dict(fcfg),
+            "model_state": (f"pruned: {cfg['circuit_ranking']} knockout circuit, other heads "
+                            "mean-ablated" if pruned else "unpruned (all heads run)"),
+            "pruned": pruned, "circuit_heads": names.get("circuit_heads") if pruned else None,
+            "ranking": names.get("ranking") if ranking is not None else None,
+            "top_k": cfg["top_k"] if ranking is not None else None,
+            "argmax_is_answer": sum(t["argmax_is_answer"] for t in traces), "seconds": round(time.time() - t1, 1)}
+    frames, summary = tables(traces, model.tokenizer, {p["pair_id"]: p for p in pairs}, meta,
+                             n_boot=int(cfg["n_boot"]), seed=seed, ci=float(cfg["ci"]))
+    return traces, frames, summary

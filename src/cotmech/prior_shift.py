@@ -30,6 +30,7 @@ Definitions (all per pair = one clean input, read at its predicting position):
 """
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections.abc import Sequence
@@ -444,3 +445,74 @@ def run_lenses(model: Any, lens: Any, resid: torch.Tensor, index: pd.DataFrame, 
     facts = {"n_rows": int(len(index)), "n_prior_inputs": len(uniq), "n_real_world": int((real >= 0).sum()),
              "prior_examples": sorted(set(frags))[:10]}
     return pd.concat(frames, ignore_index=True), facts
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points (scripts/prior_shift.py: dataset -> run, rift -> rift)
+# --------------------------------------------------------------------------------------------------
+ROWS_COLUMNS = ("dataset", "lens", "pair_id", "example_id", "layer", "js_final", "js_prior", "top1_in_context",
+                "prefers_context")
+
+
+def run(model: Any, resid: torch.Tensor, index: pd.DataFrame, cfg: Any, seed: int, *, dataset: str,
+        tuned: Any = None, heldout: Sequence[str] | None = None, where: object = "pairs",
+        log: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One dataset's lens curves (study.md E10): the per-(pair, layer) rows frame and the per-layer table.
+
+    ``resid`` [N, L+1, d] and ``index`` as :func:`load_activations` returns them; ``cfg`` the ``prior_shift``
+    config section (:func:`cotmech.config.section`); at most ``cfg["max_per_subtask"]`` rows per subtask are drawn
+    with ``seed``. With a tuned lens ``tuned``, its rows are kept for the examples ``heldout`` from its training
+    only (required then). ``where`` names the pairs in token-id errors.
+    """
+    import time
+
+    from .cli import check_pair_ids
+    from .stats import select_rows
+    from .unembed import make_unembed
+
+    log = log or (lambda msg: print(msg, flush=True))
+    if tuned is not None and heldout is None:
+        raise ValueError("a tuned lens needs the examples held out from its training (heldout)")
+    rows = select_rows(index, cfg["max_per_subtask"], seed)
+    index = index.iloc[rows].reset_index(drop=True)
+    resid = resid[torch.as_tensor(rows)]
+    check_pair_ids(model, index.to_dict("records"), where)
+    lens = make_unembed(model)
+    log(f"lens fast path: {lens.fast}; {len(index)} of {len(rows)} rows")
+    t1 = time.time()
+    frame, facts = run_lenses(model, lens, resid, index, tuned, top_k=int(cfg["top_k"]),
+                              prior_batch_size=int(cfg["prior_batch_size"]))
+    frame.insert(0, "dataset", dataset)
+    if tuned is not None:
+        frame = heldout_rows(frame, heldout)
+    log(f"lenses done in {time.time() - t1:.1f} s: {json.dumps(facts)}")
+    table = layer_table(frame, model.n_layers, int(cfg["n_boot"]), seed, float(cfg["ci"]))
+    table.insert(0, "dataset", dataset)
+    return frame, table
+
+
+def rift(frames: Sequence[pd.DataFrame], cfg: Any, seed: int,
+         heldout: Sequence[str] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The lens rift over datasets (our extension): the summary (rift.json) and the per-layer table of all rows.
+
+    ``frames`` are :func:`run`'s rows frames (one per dataset); rows of the tuned lens need ``heldout``.
+    """
+    n_boot, ci = int(cfg["n_boot"]), float(cfg["ci"])
+    rows = pd.concat(frames, ignore_index=True)
+    if (rows["lens"] == "tuned").any():
+        if heldout is None:
+            raise ValueError("tuned-lens rows need the examples held out from its training (heldout)")
+        rows = heldout_rows(rows, heldout)
+    n_layers = int(rows["layer"].max())
+    rows["example_id"] = rows["dataset"].astype(str) + "/" + rows["example_id"].astype(str)
+    rows["pair_id"] = rows["dataset"].astype(str) + "/" + rows["pair_id"].astype(str)
+    out = {"label": "extension (not the paper's statistic; the paper's is flow/<dataset>/summary.json)",
+           "definition": RIFT_DEFINITION, "divergence": "Jensen-Shannon, bits", "n_layers": n_layers,
+           "tuned_lens_rows": "examples held out from tuned-lens training only",
+           "context_abidance": "share of (pair, layer) cells whose lens top-1 token is a prompt token",
+           "bootstrap": f"{n_boot} cluster resamples of examples, seed {seed}, {ci:.0%} percentile CI",
+           "paper": PAPER_RIFT, "datasets": {}}
+    for name, part in [("all", rows)] + list(rows.groupby("dataset", sort=True)):
+        out["datasets"][name] = {lens: rift_summary(r, n_layers, n_boot, seed, ci)
+                                 for lens, r in part.groupby("lens", sort=False)}
+    return out, layer_table(rows, n_layers, n_boot, seed, ci)

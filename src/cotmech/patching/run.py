@@ -31,12 +31,48 @@ def sweep(model, pairs: Sequence[Pair], method: str, opts: Mapping[str, Any], pr
     return atp_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw)
 
 
+def scores(res: PatchResult, subtask: int, n_boot: int, seed: int) -> Any:
+    """The head table of one subtask's result (bootstrap seeded by ``seed``, the subtask and the method)."""
+    return score_table(res, subtask, n_boot=n_boot, seed=sub_seed(seed, "boot", subtask, res.method))
+
+
 def write_scores(res: PatchResult, subtask: int, out: str | os.PathLike, figure: str | os.PathLike | None,
-                 n_boot: int, seed: int, title: str = "") -> Any:
-    """Head table (parquet/CSV by suffix) and optional layer × head heat-map of one subtask."""
-    df = score_table(res, subtask, n_boot=n_boot, seed=sub_seed(seed, "boot", subtask, res.method))
+                 n_boot: int, seed: int, title: str = "", df: Any = None) -> Any:
+    """Head table (parquet/CSV by suffix; :func:`scores` unless ``df`` is given) and optional layer × head heat-map
+    of one subtask."""
+    if df is None:
+        df = scores(res, subtask, n_boot, seed)
     io.write_table(out, df)
     if figure:
         heatmap_figure(to_matrix(df), figure, title or f"{res.method} patching, subtask {subtask} (n={len(res.pair_ids)})",
                        label=f"normalised {res.metric} score")
     return df
+
+
+def run(model, pairs: Sequence[Pair], cfg: Mapping[str, Any], seed: int, *, method: str | None = None,
+        subtask: int | None = None, atp: bool = False, table: bool = True,
+        log: Any = None) -> tuple[PatchResult, PatchResult | None, Any]:
+    """Head-level patching of ``pairs`` (study.md E2): the sweep's result, the AtP result on the same pairs (with
+    ``atp``; else None) and the head table (:func:`scores`, subtask -1 when ``subtask`` is None; None unless
+    ``table``). ``cfg`` the ``patching`` config section (:func:`cotmech.config.section`); ``method`` defaults to
+    ``cfg["method"]``. Without pairs (an empty shard) the results are empty.
+    """
+    import time
+
+    log = log or (lambda msg: print(msg, flush=True))
+    method = method or cfg["method"]
+
+    def one(m: str) -> PatchResult:
+        return sweep(model, pairs, m, cfg) if pairs else PatchResult.empty(
+            m, cfg["metric"], cfg["direction"], model.n_layers, model.n_heads)
+
+    t1 = time.time()
+    res = one(method)
+    log(f"{method}: {len(pairs)} pairs x {model.n_layers * model.n_heads} heads in {time.time() - t1:.1f} s")
+    atp_res = None
+    if atp:
+        t2 = time.time()
+        atp_res = one("atp")
+        log(f"atp: {len(pairs)} pairs in {time.time() - t2:.1f} s")
+    df = scores(res, subtask if subtask is not None else -1, cfg["n_boot"], seed) if table else None
+    return res, atp_res, df
