@@ -54,17 +54,21 @@ def _roles(direction: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------------
 # naive: one full forward per head and pair batch
 # --------------------------------------------------------------------------------------------------
+def _sweep_start(model, pairs: Sequence[Pair], metric, direction: str, heads):
+    """What a one-forward-per-head reference starts from: metric function, heads, (base, source) names, the
+    patched-metric array [pairs, layers, heads] (NaN = not run) and the base/source metric arrays [pairs]."""
+    _check(direction)
+    heads = list(heads) if heads is not None else all_heads(model)
+    patched = np.full((len(pairs), model.n_layers, model.n_heads), np.nan)
+    return get_metric(metric), heads, _roles(direction), patched, np.zeros(len(pairs)), np.zeros(len(pairs))
+
+
 def naive_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise",
                 heads: Sequence[tuple[int, int]] | None = None, pair_batch: int = 4,
                 progress: bool = True) -> PatchResult:
     """Reference: for every head, one forward of the (left-padded) base inputs with that head's z replaced
     by the source run's at every position. Unlisted heads are NaN."""
-    _check(direction)
-    fn = get_metric(metric)
-    heads = list(heads) if heads is not None else all_heads(model)
-    b_name, s_name = _roles(direction)
-    patched = np.full((len(pairs), model.n_layers, model.n_heads), np.nan)
-    base_m, src_m = np.zeros(len(pairs)), np.zeros(len(pairs))
+    fn, heads, (b_name, s_name), patched, base_m, src_m = _sweep_start(model, pairs, metric, direction, heads)
     H, d = model.n_heads, model.d_head
     bar = tqdm(total=len(pairs) * len(heads), desc="naive patching", disable=not progress)
     for start in range(0, len(pairs), pair_batch):
@@ -96,12 +100,7 @@ def hook_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str 
     """Second reference, and the honest speed baseline: one plain forward of the whole base input per head
     and pair, the head's z set to the source run's by a forward pre-hook on ``o_proj`` (no nnsight, the
     model's own attention implementation, last-position logits only). Same numbers as :func:`naive_sweep`."""
-    _check(direction)
-    fn = get_metric(metric)
-    heads = list(heads) if heads is not None else all_heads(model)
-    b_name, s_name = _roles(direction)
-    patched = np.full((len(pairs), model.n_layers, model.n_heads), np.nan)
-    base_m, src_m = np.zeros(len(pairs)), np.zeros(len(pairs))
+    fn, heads, (b_name, s_name), patched, base_m, src_m = _sweep_start(model, pairs, metric, direction, heads)
     dh, dev = model.d_head, model.device
 
     def forward(ids: list[int], pre_hooks: dict) -> torch.Tensor:
