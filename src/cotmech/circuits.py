@@ -60,12 +60,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import tracing as core
-from .ablation import HELDOUT_PREFERENCE, Head, HeadMeans, head_means
-from .ablation import sample_pairs as _take
+from .ablation import HELDOUT_PREFERENCE, Head, HeadMeans, head_means, sample_pairs
 from .batching import Batch, chunks, common_prefix_len, left_pad
 from .stats import wilson
-from .tracing import Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok, prefix_cache, run_trace
+from .tracing import (PREFIX_ATTENTION_MODES, Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok,
+                      prefix_cache, run_trace)
 #: Subtask families with one knockout figure each (a ``label`` subtask, if present, is only in the tables).
 FAMILIES = ("decision", "copy", "induction")
 
@@ -152,8 +151,8 @@ def cached_ablated_logits(model, seqs: Sequence[Sequence[int]], means: HeadMeans
     causal attention never sees them), the suffix's means end-aligned per row as in the full forward. Equals
     :func:`ablated_last_logits` on the whole sequences up to float rounding. ``prefix_attention`` as in
     :func:`cotmech.tracing.run_trace` (``"shared"``: the prefix attended by all rows at once)."""
-    if prefix_attention not in core.PREFIX_ATTENTION_MODES:
-        raise ValueError(f"prefix_attention {prefix_attention!r}: use one of {', '.join(core.PREFIX_ATTENTION_MODES)}")
+    if prefix_attention not in PREFIX_ATTENTION_MODES:
+        raise ValueError(f"prefix_attention {prefix_attention!r}: use one of {', '.join(PREFIX_ATTENTION_MODES)}")
     P = cacheable_prefix(seqs, means)
     if P == 0:
         raise ValueError("cached_ablated_logits: no shared start-aligned prefix (means.prefix_len = 0 or none shared)")
@@ -203,14 +202,7 @@ def ablated_argmax(model, seqs: Sequence[Sequence[int]], means: HeadMeans, remov
     one, else ``full``."""
     if method not in METHODS:
         raise ValueError(f"ablated_argmax: method must be one of {METHODS}, got {method!r}")
-    if method != "full" and cacheable_prefix(seqs, means) > 0:
-        return cached_ablated_logits(model, seqs, means, removed, batch_size).argmax(-1)
-    out = torch.empty(len(seqs), dtype=torch.long)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for idx in chunks(order, batch_size):
-        batch = left_pad([seqs[i] for i in idx], model.tokenizer.pad_token_id)
-        out[list(idx)] = ablated_last_logits(model, batch, means, removed).argmax(-1)
-    return out
+    return LazyPredictions(model, seqs, means, removed, batch_size, method).all()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,9 +439,9 @@ SEARCHES = ("exhaustive", "bisection")
 
 
 class LazyPredictions:
-    """Ablated argmax of every sequence for one removed set, computed batch by batch on demand (the batches and
-    code of :func:`ablated_argmax`, so each prediction is the same number), so that a threshold decision can stop
-    as soon as it is fixed (:meth:`decide`) and a later full evaluation (:meth:`all`) continues where it stopped."""
+    """Ablated argmax of every sequence for one removed set (what :func:`ablated_argmax` returns), computed batch
+    by batch on demand, so that a threshold decision can stop as soon as it is fixed (:meth:`decide`) and a later
+    full evaluation (:meth:`all`) continues where it stopped."""
 
     def __init__(self, model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed: Sequence[Head],
                  batch_size: int = 8, method: str = "auto"):
@@ -747,6 +739,8 @@ BUILTINS = {"builtin": "direct", "builtin:direct": "direct", "builtin:writers": 
 #: (e.g. the induction cloze); eval_split: ranked on the evaluation split itself (in sample, as the paper);
 #: all_pairs: a table over every pair of the dataset (the evaluation examples were part of it).
 SCOPES = {"rank_split": True, "other_data": True, "eval_split": False, "all_pairs": False}
+
+
 @dataclass
 class Ranking:
     """One head ordering to knock out: its name, scope (:data:`SCOPES`), head scores and provenance."""
@@ -871,9 +865,9 @@ def subtask_data(clean: list[dict], reference: list[dict], k: int, rank_ids: set
     if n_examples is not None:
         n_rank = min(max(1, int(round(rank_fraction * n_examples))), n_examples - 1)
         n_eval = n_examples - n_rank
-    rk = _take([p for p in reference if int(p["subtask"]) == k], n_reference, rng)
+    rk = sample_pairs([p for p in reference if int(p["subtask"]) == k], n_reference, rng)
     kind = ck[0]["kind"] if ck else ""
-    return SubtaskData(k, kind, _take(rank, n_rank, rng), _take(ev, n_eval, rng), rk, len(ck))
+    return SubtaskData(k, kind, sample_pairs(rank, n_rank, rng), sample_pairs(ev, n_eval, rng), rk, len(ck))
 
 
 #: reference-mean alignments: ``segment`` (start-aligned over the few-shot prefix every clean input shares,
