@@ -17,13 +17,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import re
 import shutil
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from .io import number
 
 #: Key figures: (section title, globs relative to results/<model>/). A file matched by an earlier section is not
 #: repeated in a later one (prior_shift/rift.png belongs to context abidance, not to the lens curves).
@@ -51,19 +52,9 @@ SIZE_COLUMNS = ["analysis", "setting", "floor", "configured", "reached", "status
 # --------------------------------------------------------------------------------------------------
 # Numbers
 # --------------------------------------------------------------------------------------------------
-def _float(x: Any) -> float | None:
-    if x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
-
-
 def half_width(ci_low: Any, ci_high: Any) -> float | None:
     """Half the width of the interval [ci_low, ci_high]; None when either end is missing."""
-    lo, hi = _float(ci_low), _float(ci_high)
+    lo, hi = number(ci_low), number(ci_high)
     if lo is None or hi is None:
         return None
     return (hi - lo) / 2
@@ -71,7 +62,7 @@ def half_width(ci_low: Any, ci_high: Any) -> float | None:
 
 def _fmt(x: Any) -> str:
     """A table cell: numbers as integers when whole, else 3 decimals; text as is (``|`` escaped)."""
-    v = _float(x)
+    v = number(x)
     if v is None:
         return "" if x is None or str(x).strip().lower() in ("", "nan") else str(x).replace("|", "\\|")
     if v.is_integer() and abs(v) < 1e15:
@@ -235,7 +226,7 @@ def render(folder: str | Path) -> str:
             L.append("- libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items()))
     else:
         L.append(f"- machine: not recorded (`{RUN_INFO}` absent)")
-    wall = _float(run.get("wall_s"))
+    wall = number(run.get("wall_s"))
     L.append(f"- wall time: {_fmt(wall)} s ({wall / 3600:.2f} h) over {run.get('n_logs', 0)} Snakemake log(s)"
              if wall is not None else "- wall time: not recorded")
     L.append("")

@@ -70,6 +70,15 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> i
     return n
 
 
+def number(x: Any) -> float | None:
+    """A table or JSON cell as a float; None when missing, not a number, or NaN."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if v != v else v
+
+
 def json_object(text: str, where: str) -> dict[str, Any]:
     """Parse a JSON object; anything else raises :class:`RecordError` naming ``where``."""
     try:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .io import number
+
 PAPER_NUMBERS = Path(__file__).with_name("data") / "paper_numbers.yaml"
 COLUMNS = ["id", "claim_id", "claim", "section", "tag", "comparison", "paper", "ours", "ci_low", "ci_high", "n",
            "status", "verdict", "source", "note", "model"]
@@ -89,14 +91,6 @@ def _first(mres: Path, datasets: Sequence[str], rel: str) -> tuple[Path, str] | 
     return None
 
 
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
-
-
 def _rel(p: Path, mres: Path) -> str:
     try:
         return str(p.relative_to(mres.parent))
@@ -140,8 +134,8 @@ def read_rift_layer(mres: Path, datasets: Sequence[str], lens: str) -> dict | No
         return None
     d, v, p = r
     L = v.get("n_layers") or d.get("n_layers")
-    return {"ours": _num(v.get("rel_depth")), "ci_low": _num(v.get("rel_ci_low")),
-            "ci_high": _num(v.get("rel_ci_high")),
+    return {"ours": number(v.get("rel_depth")), "ci_low": number(v.get("rel_ci_low")),
+            "ci_high": number(v.get("rel_ci_high")),
             "n": v.get("n_examples"), "source": _rel(p, mres),
             "note": f"layer {v.get('rift_layer')} of {L} ({lens} lens): first layer where the lens prefers the "
                     "in-context answer over the context-free prior's prediction in >= half the pairs (our extension)"
@@ -154,7 +148,7 @@ def read_lens_context(mres: Path, datasets: Sequence[str], side: str, lens: str 
         return None
     _, v, p = r
     s = v.get("context_abidance_rift", {}).get(side, {})
-    return {"ours": _num(s.get("mean")), "ci_low": _num(s.get("ci_low")), "ci_high": _num(s.get("ci_high")),
+    return {"ours": number(s.get("mean")), "ci_low": number(s.get("ci_low")), "ci_high": number(s.get("ci_high")),
             "n": v.get("n_pairs"), "source": _rel(p, mres),
             "note": f"{lens} lens top-1 in prompt, split at the lens rift layer {v.get('rift_layer')} (extension)"}
 
@@ -180,7 +174,7 @@ def read_flow_context(mres: Path, datasets: Sequence[str], key: str) -> dict | N
     s, p, d = r
     v = s.get(key, {})
     st = _flow_state(s)
-    return {"ours": _num(v.get("share")), "ci_low": _num(v.get("ci_low")), "ci_high": _num(v.get("ci_high")),
+    return {"ours": number(v.get("share")), "ci_low": number(v.get("ci_low")), "ci_high": number(v.get("ci_high")),
             "n": s.get("n_examples"), "source": _rel(p, mres), **{k: st[k] for k in st if k == "comparison"},
             "note": f"{d}: {st['state']}, {s.get('n_examples')} examples, {v.get('n')} traced entries, split layer "
                     f"{s.get('split_layer')} of {s.get('n_layers')}; cluster-bootstrap CI over examples"}
@@ -195,8 +189,8 @@ def read_flow_crossing(mres: Path, datasets: Sequence[str]) -> dict | None:
     if not isinstance(c, dict):
         return {"ours": None, "source": _rel(p, mres), "note": f"{d}: summary without a crossing (older trace)"}
     st = _flow_state(s)
-    return {"ours": _num(c.get("rel_depth")), "ci_low": _num(c.get("rel_ci_low")),
-            "ci_high": _num(c.get("rel_ci_high")),
+    return {"ours": number(c.get("rel_depth")), "ci_low": number(c.get("rel_ci_low")),
+            "ci_high": number(c.get("rel_ci_high")),
             "n": s.get("n_examples"), "source": _rel(p, mres), **{k: st[k] for k in st if k == "comparison"},
             "note": f"{d}: {st['state']}; layer {c.get('layer')} of {s.get('n_layers')} (first layer whose context "
                     f"share is >= {c.get('level')}); {c.get('n_boot_no_crossing')} resamples without a crossing"}
@@ -209,8 +203,8 @@ def read_flow_writers(mres: Path, datasets: Sequence[str]) -> dict | None:
     s, p, d = r
     w = s.get("writers", {})
     st = _flow_state(s)
-    return {"ours": _num(w.get("share_second_half")), "ci_low": _num(w.get("ci_low")),
-            "ci_high": _num(w.get("ci_high")), "n": s.get("n_examples"), "source": _rel(p, mres),
+    return {"ours": number(w.get("share_second_half")), "ci_low": number(w.get("ci_low")),
+            "ci_high": number(w.get("ci_high")), "n": s.get("n_examples"), "source": _rel(p, mres),
             **{k: st[k] for k in st if k == "comparison"},
             "note": f"{d}: {st['state']}; {w.get('n')} depth-0 entries, layers >= {s.get('split_layer')}; "
                     "cluster-bootstrap CI over examples"}
@@ -248,7 +242,7 @@ def _with_flow_state(res: dict | None, mres: Path, datasets: Sequence[str]) -> d
 def read_flow_depth(mres: Path, datasets: Sequence[str], depth: int, col: str) -> dict | None:
     def entry(r: Any, d: str) -> dict:
         ci = (r["ci_low"], r["ci_high"]) if col == "share_second_half" else (None, None)
-        return {"ours": _num(r[col]), "ci_low": _num(ci[0]), "ci_high": _num(ci[1]), "n": int(r["n"]),
+        return {"ours": number(r[col]), "ci_low": number(ci[0]), "ci_high": number(ci[1]), "n": int(r["n"]),
                 "note": f"{d}: mean layer {r['mean_layer']:.2f}, {int(r['n'])} traced entries (Wilson CI over "
                         "entries, not independent)"}
 
@@ -262,7 +256,7 @@ def read_flow_source(mres: Path, datasets: Sequence[str], subtask: int, part: st
     def entry(r: Any, d: str) -> dict:
         n = int(r["n"])
         lo, hi = wilson(int(round(float(r[part]) * n)), n)
-        return {"ours": _num(r[part]), "ci_low": lo, "ci_high": hi, "n": n,
+        return {"ours": number(r[part]), "ci_low": lo, "ci_high": hi, "n": n,
                 "note": f"{d}: read positions of depth-0 writers; Wilson CI (positions not independent)"}
 
     return _with_flow_state(_read_row(mres, datasets, RESULT_FILES["flow_sources"],
@@ -278,8 +272,8 @@ def read_roles_share(mres: Path, datasets: Sequence[str], kind: str) -> dict | N
         return None
     s = read_json(hit[0])
     v = s.get(kind, {})
-    return {"ours": _num(v.get("share_second_half")), "ci_low": _num(v.get("ci_low")),
-            "ci_high": _num(v.get("ci_high")), "n": s.get("n_examples"), "source": _rel(hit[0], mres),
+    return {"ours": number(v.get("share_second_half")), "ci_low": number(v.get("ci_low")),
+            "ci_high": number(v.get("ci_high")), "n": s.get("n_examples"), "source": _rel(hit[0], mres),
             "note": f"{hit[1]}: top-{s.get('k')} heads; bootstrap CI over examples"}
 
 
@@ -304,8 +298,8 @@ def read_probe_peak(mres: Path, datasets: Sequence[str], col: str) -> dict | Non
                 f"{float(r['test_max']):.2f} at layer {int(r['test_max_layer'])}")
         source = _rel(sel, mres)
         if col == "acc":
-            return {"ours": _num(r["acc"]), "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]),
-                    "n": _num(r["n_test"]), "source": source, "note": note}
+            return {"ours": number(r["acc"]), "ci_low": number(r["ci_low"]), "ci_high": number(r["ci_high"]),
+                    "n": number(r["n_test"]), "source": source, "note": note}
         return {"ours": int(r["layer"]) / max_layer if max_layer else None, "source": source, "note": note}
     p = mres / RESULT_FILES["probing"]
     if not p.exists():
@@ -322,8 +316,8 @@ def read_probe_peak(mres: Path, datasets: Sequence[str], col: str) -> dict | Non
     shots = f", {int(r['shots'])}-shot" if "shots" in df.columns else ""
     note = f"peak at layer {int(r['layer'])} of {max_layer}{shots} (max of test accuracy: biased upward)"
     if col == "acc":
-        return {"ours": _num(r["acc"]), "ci_low": _num(r.get("ci_low")), "ci_high": _num(r.get("ci_high")),
-                "n": _num(r.get("n")), "source": _rel(p, mres), "note": note}
+        return {"ours": number(r["acc"]), "ci_low": number(r.get("ci_low")), "ci_high": number(r.get("ci_high")),
+                "n": number(r.get("n")), "source": _rel(p, mres), "note": note}
     return {"ours": int(r["layer"]) / max_layer if max_layer else None, "source": _rel(p, mres), "note": note}
 
 
@@ -359,7 +353,7 @@ def read_knockout(mres: Path, datasets: Sequence[str], col: str) -> dict | None:
 
 def read_horizon(mres: Path, datasets: Sequence[str], layer: int, s: int) -> dict | None:
     def entry(r: Any, d: str) -> dict:
-        return {"ours": _num(r["exact"]), "ci_low": _num(r["exact_ci_low"]), "ci_high": _num(r["exact_ci_high"]),
+        return {"ours": number(r["exact"]), "ci_low": number(r["exact_ci_low"]), "ci_high": number(r["exact_ci_high"]),
                 "n": int(r["n"]), "note": f"{d}: exact continuation; mean token agreement {float(r['agree']):.3f}"}
 
     return _read_row(mres, datasets, RESULT_FILES["horizon"],
@@ -385,7 +379,7 @@ def row_verdict(paper: Any, ours: Any, ci_low: Any, ci_high: Any, tolerance: flo
     with a half-width <= ``tolerance`` -> :data:`AGREES`; inside a wider interval, no interval (or only a range that
     is not a CI, ``ci_is_range``), or fewer than :data:`MIN_N` independent units ``n`` -> :data:`INCONCLUSIVE`; no
     value of ours -> :data:`NO_VALUE`."""
-    p, o, lo, hi, m = _num(paper), _num(ours), _num(ci_low), _num(ci_high), _num(n)
+    p, o, lo, hi, m = number(paper), number(ours), number(ci_low), number(ci_high), number(n)
     if o is None:
         return NO_VALUE
     if p is None or lo is None or hi is None or ci_is_range or (m is not None and m < MIN_N):
@@ -463,7 +457,7 @@ def _fmt(x: Any) -> str:
 
 
 def _fmt_n(x: Any) -> str:
-    v = _num(x)
+    v = number(x)
     return "" if v is None else (str(int(v)) if float(v).is_integer() else f"{v:.1f}")
 
 
