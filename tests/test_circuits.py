@@ -552,6 +552,13 @@ def _prefixed(model, prefix=PREFIX):
     return seqs, refs
 
 
+def _segment_knockout(model):
+    """The prefixed sequences, their segment-aligned reference means, the unablated argmax and every head."""
+    seqs, refs = _prefixed(model)
+    means = C.head_means(model, refs, batch_size=2, prefix_len=C.common_prefix_len(seqs))
+    return seqs, means, C.ablated_argmax(model, seqs, means, [], 2), _all_heads(model)
+
+
 def _single_z(model, seq):
     return A._z_all_layers(model, left_pad([seq], model.tokenizer.pad_token_id))  # n_layers × [1, n, dim]
 
@@ -701,10 +708,7 @@ def test_early_decisions_equal_the_full_evaluation(sensitive_model):
     """LazyPredictions.decide(k) = (full agreement count >= k) for every k, both paths, batch sizes 1 and 2;
     its predictions equal ablated_argmax's; some decisions stop early (fewer sequences run)."""
     m = sensitive_model
-    seqs, refs = _prefixed(m)
-    means = C.head_means(m, refs, batch_size=2, prefix_len=C.common_prefix_len(seqs))
-    base = C.ablated_argmax(m, seqs, means, [], 2)
-    heads = _all_heads(m)
+    seqs, means, base, heads = _segment_knockout(m)
     early = 0
     for removed in (heads[:1], heads[5:9], heads[::3]):
         for method, bs in (("full", 2), ("cached", 1)):
@@ -727,10 +731,7 @@ def test_search_curve_equals_the_exhaustive_curve_on_a_real_knockout(sensitive_m
     exhaustive curve's; the operating point equals the exhaustive one where the curve is monotone (some are),
     else it is the nearest evaluated step; fewer sequences run than the exhaustive sweep."""
     m = sensitive_model
-    seqs, refs = _prefixed(m)
-    means = C.head_means(m, refs, batch_size=2, prefix_len=C.common_prefix_len(seqs))
-    base = C.ablated_argmax(m, seqs, means, [], 2)
-    heads = _all_heads(m)
+    seqs, means, base, heads = _segment_knockout(m)
     n_mono = 0
     for order in (heads, heads[::-1], heads[1::2] + heads[::2]):
         sets = [order[:n] for n in range(0, len(heads) + 1, 2)]
