@@ -136,6 +136,39 @@ def test_shared_prefix_attention_equals_concatenated_prefix(model, monkeypatch):
     assert tracing._SHARED_NAME != model.hf.config._attn_implementation  # restored after every trace
 
 
+@pytest.mark.parametrize("hq, hkv", [(4, 4), (6, 2)])
+def test_shared_prefix_attention_equals_explicit_softmax(hq, hkv):
+    """The shared-prefix attention equals an explicit per-row softmax over [prefix; causal suffix] with HF's
+    repeat_kv grouping (query head h reads kv head h // (hq / hkv)), in values and in the gradient AtP takes."""
+    g = torch.Generator().manual_seed(3)
+    B, S, P, d = 3, 5, 7, 8
+    q, k, v = (torch.randn(B, h, S, d, generator=g, dtype=torch.float64) for h in (hq, hkv, hkv))
+    pk, pv = (torch.randn(1, hkv, P, d, generator=g, dtype=torch.float64) for _ in range(2))
+    rep = hq // hkv
+    K = torch.cat([pk.expand(B, -1, -1, -1), k], 2).repeat_interleave(rep, 1)  # [B, hq, P+S, d]
+    V = torch.cat([pv.expand(B, -1, -1, -1), v], 2).repeat_interleave(rep, 1)
+    visible = torch.ones(S, P + S, dtype=torch.bool)
+    visible[:, P:] = torch.ones(S, S, dtype=torch.bool).tril()
+
+    def explicit(query):
+        return ((query @ K.transpose(-1, -2) * 0.3).masked_fill(~visible, float("-inf")).softmax(-1) @ V).transpose(1, 2)
+
+    class Mod:
+        layer_idx = 0
+    tracing._active_prefix.append(tracing.PrefixCache([pk], [pv], P))
+    try:
+        q1, q2 = q.clone().requires_grad_(True), q.clone().requires_grad_(True)
+        out, _ = tracing._shared_prefix_attention(Mod(), q1, k, v, None, scaling=0.3)
+        want = explicit(q2)
+        torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-6)  # its softmax runs in float32
+        w = torch.arange(d, dtype=torch.float64)
+        (grad,) = torch.autograd.grad((out * w).sum(), q1)
+        (grad_ref,) = torch.autograd.grad((want * w).sum(), q2)
+        torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-5)
+    finally:
+        tracing._active_prefix.pop()
+
+
 def test_prefix_attention_mode_is_checked(model):
     pair = random_pairs(1)[0]
     with pytest.raises(ValueError, match=r"prefix_attention 'copy': use one of shared, concat"):
