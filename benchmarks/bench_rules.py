@@ -468,7 +468,7 @@ class Bench:
         t_a, _ = timed(model, lambda: C.ablated_argmax(model, clean, means, removed, bs))
         rows.append(Row("knockout", "ablated forwards", "evaluation sequence × removed set", len(clean), t_a, u_ablate,
                         f"per subtask: evaluation split × (1 baseline + {distinct} distinct removed sets = {n_orders} "
-                        f"orderings [rankings {list(cc['rankings'])}{f', skipped {skipped}' if skipped else ''}] × "
+                        f"orderings [rankings {list(sources)}{f', skipped {skipped}' if skipped else ''}] × "
                         f"{len(inner)} inner steps + all heads once) = {u_ablate} (upper bound: identical sets share "
                         f"a run); {search_note}; sample: {n_total // 2} heads removed, batch {bs}"))
         return rows

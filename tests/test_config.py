@@ -154,6 +154,22 @@ def test_ranking_sources_skips_a_table_that_is_not_made_for_every_subtask():
     assert skipped == ["gone"]
     src, skipped = circuits.ranking_sources(rankings, "fic", [1, 2, 3], fields, 2, made.__contains__)
     assert skipped == ["raw", "gone"] and "raw" not in src
+    # an overlay's null drops a ranking of the base config: neither run nor reported as skipped
+    over = {**rankings, "direct": None, "gone": None}
+    src, skipped = circuits.ranking_sources(over, "fic", [1, 2], fields, 2, made.__contains__)
+    assert sorted(src) == ["copy", "ind", "raw"] and skipped == []
+
+
+def test_an_overlay_drops_a_knockout_ranking_with_null(tmp_path):
+    """config.load merges an overlay's ``circuits.rankings.direct: null`` (the schema accepts it) and the
+    rule's ranking_sources leaves that ranking out."""
+    over = tmp_path / "o.yaml"
+    over.write_text("circuits:\n  rankings:\n    direct: null\n")
+    cfg = config.load(over, REPO / "config.yaml")
+    assert cfg["circuits"]["rankings"]["direct"] is None and cfg["circuits"]["rankings"]["copy"] == "builtin:copy"
+    fields = dict(results="R", model="M", mres="R/M", method="exact")
+    src, _ = circuits.ranking_sources(cfg["circuits"]["rankings"], "fictional", [2], fields, 1, lambda p: True)
+    assert "direct" not in src and "copy" in src
 
 
 def settings_calls(text: str) -> list[ast.Call]:

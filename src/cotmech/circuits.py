@@ -1200,15 +1200,18 @@ def knockout_options(section, subtasks: Sequence[int] | None = None) -> dict:
     return out
 
 
-def ranking_sources(rankings: dict[str, str], dataset: str, subtasks: Sequence[int], fields: dict[str, str],
+def ranking_sources(rankings: dict[str, str | None], dataset: str, subtasks: Sequence[int], fields: dict[str, str],
                     shards: int, producible) -> tuple[dict[str, str | list[str]], list[str]]:
     """Knockout rankings of config ``circuits.rankings`` that can run: (name -> 'builtin…' or its files, skipped
     names). A table pattern is filled with ``fields`` (results, model, mres, method) and ``dataset``; '{shard}'
     expands to ``shards`` files, '{subtask}' stays a placeholder; the ranking is skipped unless
-    ``producible(path)`` holds for every file of every subtask (the workflow: a rule writes it)."""
+    ``producible(path)`` holds for every file of every subtask (the workflow: a rule writes it). A null pattern
+    (an overlay dropping a ranking of the base config) is left out and not reported as skipped."""
     sources: dict[str, str | list[str]] = {}
     skipped: list[str] = []
     for name, pattern in rankings.items():
+        if pattern is None:
+            continue
         if pattern == "builtin" or pattern.startswith("builtin:"):
             sources[name] = pattern
             continue

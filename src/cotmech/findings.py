@@ -305,6 +305,20 @@ def _removal_steps(steps: Any) -> int:
     return int(steps) - 1
 
 
+#: Subtask kinds the knockout must cover when not every subtask is knocked out (the findings issue's cut).
+KNOCKOUT_KINDS = ("decision", "copy", "induction")
+
+
+def subtask_kinds(hops: int) -> dict[int, str]:
+    """Subtask index -> kind (decision / copy / induction / label) of a ``hops``-hop paper-style CoT (the kinds do
+    not depend on the example: :func:`cotmech.prontoqa.subtasks.steps` on one generated record)."""
+    from .prontoqa.datasets import build_dataset
+    from .prontoqa.subtasks import steps
+
+    rec = build_dataset("kinds", {"ontology": "fictional", "hops": int(hops), "style": "paper", "n": 1}, 0)[0]
+    return {s.index: s.kind for s in steps(rec)}
+
+
 def sizes(mres: str | Path, cfg: dict) -> list[dict]:
     """One row per size floor of the findings issue: ``{analysis, setting, floor, configured, reached, status,
     source}``. ``reached`` is read from the run where a result file records it (accuracy.csv: examples and correct
@@ -345,6 +359,14 @@ def sizes(mres: str | Path, cfg: dict) -> list[dict]:
     add("E6 knockout: subtasks", "circuits.subtasks", 10, len(c["subtasks"]),
         int(ops["subtask"].nunique()) if ops is not None and len(ops) else None,
         "circuits/operating_points.csv" if ops is not None else "")
+    kinds = subtask_kinds(cfg["datasets"][c["dataset"]]["hops"])
+    want = set(KNOCKOUT_KINDS)
+    configured = want & {kinds.get(int(k)) for k in c["subtasks"]}
+    got = want & set(ops["kind"].astype(str)) if ops is not None and "kind" in ops and len(ops) else None
+    add("E6 knockout: subtask kinds (decision, copy, induction)", "circuits.subtasks", len(want), len(configured),
+        len(got) if got is not None else None, "circuits/operating_points.csv" if got is not None else "")
+    if rows[-2]["status"] == "below floor" and rows[-1]["status"] == "ok":
+        rows[-2]["status"] = "one per kind (the issue's cut)"
     for col, what, conf in (("n_eval_examples", "held-out evaluation", None if n_ex is None else n_ex - n_rank),
                             ("n_rank_examples", "ranking", n_rank)):
         got = None
