@@ -169,6 +169,23 @@ def test_shared_prefix_attention_equals_explicit_softmax(hq, hkv):
         tracing._active_prefix.pop()
 
 
+def test_prefixed_last_logits_equal_each_whole_sequence(model):
+    """tracing.prefixed_last_logits (shared prefix run once, right-padded suffixes over it; the cloze screen)
+    equals a plain forward of each whole sequence alone, in input order, for any batch size; with no shared
+    prefix it runs the plain left-padded forward."""
+    g = torch.Generator().manual_seed(7)
+    head = torch.randint(3, model.vocab_size, (9,), generator=g).tolist()
+    seqs = [head + torch.randint(3, model.vocab_size, (k,), generator=g).tolist() for k in (5, 1, 8, 3, 5)]
+    want = torch.stack([plain_last_logits(model, s) for s in seqs])
+    for bs in (1, 2, 16):
+        torch.testing.assert_close(tracing.prefixed_last_logits(model, seqs, bs), want, atol=2e-5, rtol=2e-5)
+    other = [torch.randint(3, model.vocab_size, (k,), generator=g).tolist() for k in (4, 6)]
+    other[1][0] = other[0][0] + 1 if other[0][0] + 1 < model.vocab_size else 3
+    torch.testing.assert_close(tracing.prefixed_last_logits(model, other, 2),
+                               torch.stack([plain_last_logits(model, s) for s in other]), atol=2e-5, rtol=2e-5)
+    assert tracing.prefixed_last_logits(model, []).shape == (0, model.vocab_size)
+
+
 def test_prefix_attention_mode_is_checked(model):
     pair = random_pairs(1)[0]
     with pytest.raises(ValueError, match=r"prefix_attention 'copy': use one of shared, concat"):

@@ -160,17 +160,16 @@ def test_two_stage_screen_keeps_what_screening_everything_in_order_keeps(monkeyp
 
     calls = []
 
-    def fake_last_logits(model, batch):
-        calls.append(batch.input_ids.shape[0])
-        out = torch.zeros(batch.input_ids.shape[0], m.hf.config.vocab_size)
-        for i, ln in enumerate(batch.lengths):
-            ids = tuple(batch.input_ids[i, -ln:].tolist())
+    def fake_last_logits(model, seqs, batch_size):
+        calls.append(len(seqs))
+        out = torch.zeros(len(seqs), m.hf.config.vocab_size)
+        for i, ids in enumerate(map(tuple, seqs)):
             want = answer[ids]
             wrong = next(t for t in range(out.shape[1]) if t not in (want, clean_answer[ids]))
             out[i, want if right(ids) else wrong] = 1.0
         return out
 
-    monkeypatch.setattr(ind, "last_logits", fake_last_logits)
+    monkeypatch.setattr(ind, "prefixed_last_logits", fake_last_logits)
     got = ind.build_pairs(m, n, shots=shots, seed=seed, require_correct=True, max_candidates=max_cand)
     ref = {k: [] for k in ind.CORRUPTIONS}
     for c in cands:

@@ -63,8 +63,8 @@ from tqdm import tqdm
 from .ablation import HELDOUT_PREFERENCE, Head, HeadMeans, head_means, sample_pairs
 from .batching import Batch, chunks, common_prefix_len, left_pad
 from .stats import wilson
-from .tracing import (PREFIX_ATTENTION_MODES, Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok,
-                      prefix_cache, run_trace)
+from .tracing import (PREFIX_ATTENTION_MODES, Edit, PrefixCache,
+                      prefix_cache, run_trace, suffix_last_logits)
 #: Subtask families with one knockout figure each (a ``label`` subtask, if present, is only in the tables).
 FAMILIES = ("decision", "copy", "induction")
 
@@ -170,24 +170,11 @@ def cached_ablated_logits(model, seqs: Sequence[Sequence[int]], means: HeadMeans
 def _suffix_logits(model, seqs: Sequence[Sequence[int]], idx: Sequence[int], P: int, cache: PrefixCache,
                    means: HeadMeans, removed: Sequence[Head], prefix_attention: str = "shared") -> torch.Tensor:
     """One batch of :func:`cached_ablated_logits`: the suffixes of ``seqs[i]`` for i in ``idx`` over the ablated
-    prefix ``cache`` of P tokens; logits at each predicting position [len(idx), vocab]."""
-    shared = prefix_attention == "shared" and _shared_ok(model)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    suf = [list(seqs[i][P:]) for i in idx]
-    R, S = len(suf), max(len(x) for x in suf)
-    ids = torch.tensor([x + [pad] * (S - len(x)) for x in suf], dtype=torch.long)
-    n = torch.tensor([len(seqs[i]) for i in idx])
-    pos = P + torch.arange(S)[None].expand(R, -1)
-    last = [len(x) - 1 for x in suf]
-    keep = sorted(set(last))
-    kwargs = {"input_ids": ids.to(model.device), "position_ids": pos.to(model.device), "use_cache": True,
-              "attention_mask": torch.ones(R, P + S, dtype=torch.long, device=model.device),
-              "logits_to_keep": torch.tensor(keep, device=model.device),
-              _cache_kwarg(model): cache.dynamic(R, model.hf.config, shared=shared)}
-    serve = _serve_prefix(model, cache) if shared else contextlib.nullcontext()
-    with torch.no_grad(), serve, _z_hooks(model, removed, lambda layer: means.values_at(layer, pos, n)):
-        logits = model.hf(**kwargs).logits  # [R, len(keep), vocab]
-    return logits[torch.arange(R), torch.tensor([keep.index(j) for j in last])].float().cpu()
+    prefix ``cache`` of P tokens, the suffix's means end-aligned per row; logits at each predicting position
+    [len(idx), vocab]."""
+    return suffix_last_logits(
+        model, [list(seqs[i][P:]) for i in idx], cache, prefix_attention=prefix_attention,
+        hooks=lambda pos, n: _z_hooks(model, removed, lambda layer: means.values_at(layer, pos, n)))
 
 
 METHODS = ("auto", "full", "cached")

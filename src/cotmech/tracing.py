@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .batching import chunks, common_prefix_len, last_logits, left_pad
+
 log = logging.getLogger(__name__)
 
 SITE_ORDER = ("q", "k", "v", "z")  # order in which a layer computes them (nnsight needs access in order)
@@ -229,6 +231,62 @@ def prefix_cache(model, ids: torch.Tensor) -> PrefixCache | None:
     else:  # pragma: no cover - older transformers
         keys, vals = list(cache.key_cache), list(cache.value_cache)
     return PrefixCache(keys, vals, int(ids.numel()))
+
+
+def suffix_last_logits(model, suffixes: Sequence[Sequence[int]], cache: PrefixCache, *,
+                       hooks: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
+                       prefix_attention: str = "shared") -> torch.Tensor:
+    """Plain forward of every ``suffixes[i]`` continuing the ``cache`` prefix; logits at each row's last token,
+    float32 [rows, vocab]. Rows are right-padded (pads follow every real token, so causal attention never sees
+    them). ``hooks(pos [rows, S], lengths [rows])`` (positions and whole-sequence lengths, prefix included) may
+    return a context manager active during the forward (the knockout's mean-ablation hooks). Equals the last-token
+    logits of the whole sequences up to float rounding."""
+    if prefix_attention not in PREFIX_ATTENTION_MODES:
+        raise ValueError(f"prefix_attention {prefix_attention!r}: use one of {', '.join(PREFIX_ATTENTION_MODES)}")
+    if not suffixes or min(len(x) for x in suffixes) == 0:
+        raise ValueError("suffix_last_logits: every row needs at least one token after the prefix")
+    P = cache.length
+    shared = prefix_attention == "shared" and _shared_ok(model)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    R, S = len(suffixes), max(len(x) for x in suffixes)
+    ids = torch.tensor([list(x) + [pad] * (S - len(x)) for x in suffixes], dtype=torch.long)
+    n = torch.tensor([P + len(x) for x in suffixes])
+    pos = P + torch.arange(S)[None].expand(R, -1)
+    last = [len(x) - 1 for x in suffixes]
+    keep = sorted(set(last))
+    kwargs = {"input_ids": ids.to(model.device), "position_ids": pos.to(model.device), "use_cache": True,
+              "attention_mask": torch.ones(R, P + S, dtype=torch.long, device=model.device),
+              "logits_to_keep": torch.tensor(keep, device=model.device),
+              _cache_kwarg(model): cache.dynamic(R, model.hf.config, shared=shared)}
+    serve = _serve_prefix(model, cache) if shared else contextlib.nullcontext()
+    hooked = hooks(pos, n) if hooks is not None else contextlib.nullcontext()
+    with torch.no_grad(), serve, hooked:
+        logits = model.hf(**kwargs).logits  # [R, len(keep), vocab]
+    return logits[torch.arange(R), torch.tensor([keep.index(j) for j in last])].float().cpu()
+
+
+def prefixed_last_logits(model, seqs: Sequence[Sequence[int]], batch_size: int = 16) -> torch.Tensor:
+    """Last-token logits of every sequence, float32 [n, vocab] (input order): the prefix all of them share is run
+    once (:func:`prefix_cache`) and the rest of each sequence over it (:func:`suffix_last_logits`, batches of
+    similar length). Equals a plain forward of each whole sequence up to float rounding."""
+    seqs = [list(s) for s in seqs]
+    if not seqs:
+        return torch.empty(0, model.vocab_size)
+    P = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
+    if P <= 0:
+        pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+        rows = [last_logits(model, left_pad([seqs[i] for i in idx], pad)).cpu()
+                for idx in chunks(range(len(seqs)), batch_size)]
+        return torch.cat(rows)
+    cache = prefix_cache(model, torch.as_tensor(seqs[0][:P], dtype=torch.long))
+    out: torch.Tensor | None = None
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for idx in chunks(order, batch_size):
+        rows = suffix_last_logits(model, [seqs[i][P:] for i in idx], cache)
+        if out is None:
+            out = torch.empty(len(seqs), rows.shape[-1])
+        out[list(idx)] = rows
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

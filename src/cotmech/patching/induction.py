@@ -43,9 +43,9 @@ import numpy as np
 import pandas as pd
 
 from .. import vocab
-from ..batching import left_pad, last_logits
 from ..prontoqa.corrupt import encode
 from ..stats import resample_counts
+from ..tracing import prefixed_last_logits
 from .data import Pair, make_pair
 
 CORRUPTIONS = ("class", "subject", "property")
@@ -162,10 +162,9 @@ def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: b
     kept: dict[str, list[Pair]] = {k: [] for k in CORRUPTIONS}
     max_candidates = max_candidates or 20 * n
     index = 0
-    pad = model.tokenizer.pad_token_id
 
-    def top1(seqs: list[list[int]]) -> list[int]:
-        return last_logits(model, left_pad(seqs, pad)).argmax(-1).tolist() if seqs else []
+    def top1(seqs: list[list[int]]) -> list[int]:  # the shared exemplars run once per call
+        return prefixed_last_logits(model, seqs, batch_size).argmax(-1).tolist() if seqs else []
 
     while min(len(v) for v in kept.values()) < n and index < max_candidates:
         missing = max(n - len(v) for v in kept.values())
