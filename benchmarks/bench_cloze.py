@@ -71,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     t_plain, k_plain = screen(plain)
     t_new, k_new = screen(ind.prefixed_last_logits)
     same = k_plain == k_new
+    differ = {k: sorted(set(k_plain[k]) ^ set(k_new[k])) for k in k_new}
     out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model,
            "dtype": args.dtype, "threads": torch.get_num_threads(), "cpu": cpu_model(), "torch": torch.__version__,
            "n": args.n, "shots": args.shots, "max_candidates": args.max_candidates,
            "kept": {k: len(v) for k, v in k_new.items()}, "seconds_plain": t_plain, "seconds_prefixed": t_new,
-           "ratio": t_plain / t_new, "same_pairs": same}
+           "ratio": t_plain / t_new, "same_pairs": same, "pairs_kept_by_one_screen_only": differ}
     print(f"cloze screen, {args.model} {args.dtype}, {out['threads']} threads, CPU {out['cpu']}: kept {out['kept']}")
     print(f"plain (every whole prompt) {t_plain:8.2f} s\nprefixed (today)          {t_new:8.2f} s\n"
           f"ratio plain/prefixed      {t_plain / t_new:8.2f}×   same kept pairs: {same}")

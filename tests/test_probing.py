@@ -98,6 +98,34 @@ def test_residuals_match_hidden_states_and_first_subtoken(tiny_model):
             torch.testing.assert_close(r[:, layer], hs[layer][0, ps].float(), atol=1e-4, rtol=1e-4)
 
 
+def test_residuals_over_a_shared_prefix_equal_each_whole_prompt(tiny_model):
+    """Prompts sharing their exemplars: the prefix runs once and each rest over it (residuals_over_prefix);
+    oracle: HF's hidden states of each whole prompt alone (embeddings and blocks 0..L-2; the last one HF returns
+    after the final norm) and, for every index 0..L, the plain left-padded nnsight path."""
+    from cotmech.batching import left_pad
+
+    head = "Sterpus is bitter. Alex is sterpus. Alex is bitter.\n\n"
+    prompts = [head + Q, head + Q.replace("Max", "Rex"), head + "Every wumpus is a dumpus. " + Q]
+    tok = tiny_model.tokenizer
+    ids = [tok(p).input_ids for p in prompts]
+    pos = [[len(i) - 1, len(i) - 3, len(tok(head).input_ids) + 1] for i in ids]
+    calls = []
+    real = P.residuals_over_prefix
+    P.residuals_over_prefix = lambda *a, **k: calls.append(a[3]) or real(*a, **k)
+    try:
+        res = P.residuals_at(tiny_model, prompts, pos, batch_size=2)
+    finally:
+        P.residuals_over_prefix = real
+    assert calls and calls[0] > 5  # the shared prefix really ran once
+    plain = P.residuals_plain(tiny_model, ids, pos, batch_size=3)
+    for i, (p, r, ps) in enumerate(zip(prompts, res, pos)):
+        assert r.shape == (3, tiny_model.n_layers + 1, tiny_model.d_model)
+        torch.testing.assert_close(r, plain[i], atol=1e-4, rtol=1e-4)
+        hs = tiny_model.hf(**left_pad([ids[i]], tok.pad_token_id).kwargs(), output_hidden_states=True).hidden_states
+        for layer in range(tiny_model.n_layers):
+            torch.testing.assert_close(r[:, layer], hs[layer][0, ps].float(), atol=1e-4, rtol=1e-4)
+
+
 def test_pair_features_end_to_end(tiny_llama):
     from cotmech.prontoqa.prompts import build_prompt
 

@@ -42,9 +42,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .batching import chunks, left_pad
+from .batching import chunks, common_prefix_len, left_pad
 from .stats import wilson
 from .models import _getattr_path
+from .tracing import prefix_cache, suffix_last_logits
 
 LABELS = ("related", "negated", "unrelated")
 
@@ -289,17 +290,59 @@ def sample_table(records: Sequence[dict], splits: dict[str, list[str]], seed: in
 # --------------------------------------------------------------------------------------------------
 def residuals_at(model, prompts: Sequence[str], positions: Sequence[Sequence[int]], batch_size: int = 4,
                  progress: bool = False) -> list[torch.Tensor]:
-    """Residual stream at token positions, one nnsight forward per batch of prompts.
+    """Residual stream at token positions.
 
     Returns per prompt a float32 tensor [n_positions, n_layers+1, d_model]: index 0 = embeddings, l = output of
-    block l−1 (before the final norm).
+    block l−1 (before the final norm). The token prefix every prompt shares (the few-shot exemplars), up to the
+    first requested position, runs once (:func:`cotmech.tracing.prefix_cache`); each prompt's rest runs over it
+    (:func:`residuals_over_prefix`). Without a shared prefix: :func:`residuals_plain`. Same numbers up to float
+    rounding.
     """
+    ids = [model.tokenizer(p).input_ids for p in prompts]
+    if not ids:
+        return []
+    P = min(common_prefix_len(ids), min(min(p) for p in positions if len(p)) if any(map(len, positions)) else 0,
+            min(len(i) for i in ids) - 1)
+    if P <= 0:
+        return residuals_plain(model, ids, positions, batch_size, progress)
+    return residuals_over_prefix(model, ids, positions, P, batch_size, progress)
+
+
+def _block_outputs(model, store: list):
+    """Forward hooks appending the embedding output and every block's output ([rows, pos, d]) to ``store``."""
+    mods = [model.hf.get_input_embeddings(), *model.hf_layers()]
+    return [m.register_forward_hook(lambda mod, args, out: store.append(out[0] if isinstance(out, tuple) else out))
+            for m in mods]
+
+
+def residuals_over_prefix(model, ids: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], P: int,
+                          batch_size: int = 4, progress: bool = False) -> list[torch.Tensor]:
+    """:func:`residuals_at` with the shared first ``P`` tokens (every position >= P) run once."""
+    cache = prefix_cache(model, torch.as_tensor(list(ids[0][:P]), dtype=torch.long))
+    out: list[torch.Tensor | None] = [None] * len(ids)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for idx in tqdm(list(chunks(order, batch_size)), desc="residuals", disable=not progress):
+        store: list[torch.Tensor] = []
+        handles = _block_outputs(model, store)
+        try:
+            suffix_last_logits(model, [list(ids[i][P:]) for i in idx], cache)
+        finally:
+            for h in handles:
+                h.remove()
+        hs = torch.stack([t.float().cpu() for t in store], 2)  # [rows, suffix, L+1, d]
+        for j, i in enumerate(idx):
+            out[i] = hs[j, torch.as_tensor([p - P for p in positions[i]], dtype=torch.long)]
+    return out  # type: ignore[return-value]
+
+
+def residuals_plain(model, ids: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], batch_size: int = 4,
+                    progress: bool = False) -> list[torch.Tensor]:
+    """:func:`residuals_at` with every whole prompt run (left-padded batches, one nnsight forward per batch)."""
     tok = model.tokenizer
-    ids = [tok(p).input_ids for p in prompts]
-    out: list[torch.Tensor | None] = [None] * len(prompts)
+    out: list[torch.Tensor | None] = [None] * len(ids)
     embed = _getattr_path(model.lm, model.arch.embed)
-    for idx in tqdm(list(chunks(list(range(len(prompts))), batch_size)), desc="residuals", disable=not progress):
-        batch = left_pad([ids[i] for i in idx], tok.pad_token_id).to(model.device)
+    for idx in tqdm(list(chunks(list(range(len(ids))), batch_size)), desc="residuals", disable=not progress):
+        batch = left_pad([list(ids[i]) for i in idx], tok.pad_token_id).to(model.device)
         saved = []
         with torch.no_grad(), model.lm.trace(**batch.kwargs()):
             saved.append(embed.output.save())
