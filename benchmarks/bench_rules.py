@@ -532,7 +532,6 @@ class Bench:
         import torch
 
         from cotmech import config, probing
-        from cotmech.prontoqa.prompts import build_prompt
 
         cfg = config.section(self.cfg, "probing")
         model, seed, bs = self.model, self.seed, int(cfg["batch_size"])
@@ -542,11 +541,11 @@ class Bench:
         sub = [r for r in records if r["id"] in set(qids[:bs * s])]
         samp = samples[samples["qid"].isin({r["id"] for r in sub})]
         w = [r for r in sub[:1]]
-        probing.pair_features(model, w, [build_prompt(r, shots=shots[-1], header="probe", seed=seed) for r in w],
-                              samples[samples["qid"] == w[0]["id"]], 1)
+        probing.pair_features(model, w, probing.shot_prompts(w, shots[-1], seed), samples[samples["qid"] == w[0]["id"]],
+                              1)
         t_f = 0.0
         for k in shots:
-            prompts = [build_prompt(r, shots=k, header="probe", seed=seed) for r in sub]
+            prompts = probing.shot_prompts(sub, k, seed)
             dt, feats = timed(model, lambda: probing.pair_features(model, sub, prompts, samp, bs))
             t_f += dt
         rows = [Row("probe", "forwards", "prompt", len(sub) * len(shots), t_f, len(qids) * len(shots),
