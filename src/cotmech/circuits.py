@@ -1200,6 +1200,32 @@ def knockout_options(section, subtasks: Sequence[int] | None = None) -> dict:
     return out
 
 
+def run(model, clean: list[dict], reference: list[dict], cfg, seed: int, *,
+        rankings: dict[str, str | list[str]] | None = None, circuits: pd.DataFrame | None = None,
+        subtasks: Sequence[int] | None = None, log=None) -> dict[str, pd.DataFrame]:
+    """Knockout circuits (study.md E6, E7) of the ``clean`` pairs with means over the ``reference`` pairs: the
+    tables by file name (:data:`KNOCKOUT_FILES`).
+
+    ``cfg`` the ``circuits`` config section (:func:`cotmech.config.section`); ``subtasks`` given replaces
+    ``cfg["subtasks"]`` (the workflow's one job per subtask). With ``rankings`` (name -> source, as
+    :func:`run_knockout` takes them): the knockout tables of :func:`run_knockout`. With ``circuits`` (heads.parquet
+    of a merged knockout) instead: the cross-subtask table ``cross_subtask.csv`` (:func:`run_cross_subtask`).
+    """
+    log = log or (lambda msg: print(msg, flush=True))
+    opts = knockout_options(cfg, subtasks)
+    if circuits is not None:
+        t = run_cross_subtask(model, clean, reference, circuits, seed=seed,
+                              **{k: opts[k] for k in CROSS_SUBTASK_KEYS})
+        log(t.to_string(index=False) if len(t) else "no subtask evaluated")
+        return {"cross_subtask.csv": t}
+    log(f"model {model.spec}: {model.n_layers}×{model.n_heads} heads; "
+        f"{len(clean)} clean / {len(reference)} reference pairs; rankings {rankings}")
+    out = run_knockout(model, clean, reference, rankings or {}, seed=seed, **opts)
+    ops = out["operating_points"]
+    log(ops.to_string(index=False) if len(ops) else "no subtask knocked out")
+    return {file: out[name] for name, file in KNOCKOUT_FILES.items()}
+
+
 def ranking_sources(rankings: dict[str, str], dataset: str, subtasks: Sequence[int], fields: dict[str, str],
                     shards: int, producible) -> tuple[dict[str, str | list[str]], list[str]]:
     """Knockout rankings of config ``circuits.rankings`` that can run: (name -> 'builtin…' or its files, skipped
