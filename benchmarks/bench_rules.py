@@ -617,7 +617,7 @@ class Bench:
     def train_tuned_lens(self, s: int) -> list[Row]:
         import torch
 
-        from cotmech.lens import train_tuned_lens
+        from cotmech.lens import n_heldout, train_tuned_lens
 
         st, tl = self.study, self.cfg["tuned_lens"]
         if not tl["enabled"]:
@@ -628,7 +628,7 @@ class Bench:
         L, d = model.n_layers, model.d_model
         n_rows = sum(st.total_pairs(x) for x in st.datasets)
         n_ex = sum(st.used[x] for x in st.datasets)
-        n_val_ex = int(round(float(tl["val_frac"]) * n_ex)) if n_ex > 1 else 0
+        n_val_ex = n_heldout(n_ex, tl["val_frac"])  # as lens.tuned_lens_split holds out examples
         n_val = round(n_rows * n_val_ex / n_ex) if n_ex else 0
         n_train = n_rows - n_val
         fit = max(2, int(self.args.max_lens_gib * 2**30 // ((L + 1) * d * 4)))
