@@ -400,7 +400,8 @@ class Bench:
         subtasks = [int(k) for k in (cc["subtasks"] if cc["subtasks"] is not None else st.subtasks(clean_d))]
         n_total = model.n_total_heads
         # rankings: builtin = 2 orderings (ranking and evaluation split); a table = 1 (no per-example scores), if
-        # the rule producing it is in the workflow (as common.smk's circuit_rankings decides)
+        # the rule producing it is in the workflow: circuits.knockout_rankings, as the workflow's circuit_rankings
+        # calls it, with `made` standing in for the workflow's rule graph
         pcfg = self.cfg["patching"]
         # builtins and per-pair patching shards rank on each split (2 orderings); the FD-window rankings have at
         # most window_widths removed sets, the others the inner grid steps
@@ -410,8 +411,8 @@ class Bench:
             m = raw.search(path)
             return m is None or (m[1] in pcfg["datasets"] and int(m[2]) in pcfg["subtasks"])
 
-        fields = dict(results="results", model="model", mres="results/model", method=pcfg["method"])
-        sources, skipped = C.ranking_sources(cc["rankings"], clean_d, subtasks, fields, pcfg["shards"], made)
+        sources, skipped = C.knockout_rankings(cc, pcfg, dict(results="results", model="model", mres="results/model"),
+                                               made, subtasks)
         builtin, tables, n_direct, n_window = 0, [], 0, 0
         for name, src in sources.items():
             if isinstance(src, str):

@@ -1226,6 +1226,15 @@ def run(model, clean: list[dict], reference: list[dict], cfg, seed: int, *,
     return {file: out[name] for name, file in KNOCKOUT_FILES.items()}
 
 
+def knockout_rankings(circ, patching, fields: dict[str, str], producible,
+                      subtasks: Sequence[int] | None = None) -> tuple[dict[str, str | list[str]], list[str]]:
+    """:func:`ranking_sources` of config section ``circuits`` (``circ``: rankings, dataset, subtasks unless
+    ``subtasks`` is given): '{method}' is ``patching.method``, '{shard}' every shard of ``patching.shards``.
+    ``fields``: results, model, mres. What the workflow (common.smk ``circuit_rankings``) and bench_rules run."""
+    return ranking_sources(circ["rankings"], circ["dataset"], circ["subtasks"] if subtasks is None else subtasks,
+                           {**fields, "method": patching["method"]}, patching["shards"], producible)
+
+
 def ranking_sources(rankings: dict[str, str], dataset: str, subtasks: Sequence[int], fields: dict[str, str],
                     shards: int, producible) -> tuple[dict[str, str | list[str]], list[str]]:
     """Knockout rankings of config ``circuits.rankings`` that can run: (name -> 'builtin…' or its files, skipped
