@@ -503,8 +503,7 @@ class Bench:
 
         st, fs = self.study, self.cfg["flow"]
         fds = list(fs.get("datasets") or st.datasets[:1])
-        fcfg = flow.FlowConfig(**{k: fs[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob",
-                                                     "prefilter") if k in fs})
+        fcfg = flow.flow_config(fs)
         chosen = flow.select_examples(st.pairs[fds[0]], s, fs.get("subtasks"))
         gens = {r["id"]: r for r in st.gens[fds[0]]}
         L, H = self.model.n_layers, self.model.n_heads

@@ -820,6 +820,12 @@ def write_all(outdir: Any, traces: Sequence[dict], frames: dict[str, Any], summa
     write_json(out / "summary.json", summary)
 
 
+def flow_config(cfg: Any) -> FlowConfig:
+    """The search hyper-parameters of config section ``flow`` (:func:`cotmech.config.section`)."""
+    return FlowConfig(**{k: cfg[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob",
+                                              "prefilter", "start")})
+
+
 def run(model: Any, pairs: Sequence[dict], cfg: Any, seed: int, *, circuits_cfg: Any,
         generations: Sequence[dict] = (), heads: Any = None, reference: Sequence[dict] | None = None,
         ranking: Any = None, alignment: int = 0, names: dict[str, Any] | None = None,
@@ -840,8 +846,7 @@ def run(model: Any, pairs: Sequence[dict], cfg: Any, seed: int, *, circuits_cfg:
 
     names = names or {}
     log = log or print
-    fcfg = FlowConfig(**{k: cfg[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob",
-                                              "prefilter", "start")})
+    fcfg = flow_config(cfg)
     pruned = bool(cfg["pruned"])
     if pruned and (heads is None or reference is None):
         raise ValueError("flow.pruned needs the knockout heads table and the reference pairs")
