@@ -350,12 +350,11 @@ class Bench:
         from cotmech.patching import induction as ind
         from cotmech.patching.exact import exact_sweep
         from cotmech import config
-        from cotmech.patching.run import sub_seed
 
         opts = config.section(self.cfg, "patching")
         io_ = opts["induction"]
-        n, shots, maxc = int(io_["n"]), int(io_["shots"]), io_["max_candidates"] or 20 * int(io_["n"])
-        seed = sub_seed(self.seed, "induction")
+        n, shots = int(io_["n"]), int(io_["shots"])
+        maxc, seed = ind.candidate_cap(n, io_["max_candidates"]), ind.pair_seed(self.seed)
         kept = min(n, int(maxc))
         rows = []
         if io_["require_correct"]:

@@ -148,6 +148,18 @@ def build_example(tokenizer, rng: np.random.Generator, head: str, index: int, tr
     return out
 
 
+def candidate_cap(n: int, max_candidates: int | None) -> int:
+    """Candidates :func:`build_pairs` screens at most: ``max_candidates``, by default 20 per pair wanted."""
+    return int(max_candidates or 20 * n)
+
+
+def pair_seed(seed: int) -> int:
+    """The seed of the cloze pairs (:func:`build_pairs`) of a run with ``seed``."""
+    from .run import sub_seed
+
+    return sub_seed(seed, "induction")
+
+
 def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: bool = True,
                 max_candidates: int | None = None, batch_size: int = 16) -> dict[str, list[Pair]]:
     """The first ``n`` usable pairs per corruption (see module docstring), drawn from one seeded RNG
@@ -161,7 +173,7 @@ def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: b
     rng = np.random.default_rng(seed)
     head = exemplars(rng, shots)
     kept: dict[str, list[Pair]] = {k: [] for k in CORRUPTIONS}
-    max_candidates = max_candidates or 20 * n
+    max_candidates = candidate_cap(n, max_candidates)
     index = 0
     pad = model.tokenizer.pad_token_id
 
@@ -243,15 +255,14 @@ def run(model, cfg, seed: int, corruptions: Sequence[str] = CORRUPTIONS, *,
     pairs).
 
     ``cfg`` the ``patching`` config section (:func:`cotmech.config.section`): pairs from ``cfg["induction"]``
-    (:func:`build_pairs`, seed ``sub_seed(seed, "induction")``), the sweep's metric, direction and head batch.
+    (:func:`build_pairs`, seed :func:`pair_seed`), the sweep's metric, direction and head batch.
     """
     from ..patch_results import PatchResult
     from .exact import exact_sweep
-    from .run import sub_seed
 
     log = log or (lambda msg: print(msg, flush=True))
     io_ = cfg["induction"]
-    kept = build_pairs(model, io_["n"], shots=io_["shots"], seed=sub_seed(seed, "induction"),
+    kept = build_pairs(model, io_["n"], shots=io_["shots"], seed=pair_seed(seed),
                        require_correct=io_["require_correct"], max_candidates=io_["max_candidates"])
     out = {}
     for kind in corruptions:
