@@ -60,7 +60,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .ablation import HELDOUT_PREFERENCE, Head, HeadMeans, head_means, sample_pairs
+from .ablation import HELDOUT_PREFERENCE, Head, HeadMeans, circuit_sets, head_means, sample_pairs
 from .batching import Batch, chunks, common_prefix_len, left_pad
 from .stats import wilson
 from .tracing import (PREFIX_ATTENTION_MODES, Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok,
@@ -1224,6 +1224,15 @@ def run(model, clean: list[dict], reference: list[dict], cfg, seed: int, *,
     ops = out["operating_points"]
     log(ops.to_string(index=False) if len(ops) else "no subtask knocked out")
     return {file: out[name] for name, file in KNOCKOUT_FILES.items()}
+
+
+def overlap(heads: pd.DataFrame, cfg, n_total: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Overlap of the kept-head sets (study.md E7) of a merged knockout's ``heads`` table: the pairwise table
+    (:func:`overlap_table`), the reuse summary (:func:`reuse_summary` of ``cfg["reuse_groups"]``, ``cfg`` the
+    ``circuits`` section) and the model's head count used (``n_total``, default read from ``heads``)."""
+    n_total = n_total or int(heads.groupby(["subtask", "ranking", "scope"]).size().max())
+    ov = overlap_table(circuit_sets(heads), n_total)
+    return ov, reuse_summary(ov, cfg["reuse_groups"]), n_total
 
 
 def knockout_rankings(circ, patching, fields: dict[str, str], producible,
