@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 NO_PATCH = -1  # layer id of the unpatched baseline row
+TABLE_COLUMNS = ["example_id", "s", "layer", "n_ref", "n_text", "first_div", "agree", "exact"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def divergence_table(model: Any, examples: Sequence[dict], layers: Sequence[int]
     usable = [e for e in examples if "skipped" not in e]
     rows = []
     if not usable:
-        return pd.DataFrame(columns=["example_id", "s", "layer", "n_ref", "n_text", "first_div", "agree", "exact"])
+        return pd.DataFrame(columns=TABLE_COLUMNS)
     seqs = [e["prompt_ids"] for e in usable] + [e["corrupt_prompt_ids"] for e in usable]
     shared = common_prefix_len(seqs)
     cache = _prefix(model, usable[0]["prompt_ids"][:shared]) if shared else None
@@ -311,7 +312,7 @@ def divergence_table(model: Any, examples: Sequence[dict], layers: Sequence[int]
                 rows.append({"example_id": e["id"], "s": s, "layer": layer, "n_ref": len(ref),
                              "n_text": len(full_ref), "first_div": fd, "agree": fd / len(ref),
                              "exact": fd == len(ref)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)  # the columns also when no reference is left
 
 
 def aggregate(table: Any, n_layers: int | None = None) -> Any:
