@@ -60,7 +60,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .ablation import HELDOUT_PREFERENCE, Head, HeadMeans, circuit_sets, head_means, sample_pairs
+from .ablation import (ALIGNMENTS, HELDOUT_PREFERENCE, Head, HeadMeans, alignment_prefix, circuit_sets, head_means,
+                       sample_pairs)
 from .batching import Batch, chunks, common_prefix_len, left_pad
 from .stats import wilson
 from .tracing import (PREFIX_ATTENTION_MODES, Edit, PrefixCache, _cache_kwarg, _serve_prefix, _shared_ok,
@@ -868,19 +869,6 @@ def subtask_data(clean: list[dict], reference: list[dict], k: int, rank_ids: set
     rk = sample_pairs([p for p in reference if int(p["subtask"]) == k], n_reference, rng)
     kind = ck[0]["kind"] if ck else ""
     return SubtaskData(k, kind, sample_pairs(rank, n_rank, rng), sample_pairs(ev, n_eval, rng), rk, len(ck))
-
-
-#: reference-mean alignments: ``segment`` (start-aligned over the few-shot prefix every clean input shares,
-#: end-aligned after it) or ``end`` (end-aligned everywhere, the earlier alignment)
-ALIGNMENTS = ("segment", "end")
-
-
-def alignment_prefix(clean: Sequence[dict], mean_alignment: str) -> int:
-    """Length of the start-aligned segment: the token prefix shared by every clean input of the dataset (every
-    subtask, so the boundary does not depend on the sampled examples) for ``segment``, 0 for ``end``."""
-    if mean_alignment not in ALIGNMENTS:
-        raise ValueError(f"circuits.mean_alignment must be one of {ALIGNMENTS}, got {mean_alignment!r}")
-    return common_prefix_len(p["clean_ids"] for p in clean) if mean_alignment == "segment" else 0
 
 
 def _rankings_for(model, d: SubtaskData, rankings: dict[str, str | list[str]], means: HeadMeans,
