@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Wall time of every model-running rule at the sizes of a config, measured on a small sample of its work units.
 
-For each rule the script runs the rule's own core function (the ``cotmech`` call its script in scripts/ makes) on a
+For each rule the script runs the rule's own core function (the one its ``cotmech.<module>.run`` calls) on a
 few work units - pairs, generation batches, traced examples, knockout batches, ... - after a warm-up, divides the
 time by the units measured and multiplies by the number of units the config implies, derived as the rule derives
 them (datasets' n, subtasks, n_pairs, max_per_subtask, steps, ...). Counts that depend on model outputs (how many
@@ -208,7 +208,7 @@ class Bench:
     # shared pieces -------------------------------------------------------------------------------
     def lens(self, device: str = "cpu") -> tuple[Any, float]:
         """The logit lens (make_unembed) on ``device`` and the seconds it took (built once per device, timed
-        once): head_roles builds it on the model's device, the other lens rules on the CPU, as their scripts do."""
+        once): head_roles builds it on the model's device, the other lens rules on the CPU, as their run functions do."""
         key = str(device)
         if key not in self._lens:
             from cotmech.unembed import make_unembed
