@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Wall time of every model-running rule at the sizes of a config, measured on a small sample of its work units.
 
-For each rule the script runs the rule's own core function (the ``cotmech`` call its script in scripts/ makes) on a
+For each rule the script runs the rule's own core function (the one its ``cotmech.<module>.run`` calls) on a
 few work units - pairs, generation batches, traced examples, knockout batches, ... - after a warm-up, divides the
 time by the units measured and multiplies by the number of units the config implies, derived as the rule derives
 them (datasets' n, subtasks, n_pairs, max_per_subtask, steps, ...). Counts that depend on model outputs (how many
@@ -208,7 +208,7 @@ class Bench:
     # shared pieces -------------------------------------------------------------------------------
     def lens(self, device: str = "cpu") -> tuple[Any, float]:
         """The logit lens (make_unembed) on ``device`` and the seconds it took (built once per device, timed
-        once): head_roles builds it on the model's device, the other lens rules on the CPU, as their scripts do."""
+        once): head_roles builds it on the model's device, the other lens rules on the CPU, as their run functions do."""
         key = str(device)
         if key not in self._lens:
             from cotmech.unembed import make_unembed
@@ -350,12 +350,11 @@ class Bench:
         from cotmech.patching import induction as ind
         from cotmech.patching.exact import exact_sweep
         from cotmech import config
-        from cotmech.patching.run import sub_seed
 
         opts = config.section(self.cfg, "patching")
         io_ = opts["induction"]
-        n, shots, maxc = int(io_["n"]), int(io_["shots"]), io_["max_candidates"] or 20 * int(io_["n"])
-        seed = sub_seed(self.seed, "induction")
+        n, shots = int(io_["n"]), int(io_["shots"])
+        maxc, seed = ind.candidate_cap(n, io_["max_candidates"]), ind.pair_seed(self.seed)
         kept = min(n, int(maxc))
         rows = []
         if io_["require_correct"]:
@@ -400,7 +399,8 @@ class Bench:
         subtasks = [int(k) for k in (cc["subtasks"] if cc["subtasks"] is not None else st.subtasks(clean_d))]
         n_total = model.n_total_heads
         # rankings: builtin = 2 orderings (ranking and evaluation split); a table = 1 (no per-example scores), if
-        # the rule producing it is in the workflow (as common.smk's circuit_rankings decides)
+        # the rule producing it is in the workflow: circuits.knockout_rankings, as the workflow's circuit_rankings
+        # calls it, with `made` standing in for the workflow's rule graph
         pcfg = self.cfg["patching"]
         # builtins and per-pair patching shards rank on each split (2 orderings); the FD-window rankings have at
         # most window_widths removed sets, the others the inner grid steps
@@ -410,8 +410,8 @@ class Bench:
             m = raw.search(path)
             return m is None or (m[1] in pcfg["datasets"] and int(m[2]) in pcfg["subtasks"])
 
-        fields = dict(results="results", model="model", mres="results/model", method=pcfg["method"])
-        sources, skipped = C.ranking_sources(cc["rankings"], clean_d, subtasks, fields, pcfg["shards"], made)
+        sources, skipped = C.knockout_rankings(cc, pcfg, dict(results="results", model="model", mres="results/model"),
+                                               made, subtasks)
         builtin, tables, n_direct, n_window = 0, [], 0, 0
         for name, src in sources.items():
             if isinstance(src, str):
@@ -502,8 +502,7 @@ class Bench:
 
         st, fs = self.study, self.cfg["flow"]
         fds = list(fs.get("datasets") or st.datasets[:1])
-        fcfg = flow.FlowConfig(**{k: fs[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob",
-                                                     "prefilter") if k in fs})
+        fcfg = flow.flow_config(fs)
         chosen = flow.select_examples(st.pairs[fds[0]], s, fs.get("subtasks"))
         gens = {r["id"]: r for r in st.gens[fds[0]]}
         L, H = self.model.n_layers, self.model.n_heads
@@ -532,7 +531,6 @@ class Bench:
         import torch
 
         from cotmech import config, probing
-        from cotmech.prontoqa.prompts import build_prompt
 
         cfg = config.section(self.cfg, "probing")
         model, seed, bs = self.model, self.seed, int(cfg["batch_size"])
@@ -542,11 +540,11 @@ class Bench:
         sub = [r for r in records if r["id"] in set(qids[:bs * s])]
         samp = samples[samples["qid"].isin({r["id"] for r in sub})]
         w = [r for r in sub[:1]]
-        probing.pair_features(model, w, [build_prompt(r, shots=shots[-1], header="probe", seed=seed) for r in w],
-                              samples[samples["qid"] == w[0]["id"]], 1)
+        probing.pair_features(model, w, probing.shot_prompts(w, shots[-1], seed), samples[samples["qid"] == w[0]["id"]],
+                              1)
         t_f = 0.0
         for k in shots:
-            prompts = [build_prompt(r, shots=k, header="probe", seed=seed) for r in sub]
+            prompts = probing.shot_prompts(sub, k, seed)
             dt, feats = timed(model, lambda: probing.pair_features(model, sub, prompts, samp, bs))
             t_f += dt
         rows = [Row("probe", "forwards", "prompt", len(sub) * len(shots), t_f, len(qids) * len(shots),
@@ -618,7 +616,7 @@ class Bench:
     def train_tuned_lens(self, s: int) -> list[Row]:
         import torch
 
-        from cotmech.lens import train_tuned_lens
+        from cotmech.lens import n_heldout, train_tuned_lens
 
         st, tl = self.study, self.cfg["tuned_lens"]
         if not tl["enabled"]:
@@ -629,7 +627,7 @@ class Bench:
         L, d = model.n_layers, model.d_model
         n_rows = sum(st.total_pairs(x) for x in st.datasets)
         n_ex = sum(st.used[x] for x in st.datasets)
-        n_val_ex = int(round(float(tl["val_frac"]) * n_ex)) if n_ex > 1 else 0
+        n_val_ex = n_heldout(n_ex, tl["val_frac"])  # as lens.tuned_lens_split holds out examples
         n_val = round(n_rows * n_val_ex / n_ex) if n_ex else 0
         n_train = n_rows - n_val
         fit = max(2, int(self.args.max_lens_gib * 2**30 // ((L + 1) * d * 4)))

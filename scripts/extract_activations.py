@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from cotmech import config
-from cotmech.cli import add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_model_args, check_tables, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,21 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(ap)
     args = ap.parse_args(argv)
 
-    from cotmech.activations import extract_pairs
+    from cotmech import activations
     from cotmech.io import RecordError, read_jsonl, save_tensors, write_table
     from cotmech.models import ModelSpecError
 
     try:
         check_tables(args, "--index")
         settings = read_settings(args.settings)
-        batch = int(config.section(settings, "activations")["batch_size"])
+        cfg = config.section(settings, "activations")
         pairs = read_jsonl(args.pairs)
         if not pairs:
             raise RecordError(f"{args.pairs}: no pairs (no example was solved exactly? see the make_pairs log)")
         model = load_from_args(args, settings)
-        check_pair_ids(model, pairs, args.pairs)
-        t1 = time.time()
-        acts, index = extract_pairs(model, pairs, batch_size=batch)
+        acts, index = activations.run(model, pairs, cfg, where=args.pairs)
     except (RecordError, ModelSpecError, ValueError) as e:
         return fail(e)
     # the pairs file relative to the output's folder: the same bytes wherever the results folder lies
@@ -46,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
             "pairs": os.path.relpath(os.path.abspath(args.pairs), os.path.dirname(os.path.abspath(args.out)))}
     save_tensors(args.out, acts, metadata=meta)
     write_table(args.index, index)
-    print(f"{len(pairs)} pairs: " + ", ".join(f"{k} {list(v.shape)}" for k, v in acts.items())
-          + f"; {time.time() - t1:.1f} s")
     return 0
 
 

@@ -8,7 +8,6 @@ Also aggregates per-dataset accuracy tables with --aggregate.
 from __future__ import annotations
 
 import sys
-import time
 
 from cotmech import config
 from cotmech.cli import add_model_args, check_tables, fail, load_from_args, parser, read_settings
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (args.tasks and args.dataset and args.out and args.accuracy):
         ap.error("give --tasks, --dataset, --out and --accuracy (or --aggregate)")
-    from cotmech.generation import accuracy_row, generate_records
+    from cotmech import generation
     from cotmech.models import ModelSpecError
 
     try:
@@ -50,18 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             raise RecordError(f"{args.tasks}: no task records")
         shots = config.section(settings, "prompt")["shots"]
         gen = config.section(settings, "generation")
-        max_new, batch = gen["max_new_tokens"], gen["batch_size"]
         model = load_from_args(args, settings)
     except (RecordError, ModelSpecError, ValueError, TypeError) as e:
         return fail(e)
-    t1 = time.time()
-    out = generate_records(model, records, shots=shots, max_new_tokens=max_new, batch_size=batch, desc=args.dataset)
+    out, accuracy = generation.run(model, records, gen, shots=shots, dataset=args.dataset)
     write_jsonl(args.out, out)
-    row = accuracy_row(args.dataset, out)
-    write_table(args.accuracy, pd.DataFrame([row], columns=ACCURACY_COLUMNS))
-    print(f"{args.dataset}: {row['correct']}/{row['n']} exactly correct = {row['accuracy']:.3f} "
-          f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]; valid proofs {sum(r['valid_proof'] for r in out)}; "
-          f"generation {time.time() - t1:.1f} s")
+    write_table(args.accuracy, accuracy)
     return 0
 
 

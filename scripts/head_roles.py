@@ -11,11 +11,10 @@ Definitions: cotmech.roles.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from cotmech import config
-from cotmech.cli import add_activation_args, add_model_args, check_pair_ids, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_activation_args, add_model_args, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,34 +25,27 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(ap)
     args = ap.parse_args(argv)
 
+    from cotmech import roles
     from cotmech.io import RecordError, write_json, write_table
-    from cotmech.unembed import LensError, make_unembed
+    from cotmech.unembed import LensError
     from cotmech.models import ModelSpecError
     from cotmech.prior_shift import load_activations
-    from cotmech.roles import plot_maps, run_roles
 
     try:
         settings = read_settings(args.settings)
-        cfg, seed = config.section(settings, "roles"), config.value(settings, "seed")
         tensors, index = load_activations(args.pairs, args.activations, args.index,
                                           keys=("resid", "attn_out", "z", "attn"))
         model = load_from_args(args, settings)
-        check_pair_ids(model, index.to_dict("records"), args.pairs)
-        lens = make_unembed(model, device=model.device)  # the writer scan runs where the model runs
-        t0 = time.time()
-        writers, copy, summary = run_roles(model, lens, tensors, index, cfg["max_per_subtask"], seed,
-                                           float(cfg["top_frac"]), int(cfg["n_boot"]), float(cfg["ci"]))
+        writers, copy, summary = roles.run(model, tensors, index, config.section(settings, "roles"),
+                                           config.value(settings, "seed"), where=args.pairs)
     except (RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
         return fail(e)
     out = Path(args.outdir)
     write_table(out / "writers.parquet", writers)
     write_table(out / "copy.parquet", copy)
     write_json(out / "summary.json", summary)
-    plot_maps(writers, "answer writers", out / "writers")
-    plot_maps(copy, "copy heads", out / "copy")
-    print(f"{summary['n_rows']} rows in {time.time() - t0:.1f} s; top-{summary['k']} second-half share: writers "
-          f"{summary['writers']['share_second_half']:.3f} [{summary['writers']['ci_low']:.3f}, "
-          f"{summary['writers']['ci_high']:.3f}], copy {summary['copy']['share_second_half']:.3f} (paper 0.991)")
+    roles.plot_maps(writers, "answer writers", out / "writers")
+    roles.plot_maps(copy, "copy heads", out / "copy")
     return 0
 
 

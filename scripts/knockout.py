@@ -20,6 +20,7 @@ from cotmech.cli import add_model_args, check_pair_ids, fail, load_from_args, pa
 from cotmech.io import RecordError, read_jsonl, read_table, write_table
 from cotmech.models import ModelSpecError
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--clean", required=True, help="clean pairs JSONL (pairs contract)")
@@ -56,26 +57,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: ranking {name!r} skipped: its upstream rule is not in the workflow")
     try:
         s = read_settings(args.settings)
-        cfg = circuits.knockout_options(config.section(s, "circuits"), args.subtask)
+        cfg = config.section(s, "circuits")
         clean, ref = read_jsonl(args.clean), read_jsonl(args.reference)
         model = load_from_args(args, s)
         check_pair_ids(model, clean, args.clean)
         check_pair_ids(model, ref, args.reference)
-        if args.circuits:
-            t = circuits.run_cross_subtask(model, clean, ref, read_table(args.circuits), seed=config.value(s, "seed"),
-                                           **{k: cfg[k] for k in circuits.CROSS_SUBTASK_KEYS})
-            write_table(f"{args.out_dir}/cross_subtask.csv", t)
-            print(t.to_string(index=False) if len(t) else "no subtask evaluated")
-            print(f"done in {time.time() - t0:.1f} s")
-            return 0
-        print(f"model {model.spec}: {model.n_layers}×{model.n_heads} heads; "
-              f"{len(clean)} clean / {len(ref)} reference pairs; rankings {rankings}")
-        out = circuits.run_knockout(model, clean, ref, rankings, seed=config.value(s, "seed"), **cfg)
+        tables = circuits.run(model, clean, ref, cfg, config.value(s, "seed"), rankings=rankings,
+                              circuits=read_table(args.circuits) if args.circuits else None, subtasks=args.subtask)
     except (RecordError, ModelSpecError, ValueError, FileNotFoundError) as e:
         return fail(e)
-    for name, file in circuits.KNOCKOUT_FILES.items():
-        write_table(f"{args.out_dir}/{file}", out[name])
-    print(out["operating_points"].to_string(index=False) if len(out["operating_points"]) else "no subtask knocked out")
+    for file, table in tables.items():
+        write_table(f"{args.out_dir}/{file}", table)
     print(f"done in {time.time() - t0:.1f} s")
     return 0
 

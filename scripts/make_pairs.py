@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import pandas as pd
 
+    import cotmech.pairs
     from cotmech.io import RecordError, read_jsonl, write_jsonl, write_table
     from cotmech.models import ModelSpecError, tokenizer_from_settings
-    from cotmech.pairs import build_pairs, check_pair, select_examples
 
     t0 = time.time()
     try:
@@ -33,22 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = read_settings(args.settings)
         cfg = config.section(settings, "pairs")
         records = read_jsonl(args.generations)
-        chosen = select_examples(records, bool(cfg["require_correct"]), cfg["max_examples"],
-                                 where=args.generations)
         tok = tokenizer_from_settings(settings)
-        pairs, rejected = build_pairs(chosen, tok, args.dataset, config.value(settings, "seed"),
-                                      include_label=bool(cfg["include_label"]))
-        for p in pairs:
-            check_pair(p)
+        pairs, rejected = cotmech.pairs.run(records, tok, cfg, config.value(settings, "seed"), dataset=args.dataset,
+                                          where=args.generations)
     except (RecordError, ModelSpecError, ValueError) as e:
         return fail(e)
     write_jsonl(args.out, pairs)
     write_table(args.rejected, pd.DataFrame(rejected, columns=["subtask", "reason", "count"]))
-    print(f"{args.dataset}: {len(records)} generations, {len(chosen)} used "
-          f"({'exactly correct' if cfg['require_correct'] else 'gold CoT'}), {len(pairs)} pairs, "
-          f"{sum(r['count'] for r in rejected)} steps rejected; {time.time() - t0:.1f} s")
-    for r in rejected:
-        print(f"  subtask {r['subtask']}: {r['count']} x {r['reason']}")
+    print(f"done in {time.time() - t0:.1f} s")
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 
 from cotmech import circuits, config
-from cotmech.ablation import circuit_sets
 from cotmech.cli import fail, parser, read_settings
 from cotmech.io import RecordError, read_table, write_table
 
@@ -23,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default="{}", help="JSON with the 'circuits' section (what the rule passes)")
     args = ap.parse_args(argv)
     try:
-        groups = config.section(read_settings(args.settings), "circuits")["reuse_groups"]
+        cfg = config.section(read_settings(args.settings), "circuits")
     except (RecordError, ValueError) as e:
         return fail(e)
     curves = read_table(f"{args.dir}/curves.parquet")
@@ -31,10 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     heads = read_table(f"{args.dir}/heads.parquet")
     if curves.empty:
         return fail(f"{args.dir}/curves.parquet is empty (no subtask had pairs)")
-    n_total = args.n_heads_total or int(heads.groupby(["subtask", "ranking", "scope"]).size().max())
-    sets = circuit_sets(heads)
-    ov = circuits.overlap_table(sets, n_total)
-    reuse = circuits.reuse_summary(ov, groups)
+    ov, reuse, n_total = circuits.overlap(heads, cfg, args.n_heads_total)
     write_table(f"{args.dir}/overlap.parquet", ov)
     write_table(f"{args.dir}/reuse.csv", reuse)
     for kind in circuits.FAMILIES:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from cotmech import config
-from cotmech.cli import add_model_args, check_pair_ids, check_tables, fail, load_from_args, parser, read_settings
+from cotmech.cli import add_model_args, check_tables, fail, load_from_args, parser, read_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,42 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figure", help="figure stem (PNG + PDF)")
     args = ap.parse_args(argv)
 
-    import pandas as pd
-
     from cotmech.io import RecordError, read_table, write_table
     from cotmech.models import ModelSpecError
+    from cotmech.patching import path
     from cotmech.patching.data import load_pairs
-    from cotmech.patching.path import path_figure, path_patch, path_table, pick_heads
-    from cotmech.patching.run import sub_seed
 
     try:
         check_tables(args, "--out")
         settings = read_settings(args.settings)
-        opts = config.section(settings, "patching")
-        po = opts["path"]
-        seed = config.value(settings, "seed")
+        cfg = config.section(settings, "patching")
         tables = {int(t["subtask"].iloc[0]): t for t in map(read_table, args.tables)}
+        pairs = {k: load_pairs(args.pairs, subtask=k, limit=cfg["path"]["n_pairs"]) for k in tables}
         model = load_from_args(args, settings)
-        parts = []
-        for k in sorted(tables):
-            pairs = load_pairs(args.pairs, subtask=k, limit=po["n_pairs"])
-            if not pairs:
-                raise RecordError(f"{args.pairs}: no pairs for subtask {k}")
-            check_pair_ids(model, pairs, args.pairs)
-            senders, receivers = pick_heads(tables[k], model.n_layers, po["n_senders"], po["n_receivers"])
-            print(f"subtask {k}: senders {senders}, receivers {receivers}", flush=True)
-            vals = path_patch(model, pairs, senders, receivers, paths=po["paths"], metric=opts["metric"],
-                              direction=opts["direction"], frozen=po["frozen"])
-            df = path_table(vals, senders, po["paths"], k, n_boot=opts["n_boot"], seed=sub_seed(seed, "path", k))
-            act = tables[k].set_index(["layer", "head"])["score"]
-            df["sender_activation_score"] = [act.get((a, b)) for a, b in zip(df["sender_layer"], df["sender_head"])]
-            df["receivers"] = ";".join(f"L{a}H{b}" for a, b in receivers)
-            parts.append(df)
-        df = pd.concat(parts, ignore_index=True)
+        df = path.run(model, pairs, tables, cfg, config.value(settings, "seed"), where=args.pairs)
         write_table(args.out, df)
         if args.figure:
-            path_figure(df, args.figure, "path patching")
-        print(df.to_string(index=False))
+            path.path_figure(df, args.figure, "path patching")
     except (RecordError, ModelSpecError, ValueError) as e:
         return fail(e)
     return 0

@@ -15,12 +15,11 @@ from __future__ import annotations
 import sys
 import time
 
-import pandas as pd
 from cotmech import config, probing
 from cotmech.cli import add_model_args, fail, load_from_args, parser, read_settings
 from cotmech.io import RecordError, write_table
 from cotmech.models import ModelSpecError
-from cotmech.prontoqa.prompts import build_prompt
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
@@ -32,34 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s = read_settings(args.settings)
         cfg, seed = config.section(s, "probing"), config.value(s, "seed")
-        records, splits, samples, baseline = probing.prepare(cfg, seed)
+        prepared = probing.prepare(cfg, seed)
         model = load_from_args(args, s)
     except (RecordError, ModelSpecError, ValueError) as e:
         return fail(e)
-    print(f"{len(records)} questions ({', '.join(f'{k} {len(v)}' for k, v in splits.items())}); "
-          f"balanced pairs per split: {samples.groupby('split').size().to_dict()}; "
-          f"relations: {samples.relation.value_counts().to_dict()}")
-    print("pair representation: concatenation [h_a; h_b] of the residual stream at the two first sub-tokens")
-    print(f"validation/test concept words: {'novel (unseen in training)' if cfg['novel_words'] else 'as in training'}")
-    print(f"word-type-only baseline (test): {baseline['acc']:.3f} [{baseline['ci_low']:.3f}, {baseline['ci_high']:.3f}]"
-          f" on {baseline['n']} pairs")
-    tables = []
-    for k in cfg["shots"]:
-        t1 = time.time()
-        prompts = [build_prompt(r, shots=int(k), header="probe", seed=seed) for r in records]
-        feats = probing.pair_features(model, records, prompts, samples, int(cfg["batch_size"]), progress=True)
-        acc = probing.probe_layers(feats, samples, seed=seed, probes=cfg["probes"], hidden=cfg["hidden"],
-                                   lr=cfg["lr"], weight_decay=cfg["weight_decay"], max_epochs=cfg["max_epochs"],
-                                   patience=cfg["patience"], progress=True)
-        acc.insert(0, "shots", int(k))
-        tables.append(acc)
-        print(f"{k}-shot: forwards + probes in {time.time() - t1:.1f} s")
-    acc = pd.concat(tables, ignore_index=True)
-    selected = probing.select_layers(acc, baseline)
-    print(selected.to_string(index=False))
+    acc, selected = probing.run(model, prepared, cfg, seed)
     write_table(f"{args.out_dir}/accuracy.parquet", acc)
     write_table(f"{args.out_dir}/selected.csv", selected)
-    write_table(f"{args.out_dir}/samples.parquet", samples)
+    write_table(f"{args.out_dir}/samples.parquet", prepared[2])
     probing.plot_accuracy(acc, model.n_layers, f"{args.out_dir}/accuracy", selected)
     print(f"done in {time.time() - t0:.1f} s")
     return 0

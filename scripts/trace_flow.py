@@ -17,7 +17,6 @@ import sys
 import time
 
 from cotmech import config
-from cotmech.circuits import alignment_prefix
 from cotmech.cli import add_model_args, check_pair_ids, fail, load_from_args, parser, read_settings
 
 
@@ -50,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         ranking = read_table(args.ranking) if args.ranking and not pruned else None
         heads = read_table(args.circuit_heads) if pruned else None
         reference = read_jsonl(args.reference) if pruned else None
-        alignment = alignment_prefix(pairs, cs["mean_alignment"]) if pruned else 0
         model = load_from_args(args, settings)
         check_pair_ids(model, pairs, args.pairs)
     except (RecordError, ModelSpecError, ValueError, TypeError, OSError) as e:
@@ -59,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         traces, frames, summary = flow.run(model, pairs, fs, config.value(settings, "seed"), circuits_cfg=cs,
                                            generations=gens, heads=heads, reference=reference, ranking=ranking,
-                                           alignment=alignment, names={"pairs": args.pairs, "ranking": args.ranking,
-                                                                       "circuit_heads": args.circuit_heads})
+                                           names={"pairs": args.pairs, "ranking": args.ranking,
+                                                  "circuit_heads": args.circuit_heads})
     except ValueError as e:
         return fail(e)
     flow.write_all(args.outdir, traces, frames, summary)

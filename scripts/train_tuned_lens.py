@@ -13,9 +13,7 @@ positions: indicative only.
 """
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
 
 from cotmech import config
@@ -34,14 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(ap)
     args = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
+    from cotmech import lens
     from cotmech.io import RecordError, load_tensors, read_table, write_json
-    from cotmech.lens import save_tuned_lens, train_tuned_lens
-    from cotmech.unembed import LensError, make_unembed
+    from cotmech.unembed import LensError
     from cotmech.models import ModelSpecError
-    from cotmech.prior_shift import tuned_lens_split
 
     try:
         settings = read_settings(args.settings)
@@ -56,32 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise RecordError(f"{a} / {i}: need tensor 'resid' with one row per index row and column example_id")
             resid.append(t["resid"].float())
             groups += [f"{dataset}/{e}" for e in idx["example_id"]]
-        resid_all = torch.cat(resid)
-        uniq = np.unique(groups)
-        val_ex = tuned_lens_split(groups, float(cfg["val_frac"]), seed)
-        is_val = torch.tensor([g in val_ex for g in groups])
         model = load_from_args(args, settings)
-        lens = make_unembed(model, device=model.device)  # trains where the model runs (its GPU, if any)
-        if not lens.fast:
-            raise LensError(f"{model.spec}: the final norm is not RMSNorm/LayerNorm-shaped; tuned lens not supported")
-        t0 = time.time()
-        rank = cfg["rank"]
-        tl, hist = train_tuned_lens(lens, resid_all[~is_val], resid_all[is_val], rank=rank,
-                                    steps=int(cfg["steps"]), batch=int(cfg["batch"]),
-                                    lr=float(cfg["lr"]), seed=seed,
-                                    time_limit_s=cfg["time_limit_s"], eval_rows=cfg["eval_rows"])
+        tl, report = lens.run(model, torch.cat(resid), groups, cfg, seed)
     except (RecordError, ModelSpecError, LensError, ValueError, FileNotFoundError) as e:
         return fail(e)
-    save_tuned_lens(args.out, tl, extra={"spec": model.spec, "seed": str(seed)})
-    report = {"n_train": int((~is_val).sum()), "n_val": int(is_val.sum()), "n_examples": int(len(uniq)),
-              "n_val_examples": len(val_ex), "heldout_examples": sorted(val_ex),
-              "rank": "full" if rank is None else rank, "settings": dict(cfg),
-              "data": "residual stream at the predicting positions of the task inputs (one per pair)",
-              "note": "trained on few positions: biased towards these inputs, indicative only", **hist}
+    lens.save_tuned_lens(args.out, tl, extra={"spec": model.spec, "seed": str(seed)})
     write_json(args.report, report)
-    kl = {k: float(np.mean(hist[k][:-1])) for k in hist if k.startswith("kl_")}
-    print(f"{hist['steps']} steps in {time.time() - t0:.1f} s (time limit hit: {hist['time_limit_hit']}); "
-          f"mean KL over layers: {json.dumps(kl)}")
     return 0
 
 

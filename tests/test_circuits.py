@@ -787,3 +787,14 @@ def test_run_knockout_bisection_matches_exhaustive():
     assert n_mono >= 1 and n_inner >= 1  # an operating point inside the curve: not vacuous
     with pytest.raises(ValueError, match="circuits.search"):
         C.run_knockout(tiny_llama, clean, ref, {"direct": C.BUILTIN}, search="golden", **kw)
+
+
+def test_alignment_prefix_is_the_prefix_every_clean_input_shares():
+    """ablation.alignment_prefix (the knockout's and the pruned trace's start-aligned segment)."""
+    from cotmech.ablation import alignment_prefix
+
+    clean = [{"clean_ids": [1, 2, 3, 4]}, {"clean_ids": [1, 2, 5]}, {"clean_ids": [1, 2, 3]}]
+    assert alignment_prefix(clean, "segment") == 2 and alignment_prefix(clean, "end") == 0
+    assert C.alignment_prefix is alignment_prefix
+    with pytest.raises(ValueError, match="mean_alignment"):
+        alignment_prefix(clean, "start")

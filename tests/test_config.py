@@ -142,7 +142,8 @@ def test_fill_does_not_touch_its_input():
 
 
 def test_ranking_sources_skips_a_table_that_is_not_made_for_every_subtask():
-    """circuits.ranking_sources (common.smk's circuit_rankings and bench_rules): the explicit expected result."""
+    """circuits.ranking_sources (through knockout_rankings: common.smk's circuit_rankings and bench_rules): the
+    explicit expected result."""
     rankings = {"direct": "builtin", "copy": "builtin:copy", "raw": "{mres}/p/{dataset}/{method}/s{subtask}.{shard}.st",
                 "ind": "{results}/{model}/ind.parquet", "gone": "{mres}/missing.parquet"}
     made = {"R/M/p/fic/exact/s1.0.st", "R/M/p/fic/exact/s1.1.st", "R/M/p/fic/exact/s2.0.st",
@@ -154,6 +155,12 @@ def test_ranking_sources_skips_a_table_that_is_not_made_for_every_subtask():
     assert skipped == ["gone"]
     src, skipped = circuits.ranking_sources(rankings, "fic", [1, 2, 3], fields, 2, made.__contains__)
     assert skipped == ["raw", "gone"] and "raw" not in src
+    # circuits.knockout_rankings (what both call): the same from the config sections
+    circ, patching = {"rankings": rankings, "dataset": "fic", "subtasks": [1, 2]}, {"method": "exact", "shards": 2}
+    paths = dict(results="R", model="M", mres="R/M")
+    assert circuits.knockout_rankings(circ, patching, paths, made.__contains__) == (
+        circuits.ranking_sources(rankings, "fic", [1, 2], fields, 2, made.__contains__))
+    assert circuits.knockout_rankings(circ, patching, paths, made.__contains__, subtasks=[1, 2, 3])[1] == ["raw", "gone"]
     # an overlay's null drops a ranking of the base config: neither run nor reported as skipped
     over = {**rankings, "direct": None, "gone": None}
     src, skipped = circuits.ranking_sources(over, "fic", [1, 2], fields, 2, made.__contains__)

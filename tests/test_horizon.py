@@ -136,3 +136,27 @@ def test_skipped_records_do_not_use_up_n_examples(tiny_llama):
     usable = [e for e in ex if "skipped" not in e]
     assert [e["id"] for e in ex if "skipped" in e] == [one_hop[0]["id"]]
     assert len(usable) == 2 and [e["id"] for e in usable] == [r["id"] for r in two_hop[:len(usable)]]
+
+
+def _records(n: int, correct: bool) -> list[dict]:
+    from cotmech.prontoqa import generate
+    from cotmech.prontoqa.prompts import build_prompt
+
+    return [dict(r, prompt=build_prompt(r, shots=1), generated=r["answer"], correct=correct)
+            for r in generate("fictional", 2, n, seed=4, id_prefix="h-")]
+
+
+def test_run_tables_and_an_empty_table_when_no_reference_is_left(tiny_llama):
+    """horizon.run (scripts/horizon.py): the model's own continuation gives rows for every layer and the verify
+    records; a stored text the model never reproduces leaves no reference, and the table and summary are empty
+    with their columns (aggregate used to fail on a frame without columns)."""
+    cfg = {"sentences": [0], "layers": None, "layer_stride": 2, "n_examples": 2, "max_new_tokens": 8, "verify": 1}
+    table, summary, rows = horizon.run(tiny_llama, _records(3, correct=False), cfg, 0, require_correct=False,
+                                       log=lambda m: None)
+    assert list(table.columns) == horizon.TABLE_COLUMNS and set(table["layer"]) == {NO_PATCH, 0, 2}
+    assert set(summary["layer"]) == {NO_PATCH, 0, 2} and "verify" in rows[-1]
+    assert all("prompt_ids" not in r for r in rows[:-1])
+    gold = [dict(r, generated=" ".join(["zzz"] * 12)) for r in _records(3, correct=True)]
+    table, summary, _ = horizon.run(tiny_llama, gold, {**cfg, "verify": 0}, 0, require_correct=False,
+                                    log=lambda m: None)
+    assert table.empty and list(table.columns) == horizon.TABLE_COLUMNS and summary.empty

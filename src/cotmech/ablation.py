@@ -4,6 +4,7 @@ sets.
 
 - :class:`HeadMeans` / :func:`head_means`: mean z of every head over reference runs, end-aligned and, over the
   shared few-shot prefix, start-aligned (the alignment is explained in :mod:`cotmech.circuits`);
+- :func:`alignment_prefix`: the length of that shared prefix (config ``circuits.mean_alignment``);
 - :func:`sample_pairs`: a seeded sample of at most n pairs (sorted by pair id first);
 - :func:`circuit_sets`: the kept heads per (subtask, ranking) at the operating point of a knockout heads table.
 """
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .batching import Batch, chunks, left_pad
+from .batching import Batch, chunks, common_prefix_len, left_pad
 from .tracing import run_trace
 
 Head = tuple[int, int]
@@ -116,6 +117,19 @@ def head_means(model, seqs: Sequence[Sequence[int]], batch_size: int = 8, progre
     by_start = sums_start / count_start.clamp(min=1)[None, :, None]
     return HeadMeans(by_end=by_end, count=count, overall=total / n_tok, prefix_len=P, by_start=by_start,
                      count_start=count_start)
+
+
+#: reference-mean alignments: ``segment`` (start-aligned over the few-shot prefix every clean input shares,
+#: end-aligned after it) or ``end`` (end-aligned everywhere, the earlier alignment)
+ALIGNMENTS = ("segment", "end")
+
+
+def alignment_prefix(clean: Sequence[dict], mean_alignment: str) -> int:
+    """Length of the start-aligned segment: the token prefix shared by every clean input of the dataset (every
+    subtask, so the boundary does not depend on the sampled examples) for ``segment``, 0 for ``end``."""
+    if mean_alignment not in ALIGNMENTS:
+        raise ValueError(f"circuits.mean_alignment must be one of {ALIGNMENTS}, got {mean_alignment!r}")
+    return common_prefix_len(p["clean_ids"] for p in clean) if mean_alignment == "segment" else 0
 
 
 #: held-out knockout scopes (:data:`cotmech.circuits.SCOPES`), most preferred first

@@ -38,3 +38,24 @@ def extract_pairs(model: Any, pairs: Sequence[dict], batch_size: int = 8, desc: 
     acts = extract(model, [p["clean_ids"] for p in pairs], groups=[p["example_id"] for p in pairs],
                    batch_size=batch_size, desc=desc)
     return acts, pair_index(pairs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point (scripts/extract_activations.py)
+# --------------------------------------------------------------------------------------------------
+def run(model: Any, pairs: Sequence[dict], cfg: Any, *, where: object = "pairs",
+        log: Any = None) -> tuple[dict[str, torch.Tensor], Any]:
+    """Activations of every pair's clean input at its predicting position (activations contract of DESIGN.md):
+    the tensors and the index table (:func:`extract_pairs`). ``cfg`` the ``activations`` config section
+    (``batch_size``); ``where`` names the pairs in token-id errors."""
+    import time
+
+    from .cli import check_pair_ids
+
+    log = log or (lambda msg: print(msg, flush=True))
+    check_pair_ids(model, pairs, where)
+    t1 = time.time()
+    acts, index = extract_pairs(model, pairs, batch_size=int(cfg["batch_size"]))
+    log(f"{len(pairs)} pairs: " + ", ".join(f"{k} {list(v.shape)}" for k, v in acts.items())
+        + f"; {time.time() - t1:.1f} s")
+    return acts, index

@@ -60,7 +60,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .ablation import HELDOUT_PREFERENCE, Head, HeadMeans, head_means, sample_pairs
+from .ablation import (ALIGNMENTS, HELDOUT_PREFERENCE, Head, HeadMeans, alignment_prefix, circuit_sets, head_means,
+                       sample_pairs)
 from .batching import Batch, chunks, common_prefix_len, left_pad
 from .stats import wilson
 from .tracing import (PREFIX_ATTENTION_MODES, Edit, PrefixCache,
@@ -857,19 +858,6 @@ def subtask_data(clean: list[dict], reference: list[dict], k: int, rank_ids: set
     return SubtaskData(k, kind, sample_pairs(rank, n_rank, rng), sample_pairs(ev, n_eval, rng), rk, len(ck))
 
 
-#: reference-mean alignments: ``segment`` (start-aligned over the few-shot prefix every clean input shares,
-#: end-aligned after it) or ``end`` (end-aligned everywhere, the earlier alignment)
-ALIGNMENTS = ("segment", "end")
-
-
-def alignment_prefix(clean: Sequence[dict], mean_alignment: str) -> int:
-    """Length of the start-aligned segment: the token prefix shared by every clean input of the dataset (every
-    subtask, so the boundary does not depend on the sampled examples) for ``segment``, 0 for ``end``."""
-    if mean_alignment not in ALIGNMENTS:
-        raise ValueError(f"circuits.mean_alignment must be one of {ALIGNMENTS}, got {mean_alignment!r}")
-    return common_prefix_len(p["clean_ids"] for p in clean) if mean_alignment == "segment" else 0
-
-
 def _rankings_for(model, d: SubtaskData, rankings: dict[str, str | list[str]], means: HeadMeans,
                   example_of: dict[str, str],
                   other_data: Sequence[str], batch_size: int, log) -> list[Ranking]:
@@ -1185,6 +1173,50 @@ def knockout_options(section, subtasks: Sequence[int] | None = None) -> dict:
     if subtasks is not None:
         out["subtasks"] = list(subtasks)
     return out
+
+
+def run(model, clean: list[dict], reference: list[dict], cfg, seed: int, *,
+        rankings: dict[str, str | list[str]] | None = None, circuits: pd.DataFrame | None = None,
+        subtasks: Sequence[int] | None = None, log=None) -> dict[str, pd.DataFrame]:
+    """Knockout circuits (study.md E6, E7) of the ``clean`` pairs with means over the ``reference`` pairs: the
+    tables by file name (:data:`KNOCKOUT_FILES`).
+
+    ``cfg`` the ``circuits`` config section (:func:`cotmech.config.section`); ``subtasks`` given replaces
+    ``cfg["subtasks"]`` (the workflow's one job per subtask). With ``rankings`` (name -> source, as
+    :func:`run_knockout` takes them): the knockout tables of :func:`run_knockout`. With ``circuits`` (heads.parquet
+    of a merged knockout) instead: the cross-subtask table ``cross_subtask.csv`` (:func:`run_cross_subtask`).
+    """
+    log = log or (lambda msg: print(msg, flush=True))
+    opts = knockout_options(cfg, subtasks)
+    if circuits is not None:
+        t = run_cross_subtask(model, clean, reference, circuits, seed=seed,
+                              **{k: opts[k] for k in CROSS_SUBTASK_KEYS})
+        log(t.to_string(index=False) if len(t) else "no subtask evaluated")
+        return {"cross_subtask.csv": t}
+    log(f"model {model.spec}: {model.n_layers}×{model.n_heads} heads; "
+        f"{len(clean)} clean / {len(reference)} reference pairs; rankings {rankings}")
+    out = run_knockout(model, clean, reference, rankings or {}, seed=seed, **opts)
+    ops = out["operating_points"]
+    log(ops.to_string(index=False) if len(ops) else "no subtask knocked out")
+    return {file: out[name] for name, file in KNOCKOUT_FILES.items()}
+
+
+def overlap(heads: pd.DataFrame, cfg, n_total: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Overlap of the kept-head sets (study.md E7) of a merged knockout's ``heads`` table: the pairwise table
+    (:func:`overlap_table`), the reuse summary (:func:`reuse_summary` of ``cfg["reuse_groups"]``, ``cfg`` the
+    ``circuits`` section) and the model's head count used (``n_total``, default read from ``heads``)."""
+    n_total = n_total or int(heads.groupby(["subtask", "ranking", "scope"]).size().max())
+    ov = overlap_table(circuit_sets(heads), n_total)
+    return ov, reuse_summary(ov, cfg["reuse_groups"]), n_total
+
+
+def knockout_rankings(circ, patching, fields: dict[str, str], producible,
+                      subtasks: Sequence[int] | None = None) -> tuple[dict[str, str | list[str]], list[str]]:
+    """:func:`ranking_sources` of config section ``circuits`` (``circ``: rankings, dataset, subtasks unless
+    ``subtasks`` is given): '{method}' is ``patching.method``, '{shard}' every shard of ``patching.shards``.
+    ``fields``: results, model, mres. What the workflow (common.smk ``circuit_rankings``) and bench_rules run."""
+    return ranking_sources(circ["rankings"], circ["dataset"], circ["subtasks"] if subtasks is None else subtasks,
+                           {**fields, "method": patching["method"]}, patching["shards"], producible)
 
 
 def ranking_sources(rankings: dict[str, str | None], dataset: str, subtasks: Sequence[int], fields: dict[str, str],

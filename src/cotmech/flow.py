@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .ablation import circuit_sets, head_means, sample_pairs
+from .ablation import alignment_prefix, circuit_sets, head_means, sample_pairs
 from .models import eager_attention
 from .stats import bootstrap_weights, first_crossing, percentile_interval, wilson
 
@@ -528,7 +528,7 @@ def pruned_circuits(model: Any, heads: Any, ranking: str, reference: Sequence[di
     point (:func:`load_circuits` of ``circuits/heads.parquet``) and the mean z of every head over the ``reference``
     pairs of the same subtask (:func:`cotmech.ablation.head_means`, as the knockout; at most ``n_reference`` of
     them, a seeded sample; start-aligned over the first ``prefix_len`` positions, as the knockout's
-    ``circuits.mean_alignment`` does: :func:`cotmech.circuits.alignment_prefix`). Errors name the subtask without a
+    ``circuits.mean_alignment`` does: :func:`cotmech.ablation.alignment_prefix`). Errors name the subtask without a
     circuit or without reference pairs."""
     masks = load_circuits(heads, ranking, model.n_layers, model.n_heads)
     out = {}
@@ -820,18 +820,24 @@ def write_all(outdir: Any, traces: Sequence[dict], frames: dict[str, Any], summa
     write_json(out / "summary.json", summary)
 
 
+def flow_config(cfg: Any) -> FlowConfig:
+    """The search hyper-parameters of config section ``flow`` (:func:`cotmech.config.section`)."""
+    return FlowConfig(**{k: cfg[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob",
+                                              "prefilter", "start")})
+
+
 def run(model: Any, pairs: Sequence[dict], cfg: Any, seed: int, *, circuits_cfg: Any,
         generations: Sequence[dict] = (), heads: Any = None, reference: Sequence[dict] | None = None,
-        ranking: Any = None, alignment: int = 0, names: dict[str, Any] | None = None,
+        ranking: Any = None, alignment: int | None = None, names: dict[str, Any] | None = None,
         log: Any = None) -> tuple[list[dict], dict[str, Any], dict]:
     """Trace the answer-writer pathways of one dataset's pairs (study.md E9, E10): the traces, the tables
     ({file name: frame}) and the summary dict.
 
     ``cfg`` the ``flow`` config section, ``circuits_cfg`` the ``circuits`` section (:func:`cotmech.config.section`).
     Pruned (``cfg["pruned"]``): each subtask's knockout circuit from the kept-head table ``heads`` with the other
-    heads mean-ablated over ``reference`` pairs (``alignment``: the start-aligned prefix,
-    ``cotmech.circuits.alignment_prefix``); unpruned: heads from the score table ``ranking`` (top ``cfg["top_k"]``),
-    or all. ``generations``: the dataset's generation records (prompt parts). ``names`` ({"pairs", "circuit_heads",
+    heads mean-ablated over ``reference`` pairs (``alignment``: the start-aligned prefix; by default, as the
+    knockout, :func:`cotmech.ablation.alignment_prefix` of ``pairs`` and ``circuits_cfg["mean_alignment"]``);
+    unpruned: heads from the score table ``ranking`` (top ``cfg["top_k"]``), or all. ``generations``: the dataset's generation records (prompt parts). ``names`` ({"pairs", "circuit_heads",
     "ranking"}: where the inputs came from) go to the summary and error messages.
     """
     import time
@@ -840,11 +846,12 @@ def run(model: Any, pairs: Sequence[dict], cfg: Any, seed: int, *, circuits_cfg:
 
     names = names or {}
     log = log or print
-    fcfg = FlowConfig(**{k: cfg[k] for k in ("l", "k", "p", "decay", "max_depth", "skip_first", "min_prob",
-                                              "prefilter", "start")})
+    fcfg = flow_config(cfg)
     pruned = bool(cfg["pruned"])
     if pruned and (heads is None or reference is None):
         raise ValueError("flow.pruned needs the knockout heads table and the reference pairs")
+    if pruned and alignment is None:
+        alignment = alignment_prefix(pairs, circuits_cfg["mean_alignment"])
     ranking = None if pruned else ranking
     subtasks = cfg["subtasks"]
     if pruned and subtasks is None:

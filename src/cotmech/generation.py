@@ -69,3 +69,28 @@ def accuracy_row(dataset: str, records: Sequence[dict]) -> dict:
     hops = sorted({int(r.get("hops", 0)) for r in records})
     return {"dataset": dataset, "ontology": ",".join(ontologies), "hops": ",".join(map(str, hops)), "n": n,
             "correct": k, "accuracy": k / n if n else math.nan, "ci_low": lo, "ci_high": hi}
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point (scripts/generate_cot.py)
+# --------------------------------------------------------------------------------------------------
+def run(model: Any, records: Sequence[dict], cfg: Any, *, shots: int, dataset: str,
+        log: Any = None) -> tuple[list[dict], Any]:
+    """Greedy CoT generation for one task dataset (study.md §2.4, E1): the generation records and the one-row
+    accuracy table (:data:`ACCURACY_COLUMNS`, Wilson 95% CI).
+
+    ``cfg`` the ``generation`` config section (:func:`cotmech.config.section`); ``shots`` config ``prompt.shots``.
+    """
+    import time
+
+    import pandas as pd
+
+    log = log or (lambda msg: print(msg, flush=True))
+    t1 = time.time()
+    out = generate_records(model, records, shots=shots, max_new_tokens=cfg["max_new_tokens"],
+                           batch_size=cfg["batch_size"], desc=dataset)
+    row = accuracy_row(dataset, out)
+    log(f"{dataset}: {row['correct']}/{row['n']} exactly correct = {row['accuracy']:.3f} "
+        f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]; valid proofs {sum(r['valid_proof'] for r in out)}; "
+        f"generation {time.time() - t1:.1f} s")
+    return out, pd.DataFrame([row], columns=ACCURACY_COLUMNS)

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 NO_PATCH = -1  # layer id of the unpatched baseline row
+TABLE_COLUMNS = ["example_id", "s", "layer", "n_ref", "n_text", "first_div", "agree", "exact"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def divergence_table(model: Any, examples: Sequence[dict], layers: Sequence[int]
     usable = [e for e in examples if "skipped" not in e]
     rows = []
     if not usable:
-        return pd.DataFrame(columns=["example_id", "s", "layer", "n_ref", "n_text", "first_div", "agree", "exact"])
+        return pd.DataFrame(columns=TABLE_COLUMNS)
     seqs = [e["prompt_ids"] for e in usable] + [e["corrupt_prompt_ids"] for e in usable]
     shared = common_prefix_len(seqs)
     cache = _prefix(model, usable[0]["prompt_ids"][:shared]) if shared else None
@@ -311,7 +312,7 @@ def divergence_table(model: Any, examples: Sequence[dict], layers: Sequence[int]
                 rows.append({"example_id": e["id"], "s": s, "layer": layer, "n_ref": len(ref),
                              "n_text": len(full_ref), "first_div": fd, "agree": fd / len(ref),
                              "exact": fd == len(ref)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)  # the columns also when no reference is left
 
 
 def aggregate(table: Any, n_layers: int | None = None) -> Any:
@@ -348,3 +349,50 @@ def choose_layers(layers: Sequence[int] | None, layer_stride: int, n_layers: int
     if bad:
         raise ValueError(f"horizon.layers {bad} outside 0..{n_layers - 1}")
     return chosen
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point (scripts/horizon.py)
+# --------------------------------------------------------------------------------------------------
+def run(model: Any, records: Sequence[dict], cfg: Any, seed: int, *, require_correct: bool,
+        log: Any = None) -> tuple[Any, Any, list[dict]]:
+    """The horizon experiment (study.md E12) on one dataset's generation ``records``: the per-(example, s, layer)
+    table (:func:`divergence_table`), its per-(layer, s) summary (:func:`aggregate`) and the examples file's
+    records (the corruptions used, without token ids, then ``{"verify": [...]}`` when ``cfg["verify"]`` > 0).
+
+    ``cfg`` the ``horizon`` config section (:func:`cotmech.config.section`); ``require_correct`` as
+    :func:`require_correct` decides it. The first ``cfg["verify"]`` examples are re-run with real KV-cached
+    patched decoding (:func:`patched_generate`) at s = 0 and compared with the teacher-forced first divergence.
+    """
+    import time
+
+    log = log or (lambda msg: print(msg, flush=True))
+    sentences = [int(s) for s in cfg["sentences"]]
+    layers = choose_layers(cfg["layers"], cfg["layer_stride"], model.n_layers)
+    t1 = time.time()
+    examples = prepare_examples(model, records, int(cfg["n_examples"]), seed, int(cfg["max_new_tokens"]),
+                                require_correct)
+    for e in examples:
+        if "skipped" in e:
+            log(f"skipped {e['id']}: {e['skipped']}")
+    table = divergence_table(model, examples, layers, sentences)
+    summary = aggregate(table, model.n_layers)
+    checks = []
+    for e in [x for x in examples if "skipped" not in x][:int(cfg["verify"])]:
+        clean, corrupt = e["prompt_ids"], e["corrupt_prompt_ids"]
+        for layer in layers:
+            gen = patched_generate(model, clean, corrupt, int(layer), len(e["gen_ids"]) + 1)
+            fd = first_divergence(gen, e["gen_ids"])
+            fast = table[(table.example_id == e["id"]) & (table.s == 0) & (table.layer == int(layer))]["first_div"]
+            checks.append({"example_id": e["id"], "layer": int(layer), "generate": fd,
+                           "teacher_forced": int(fast.iloc[0]) if len(fast) else None})
+    for c in checks:
+        log(f"verify {c}" + ("" if c["generate"] == c["teacher_forced"] else "  MISMATCH"))
+    rows = [{k: v for k, v in e.items() if not k.endswith("_ids")} | (
+        {"n_gen": len(e["gen_ids"])} if "gen_ids" in e else {}) for e in examples] + (
+        [{"verify": checks}] if checks else [])
+    log(f"horizon: {sum('skipped' not in e for e in examples)} examples, layers {layers}, s {sentences} in "
+        f"{time.time() - t1:.1f} s")
+    if len(summary):
+        log(summary.to_string(index=False))
+    return table, summary, rows

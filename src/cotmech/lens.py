@@ -168,3 +168,55 @@ def train_tuned_lens(lens: Unembed, train: torch.Tensor, val: torch.Tensor | Non
     return tl, hist
 
 
+
+
+def n_heldout(n_examples: int, val_frac: float) -> int:
+    """How many of ``n_examples`` examples are held out from tuned-lens training (none of a single example)."""
+    return int(round(float(val_frac) * n_examples)) if n_examples > 1 else 0
+
+
+def tuned_lens_split(groups: Any, val_frac: float, seed: int) -> set[str]:
+    """The examples (keys "dataset/example_id") held out from tuned-lens training: a seeded ``val_frac`` share."""
+    uniq = np.unique(np.asarray(groups, dtype=str))
+    n_val = n_heldout(len(uniq), val_frac)
+    rng = np.random.default_rng(seed)
+    return set(rng.choice(uniq, n_val, replace=False).tolist()) if n_val else set()
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point (scripts/train_tuned_lens.py)
+# --------------------------------------------------------------------------------------------------
+def run(model: Any, resid: torch.Tensor, groups: list[str], cfg: Any, seed: int, *,
+        log: Any = None) -> tuple[TunedLens, dict[str, Any]]:
+    """Train the tuned lens (study.md E10) on residual rows ``resid`` [N, L+1, d] of the examples ``groups`` (one
+    key "dataset/example_id" per row): the translators and the training report (held-out examples, sizes, the
+    settings and :func:`train_tuned_lens`'s history).
+
+    ``cfg`` the ``tuned_lens`` config section (:func:`cotmech.config.section`); the examples of
+    :func:`tuned_lens_split` are held out (validation rows); the lens trains where the model runs (its GPU, if any).
+    """
+    import json
+
+    from .unembed import make_unembed
+
+    log = log or (lambda msg: print(msg, flush=True))
+    uniq = np.unique(groups)
+    val_ex = tuned_lens_split(groups, float(cfg["val_frac"]), seed)
+    is_val = torch.tensor([g in val_ex for g in groups])
+    lens = make_unembed(model, device=model.device)
+    if not lens.fast:
+        raise LensError(f"{model.spec}: the final norm is not RMSNorm/LayerNorm-shaped; tuned lens not supported")
+    t0 = time.time()
+    rank = cfg["rank"]
+    tl, hist = train_tuned_lens(lens, resid[~is_val], resid[is_val], rank=rank, steps=int(cfg["steps"]),
+                                batch=int(cfg["batch"]), lr=float(cfg["lr"]), seed=seed,
+                                time_limit_s=cfg["time_limit_s"], eval_rows=cfg["eval_rows"])
+    report = {"n_train": int((~is_val).sum()), "n_val": int(is_val.sum()), "n_examples": int(len(uniq)),
+              "n_val_examples": len(val_ex), "heldout_examples": sorted(val_ex),
+              "rank": "full" if rank is None else rank, "settings": dict(cfg),
+              "data": "residual stream at the predicting positions of the task inputs (one per pair)",
+              "note": "trained on few positions: biased towards these inputs, indicative only", **hist}
+    kl = {k: float(np.mean(hist[k][:-1])) for k in hist if k.startswith("kl_")}
+    log(f"{hist['steps']} steps in {time.time() - t0:.1f} s (time limit hit: {hist['time_limit_hit']}); "
+        f"mean KL over layers: {json.dumps(kl)}")
+    return tl, report

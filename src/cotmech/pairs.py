@@ -92,3 +92,28 @@ def check_pair(p: dict) -> None:
         raise bad("answer_pos is null but answer_id occurs earlier in the clean input")
 
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point (scripts/make_pairs.py)
+# --------------------------------------------------------------------------------------------------
+def run(records: Sequence[dict], tokenizer: Any, cfg: Any, seed: int, *, dataset: str, where: str = "generations",
+        log: Any = None) -> tuple[list[dict], list[dict]]:
+    """Pairs of one dataset's generation ``records`` (study.md §4, E1): the pairs (each checked by
+    :func:`check_pair`) and the rejected-step rows (subtask, reason, count).
+
+    ``cfg`` the ``pairs`` config section (:func:`cotmech.config.section`): the examples of
+    :func:`select_examples` (``require_correct``, ``max_examples``), pairs built by :func:`build_pairs`
+    (``include_label``) with ``tokenizer``. ``where`` names the records in errors.
+    """
+    log = log or (lambda msg: print(msg, flush=True))
+    chosen = select_examples(records, bool(cfg["require_correct"]), cfg["max_examples"], where=where)
+    pairs, rejected = build_pairs(chosen, tokenizer, dataset, seed, include_label=bool(cfg["include_label"]))
+    for p in pairs:
+        check_pair(p)
+    log(f"{dataset}: {len(records)} generations, {len(chosen)} used "
+        f"({'exactly correct' if cfg['require_correct'] else 'gold CoT'}), {len(pairs)} pairs, "
+        f"{sum(r['count'] for r in rejected)} steps rejected")
+    for r in rejected:
+        log(f"  subtask {r['subtask']}: {r['count']} x {r['reason']}")
+    return pairs, rejected

@@ -322,18 +322,10 @@ PAPER_RIFT = {"rift_layer": 16, "n_layers": 32, "rel_depth": 0.5, "context_share
 
 def heldout_rows(rows: pd.DataFrame, heldout: Sequence[str], lens_name: str = "tuned") -> pd.DataFrame:
     """``rows`` with the ``lens_name`` rows kept only for examples in ``heldout`` (keys "dataset/example_id", as
-    :func:`tuned_lens_split` writes them): a trained lens is evaluated on examples it was not trained on."""
+    :func:`cotmech.lens.tuned_lens_split` writes them): a trained lens is evaluated on examples it was not trained on."""
     key = rows["dataset"].astype(str) + "/" + rows["example_id"].astype(str)
     keep = (rows["lens"] != lens_name) | key.isin(set(heldout))
     return rows[keep].reset_index(drop=True)
-
-
-def tuned_lens_split(groups: Sequence[str], val_frac: float, seed: int) -> set[str]:
-    """The examples (keys "dataset/example_id") held out from tuned-lens training: a seeded ``val_frac`` share."""
-    uniq = np.unique(np.asarray(groups, dtype=str))
-    n_val = int(round(float(val_frac) * len(uniq))) if len(uniq) > 1 else 0
-    rng = np.random.default_rng(seed)
-    return set(rng.choice(uniq, n_val, replace=False).tolist()) if n_val else set()
 
 
 def plot_curves(table: pd.DataFrame, title: str, stem: Any, rifts: dict[str, int | None] | None = None) -> list:

@@ -540,3 +540,50 @@ def prepare(cfg, seed: int) -> tuple[list[dict], dict[str, list[str]], pd.DataFr
         records = novel_words(records, splits, seed)
     samples = sample_table(records, splits, seed)
     return records, splits, samples, type_baseline(samples)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point (scripts/probe.py)
+# --------------------------------------------------------------------------------------------------
+def shot_prompts(records: Sequence[dict], shots: int, seed: int) -> list[str]:
+    """The ``shots``-shot probe prompts of the questions ``records`` (one per record, in order)."""
+    from .prontoqa.prompts import build_prompt
+
+    return [build_prompt(r, shots=int(shots), header="probe", seed=seed) for r in records]
+
+
+def run(model, prepared: tuple[list[dict], dict[str, list[str]], pd.DataFrame, dict], cfg, seed: int, *,
+        log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Probe accuracy per layer (study.md E8): the whole curve (shots, layer, probe, task, test accuracy with CI,
+    ...) and the per-(shots, probe) layer chosen on validation accuracy (:func:`select_layers`).
+
+    ``prepared`` is :func:`prepare`'s ``(records, splits, samples, baseline)`` for ``cfg``, the ``probing`` config
+    section (:func:`cotmech.config.section`); for every shot count of ``cfg["shots"]`` one forward per prompt
+    (:func:`pair_features`) and the probes of :func:`probe_layers`.
+    """
+    import time
+
+    log = log or (lambda msg: print(msg, flush=True))
+    records, splits, samples, baseline = prepared
+    log(f"{len(records)} questions ({', '.join(f'{k} {len(v)}' for k, v in splits.items())}); "
+        f"balanced pairs per split: {samples.groupby('split').size().to_dict()}; "
+        f"relations: {samples.relation.value_counts().to_dict()}")
+    log("pair representation: concatenation [h_a; h_b] of the residual stream at the two first sub-tokens")
+    log(f"validation/test concept words: {'novel (unseen in training)' if cfg['novel_words'] else 'as in training'}")
+    log(f"word-type-only baseline (test): {baseline['acc']:.3f} [{baseline['ci_low']:.3f}, {baseline['ci_high']:.3f}]"
+        f" on {baseline['n']} pairs")
+    tables = []
+    for k in cfg["shots"]:
+        t1 = time.time()
+        feats = pair_features(model, records, shot_prompts(records, int(k), seed), samples, int(cfg["batch_size"]),
+                              progress=True)
+        acc = probe_layers(feats, samples, seed=seed, probes=cfg["probes"], hidden=cfg["hidden"], lr=cfg["lr"],
+                           weight_decay=cfg["weight_decay"], max_epochs=cfg["max_epochs"], patience=cfg["patience"],
+                           progress=True)
+        acc.insert(0, "shots", int(k))
+        tables.append(acc)
+        log(f"{k}-shot: forwards + probes in {time.time() - t1:.1f} s")
+    acc = pd.concat(tables, ignore_index=True)
+    selected = select_layers(acc, baseline)
+    log(selected.to_string(index=False))
+    return acc, selected

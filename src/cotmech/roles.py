@@ -164,3 +164,32 @@ def run_roles(model: Any, lens: Unembed, tensors: dict[str, torch.Tensor], index
                 per[str(st)] = top_k_share(m.to_numpy(float), k, model.n_layers)[0]
         summary[kind]["per_subtask_share"] = per
     return tables["writers"], tables["copy"], summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point (scripts/head_roles.py)
+# --------------------------------------------------------------------------------------------------
+def run(model: Any, tensors: dict[str, torch.Tensor], index: pd.DataFrame, cfg: Any, seed: int, *,
+        where: object = "pairs", log: Any = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Answer-writer (study.md E4) and copy (E5) head scores of one dataset (claim C5): :func:`run_roles`'s
+    writer and copy tables and summary.
+
+    ``tensors`` (resid, attn_out, z, attn) and ``index`` as :func:`cotmech.prior_shift.load_activations` returns
+    them; ``cfg`` the ``roles`` config section (:func:`cotmech.config.section`). The logit lens is built on the
+    model's device (the writer scan runs where the model runs). ``where`` names the pairs in token-id errors.
+    """
+    import time
+
+    from .cli import check_pair_ids
+    from .unembed import make_unembed
+
+    log = log or (lambda msg: print(msg, flush=True))
+    check_pair_ids(model, index.to_dict("records"), where)
+    lens = make_unembed(model, device=model.device)
+    t0 = time.time()
+    writers, copy, summary = run_roles(model, lens, tensors, index, cfg["max_per_subtask"], seed,
+                                       float(cfg["top_frac"]), int(cfg["n_boot"]), float(cfg["ci"]))
+    log(f"{summary['n_rows']} rows in {time.time() - t0:.1f} s; top-{summary['k']} second-half share: writers "
+        f"{summary['writers']['share_second_half']:.3f} [{summary['writers']['ci_low']:.3f}, "
+        f"{summary['writers']['ci_high']:.3f}], copy {summary['copy']['share_second_half']:.3f} (paper 0.991)")
+    return writers, copy, summary

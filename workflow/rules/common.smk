@@ -207,11 +207,9 @@ def circuit_rankings(circ):
     skipped. `circuit_ranking_files` gives one subtask's input files.
     '{shard}' expands to every shard of config patching (a list of files: raw per-pair patching scores), '{method}' to
     patching.method."""
-    from cotmech.circuits import ranking_sources
+    from cotmech.circuits import knockout_rankings
 
-    fields = dict(results=RESULTS, model=MODEL, mres=MRES, method=config["patching"]["method"])
-    return ranking_sources(circ["rankings"], circ["dataset"], circ["subtasks"], fields,
-                           config["patching"]["shards"], producible)
+    return knockout_rankings(circ, config["patching"], dict(results=RESULTS, model=MODEL, mres=MRES), producible)
 
 
 def circuit_ranking_files(sources, k):

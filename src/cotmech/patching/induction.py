@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -147,6 +148,18 @@ def build_example(tokenizer, rng: np.random.Generator, head: str, index: int, tr
     return out
 
 
+def candidate_cap(n: int, max_candidates: int | None) -> int:
+    """Candidates :func:`build_pairs` screens at most: ``max_candidates``, by default 20 per pair wanted."""
+    return int(max_candidates or 20 * n)
+
+
+def pair_seed(seed: int) -> int:
+    """The seed of the cloze pairs (:func:`build_pairs`) of a run with ``seed``."""
+    from .run import sub_seed
+
+    return sub_seed(seed, "induction")
+
+
 def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: bool = True,
                 max_candidates: int | None = None, batch_size: int = 16) -> dict[str, list[Pair]]:
     """The first ``n`` usable pairs per corruption (see module docstring), drawn from one seeded RNG
@@ -160,7 +173,7 @@ def build_pairs(model, n: int, shots: int = 4, seed: int = 0, require_correct: b
     rng = np.random.default_rng(seed)
     head = exemplars(rng, shots)
     kept: dict[str, list[Pair]] = {k: [] for k in CORRUPTIONS}
-    max_candidates = max_candidates or 20 * n
+    max_candidates = candidate_cap(n, max_candidates)
     index = 0
 
     def top1(seqs: list[list[int]]) -> list[int]:  # the shared exemplars run once per call
@@ -229,3 +242,65 @@ def draw_boot(res, n_boot: int, seed: int) -> np.ndarray:
 
 def summary(pairs: dict[str, Sequence[Pair]]) -> pd.DataFrame:
     return pd.DataFrame([{"corruption": k, "pairs": len(v)} for k, v in pairs.items()])
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points (scripts/induction_heads.py: run mode -> run, merge mode -> merge)
+# --------------------------------------------------------------------------------------------------
+def run(model, cfg, seed: int, corruptions: Sequence[str] = CORRUPTIONS, *,
+        log=None) -> dict[str, tuple[list[dict], Any]]:
+    """Induction-head patching (study.md E3): per corruption of ``corruptions``, the kept cloze pairs (records of
+    the pairs file) and the exact patching result over every head (``info["corruption"]`` set; empty without
+    pairs).
+
+    ``cfg`` the ``patching`` config section (:func:`cotmech.config.section`): pairs from ``cfg["induction"]``
+    (:func:`build_pairs`, seed :func:`pair_seed`), the sweep's metric, direction and head batch.
+    """
+    from ..patch_results import PatchResult
+    from .exact import exact_sweep
+
+    log = log or (lambda msg: print(msg, flush=True))
+    io_ = cfg["induction"]
+    kept = build_pairs(model, io_["n"], shots=io_["shots"], seed=pair_seed(seed),
+                       require_correct=io_["require_correct"], max_candidates=io_["max_candidates"])
+    out = {}
+    for kind in corruptions:
+        pairs = kept[kind]
+        log(f"{kind}: kept {len(pairs)} of the requested {io_['n']} pairs")
+        records = [{"pair_id": p.pair_id, "clean_ids": p.clean_ids, "corrupt_ids": p.corrupt_ids,
+                    "first_diff": p.first_diff, "answer_id": p.answer_id, "corrupt_answer_id": p.corrupt_answer_id,
+                    **p.meta} for p in pairs]
+        if pairs:
+            res = exact_sweep(model, pairs, metric=cfg["metric"], direction=cfg["direction"],
+                              head_batch=cfg["head_batch"])
+        else:
+            res = PatchResult.empty("exact", cfg["metric"], cfg["direction"], model.n_layers, model.n_heads)
+        res.info["corruption"] = kind
+        out[kind] = (records, res)
+    return out
+
+
+def merge(results: dict[str, Any], cfg, seed: int, *, log=None) -> tuple[pd.DataFrame, list[str]]:
+    """The merged induction scores (:func:`merge_scores`, bootstrap CI of the mean) of :func:`run`'s results
+    ({where it came from: PatchResult}, as read back from the raw files) and the corruptions merged. A result
+    without pairs is left out (with a warning); ``cfg`` the ``patching`` section (``n_boot``)."""
+    import sys
+
+    from ..io import RecordError
+    from .run import sub_seed
+    from .scores import score_table
+
+    log = log or (lambda msg: print(msg, flush=True))
+    tables, boots = {}, {}
+    for where, res in results.items():
+        kind = res.info.get("corruption")
+        if kind not in CORRUPTIONS:
+            raise RecordError(f"{where}: no corruption recorded in its metadata")
+        if not res.pair_ids:
+            print(f"warning: {kind}: no usable pairs; left out of the merge", file=sys.stderr)
+            continue
+        tables[kind] = score_table(res, -1, n_boot=0)
+        boots[kind] = draw_boot(res, cfg["n_boot"], sub_seed(seed, "induction-boot", kind))
+    df = merge_scores(tables, boots)
+    log(df.sort_values("score", ascending=False).head(10).to_string(index=False))
+    return df, list(tables)

@@ -145,3 +145,41 @@ def path_figure(df: pd.DataFrame, stem, title: str) -> None:
         ax.set_xticks(range(len(paths)), paths)
         ax.set_yticks(range(len(senders)), [f"L{a}H{b}" for a, b in senders])
     save_figure(fig, stem)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point (scripts/path_patch.py)
+# --------------------------------------------------------------------------------------------------
+def run(model, pairs: dict[int, Sequence[Pair]], tables: dict[int, pd.DataFrame], cfg, seed: int, *,
+        where: object = "pairs", log=None) -> pd.DataFrame:
+    """Path patching (study.md C5, E2) of every subtask of ``tables`` (its activation-patching head table): one long
+    table of :func:`path_table` rows with each sender's activation-patching score and the receivers.
+
+    Senders / receivers: :func:`pick_heads` of the subtask's table; ``pairs``: subtask -> its pairs (the first
+    ``cfg["path"]["n_pairs"]``); ``cfg`` the ``patching`` config section (:func:`cotmech.config.section`).
+    ``where`` names the pairs in errors.
+    """
+    from ..cli import check_pair_ids
+    from ..io import RecordError
+    from .run import sub_seed
+
+    log = log or (lambda msg: print(msg, flush=True))
+    po = cfg["path"]
+    parts = []
+    for k in sorted(tables):
+        ps = pairs.get(k)
+        if not ps:
+            raise RecordError(f"{where}: no pairs for subtask {k}")
+        check_pair_ids(model, ps, where)
+        senders, receivers = pick_heads(tables[k], model.n_layers, po["n_senders"], po["n_receivers"])
+        log(f"subtask {k}: senders {senders}, receivers {receivers}")
+        vals = path_patch(model, ps, senders, receivers, paths=po["paths"], metric=cfg["metric"],
+                          direction=cfg["direction"], frozen=po["frozen"])
+        df = path_table(vals, senders, po["paths"], k, n_boot=cfg["n_boot"], seed=sub_seed(seed, "path", k))
+        act = tables[k].set_index(["layer", "head"])["score"]
+        df["sender_activation_score"] = [act.get((a, b)) for a, b in zip(df["sender_layer"], df["sender_head"])]
+        df["receivers"] = ";".join(f"L{a}H{b}" for a, b in receivers)
+        parts.append(df)
+    df = pd.concat(parts, ignore_index=True)
+    log(df.to_string(index=False))
+    return df
