@@ -27,14 +27,15 @@ bisection evaluated.
 """
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
 import time
 
 import numpy as np
 import pandas as pd
 import torch
+
+from benchargs import model_parser
+from cotmech.provenance import cpu_model
 
 
 def pairs_of(model, name: str, ontology: str, n: int, seed: int) -> list[dict]:
@@ -49,22 +50,8 @@ def pairs_of(model, name: str, ontology: str, n: int, seed: int) -> list[dict]:
     return build_pairs(recs, model.tokenizer, name, seed)[0]
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="random:tiny-llama")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap = model_parser(__doc__)
     ap.add_argument("--subtask", type=int, default=4, help="subtask of the pairs (later subtasks: longer inputs)")
     ap.add_argument("--n-examples", type=int, default=6, help="clean sequences evaluated")
     ap.add_argument("--n-reference", type=int, default=4, help="reference sequences for the means")

@@ -14,31 +14,18 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import time
 from datetime import datetime, timezone
 
 import torch
 
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from benchargs import model_parser
+from cotmech.provenance import cpu_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="random:tiny-llama")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap = model_parser(__doc__)
     ap.add_argument("--n", type=int, default=10, help="usable pairs per corruption to find")
     ap.add_argument("--shots", type=int, default=9, help="cloze exemplars (the findings config: 9)")
     ap.add_argument("--max-candidates", type=int, default=60)
