@@ -371,6 +371,59 @@ def test_published_findings_in_the_repository(folder):
     assert md == findings.render(folder), "README.md differs from what publish_findings.py writes from the CSV"
     figs = {f"figures/{p.name}" for p in (folder / findings.FIGDIR).glob("*.png")}
     assert findings.referenced_figures(md) == figs
+    # the repository README's per-claim block is the script's output for the newest published folder
+    readme = (REPO / "README.md").read_text()
+    i, j = readme.index(findings.README_BEGIN), readme.index(findings.README_END) + len(findings.README_END)
+    if folder == PUBLISHED[-1]:
+        assert readme[i:j] == findings.claims_block(folder, f"docs/findings/{folder.name}")
+
+
+def test_readme_claims_block_sets_paper_beside_ours_with_the_verdict(tmp_path, run_tree):
+    """claims_block: one row per claim C1–C6; a claim's planted same-quantity row shows the paper's value and ours
+    with its CI and n, the verdict of claims.csv and why; the README is rewritten only between the markers."""
+    mres, table, planted, _ = run_tree
+    folder = _publish(tmp_path, mres).parent
+    block = findings.claims_block(folder, "docs/findings/m")
+    lines = [ln for ln in block.splitlines() if ln.startswith("| C")]
+    assert [ln.split()[1] for ln in lines] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    claims = {r["claim_id"]: r for r in findings._read_csv(folder / findings.CLAIMS)}
+    free = next(ln for ln in block.splitlines() if ln.startswith("| rows of no claim"))
+    for i, ours, lo, hi, n in planted:
+        row = table.loc[i]
+        line = next((ln for ln in lines if ln.split()[1] == row["claim_id"]), free)
+        if row["comparison"] != "same":
+            assert f"{row['id']} ({row['comparison']})" in line  # named as not counted
+            continue
+        num = (lambda v: str(int(v)) if float(v).is_integer() else f"{v:.3f}")  # whole numbers as integers
+        want = f"{row['id']}: {num(ours)}" + (f" [{num(lo)}, {num(hi)}]" if lo is not None else "") + f", n={n}"
+        assert want in line, (want, line)
+        assert (claims[row["claim_id"]]["verdict"] if row["claim_id"] in claims else row["verdict"]) in line
+    empty = [ln for ln in lines if ln.split()[1] not in {table.loc[i, "claim_id"] for i, *_ in planted}]
+    assert all("no row of the paper's quantity has a value" in ln for ln in empty)
+    text = "intro\n" + findings.README_BEGIN + "\nold\n" + findings.README_END + "\noutro\n"
+    assert findings.replace_block(text, "NEW") == "intro\nNEW\noutro\n"
+    with pytest.raises(ValueError, match="markers"):
+        findings.replace_block("no markers here", "NEW")
+
+
+def test_publish_script_rewrites_the_readme_block(tmp_path, run_tree):
+    """scripts/publish_findings.py --readme: the block between the markers becomes claims_block; the rest stays."""
+    mres = run_tree[0]
+    cfg_file = tmp_path / "findings.yaml"
+    data = yaml.safe_load(FINDINGS.read_text())
+    data["results"] = str(tmp_path / "results-findings")
+    data["model"]["name"] = "m"
+    cfg_file.write_text(yaml.safe_dump(data))
+    readme = tmp_path / "README.md"
+    readme.write_text("# T\n\n" + findings.README_BEGIN + "\n" + findings.README_END + "\n\nend\n")
+    out = tmp_path / "docs" / "findings"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "publish_findings.py"), "--config", str(cfg_file),
+                        "--base", str(BASE), "--out", str(out), "--readme", str(readme), "--logs"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = readme.read_text()
+    assert text.startswith("# T\n\n") and text.endswith("\n\nend\n")
+    assert findings.claims_block(out / "m", "docs/findings/m") in text
 
 
 @pytest.mark.parametrize("subtasks, status", [([3, 4, 5], "one per kind (the issue's cut)"),
