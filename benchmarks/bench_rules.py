@@ -54,7 +54,7 @@ SAMPLE_UNIT = {"generate_cot": "generation batches", "extract_activations": "for
                "trace_flow": "examples", "probe": "batches per shot count (fits: 5 epochs per sample)",
                "horizon": "examples", "train_tuned_lens": "(whole run; see --max-lens-gib)", "prior_shift": "rows"}
 WARM = 32  # tokens of the short inputs some warm-ups run on
-COLUMNS = ["rule", "part", "unit", "units_measured", "seconds_measured", "seconds_per_unit", "units_at_scale",
+COLUMNS = ["rule", "part", "unit", "units_measured", "seconds_measured", "scale", "seconds_per_unit", "units_at_scale",
            "estimated_seconds", "assumption", "peak_gpu_gib", "machine", "torch", "dtype", "date", "command"]
 
 
@@ -71,10 +71,11 @@ class Row:
     units: float  # units at config scale
     assumption: str
     peak_gib: float | None = None
+    scale: float = 1.0  # the sample's mean cost per unit -> the config's (e.g. suffix_scale)
 
     @property
     def per_unit(self) -> float:
-        return self.seconds / self.measured
+        return self.seconds / self.measured * self.scale
 
     @property
     def estimated(self) -> float:
@@ -89,6 +90,22 @@ def timed(model: Any, fn: Callable[[], Any]) -> tuple[float, Any]:
     out = fn()
     sync(model)
     return time.perf_counter() - t0, out
+
+
+def suffix_scale(seconds: Sequence[float], suffixes: Sequence[float], at_scale: Sequence[float]) -> float:
+    """Mean cost per pair of the pairs ``at_scale`` (their suffix lengths after first_diff) over the sample's mean:
+    the sample's ``seconds`` fitted as a + b · suffix (least squares; proportional to the suffix when the sample
+    has one suffix length), each prediction at least the sample's cheapest pair. A patching sweep recomputes the
+    suffix for every head, so its cost grows with the suffix, which differs by subtask (5 to 60 tokens)."""
+    import numpy as np
+
+    t, x, y = np.asarray(seconds, float), np.asarray(suffixes, float), np.asarray(at_scale, float)
+    if len(set(x.tolist())) >= 2:
+        b, a = np.polyfit(x, t, 1)
+        pred = np.maximum(a + b * y, t.min())
+    else:
+        pred = t.mean() * y / x.mean()
+    return float(pred.mean() / t.mean())
 
 
 def spread(items: Sequence[dict], subtasks: Sequence[int] | None, k: int) -> list[dict]:
@@ -283,13 +300,27 @@ class Bench:
                     units, f"all pairs of every dataset: {units}; sample: {len(chosen)} pairs = {hosts} forward rows "
                            f"(batch {bs})")]
 
-    def _patch_pairs(self, subtasks: Sequence[int], k: int) -> list:
+    def _patch_pairs(self, subtasks: Sequence[int], k: int, cap: int | None = None) -> tuple[list, list[float]]:
+        """``k`` sample pairs at evenly spaced quantiles of the suffix length (after first_diff) of the pairs the
+        rule patches (the first ``cap`` of each subtask), and all those suffix lengths."""
+        import numpy as np
+
         from cotmech.patching.data import pair_from_record
 
         d = self.cfg["patching"]["datasets"][0]
-        return [pair_from_record(r) for r in spread(self.study.pairs[d], subtasks, k)]
+        by: dict[int, list] = {}
+        for r in self.study.pairs[d]:
+            if int(r["subtask"]) in subtasks and (cap is None or len(by.get(int(r["subtask"]), [])) < int(cap)):
+                by.setdefault(int(r["subtask"]), []).append(pair_from_record(r))
+        pool = sorted((p for ps in by.values() for p in ps), key=lambda p: (p.length - p.first_diff, p.pair_id))
+        if not pool or k < 1:
+            return [], []
+        idx = sorted(set(np.linspace(0, len(pool) - 1, min(k, len(pool))).round().astype(int).tolist()))
+        return [pool[i] for i in idx], [float(p.length - p.first_diff) for p in pool]
 
     def patch_heads(self, s: int) -> list[Row]:
+        import numpy as np
+
         from cotmech.patching.atp import atp_sweep
         from cotmech.patching.exact import exact_sweep, naive_sweep
         from cotmech import config
@@ -298,7 +329,7 @@ class Bench:
         opts = config.section(self.cfg, "patching")
         L, H = self.model.n_layers, self.model.n_heads
         subtasks, ds = [int(k) for k in opts["subtasks"]], list(opts["datasets"])
-        pairs = self._patch_pairs(subtasks, s)
+        pairs, suffixes = self._patch_pairs(subtasks, s, opts["n_pairs"])
         if not pairs:
             raise ValueError("patch_heads: no sample pairs for the configured subtasks")
         warm = naive_sweep if opts["method"] == "naive" else exact_sweep
@@ -307,17 +338,22 @@ class Bench:
         units = self.study.capped(ds, subtasks, opts["n_pairs"])
         where = (f"Σ over {ds} × subtasks {subtasks} of min(n_pairs {opts['n_pairs']}, pairs of the subtask) = "
                  f"{units}")
-        suf = sum(p.length - p.first_diff for p in pairs) / len(pairs)
+        suf = [float(p.length - p.first_diff) for p in pairs]
         tokens = sum(p.length for p in pairs) / len(pairs)
-        t, _ = timed(self.model, lambda: sweep(self.model, pairs, opts["method"], opts, progress=False))
-        rows = [Row("patch_heads", opts["method"], "pair (all heads)", len(pairs), t, units,
-                    f"{where}; sample: subtasks {[p.subtask for p in pairs]}, {tokens:.0f} tokens, suffix after "
-                    f"first_diff {suf:.0f}, head_batch {opts['head_batch']}")]
-        if opts["atp"]:  # AtP works pair by pair on the suffix after first_diff: the exact sample serves
-            atp_sweep(self.model, pairs[:1], progress=False)
-            t, _ = timed(self.model, lambda: sweep(self.model, pairs, "atp", opts, progress=False))
-            rows.append(Row("patch_heads", "atp", "pair", len(pairs), t, units,
-                            f"{where}; sample: the same {len(pairs)} pairs, suffix after first_diff {suf:.0f}"))
+        rows = []
+        for method in [opts["method"]] + (["atp"] if opts["atp"] else []):
+            if method == "atp":
+                atp_sweep(self.model, pairs[:1], progress=False)
+            times = [timed(self.model, lambda p=p: sweep(self.model, [p], method, opts, progress=False))[0]
+                     for p in pairs]
+            scale = suffix_scale(times, suf, suffixes)
+            rows.append(Row("patch_heads", method, "pair (all heads)" if method != "atp" else "pair", len(pairs),
+                            sum(times), units,
+                            f"{where}; sample: {len(pairs)} pairs at suffix quantiles (subtasks "
+                            f"{[p.subtask for p in pairs]}, {tokens:.0f} tokens, suffix after first_diff "
+                            f"{[int(x) for x in suf]}: {[round(t, 2) for t in times]} s), scaled × {scale:.2f} to "
+                            f"the mean suffix {np.mean(suffixes):.1f} of the patched pairs (fit a + b·suffix)"
+                            + (f", head_batch {opts['head_batch']}" if method != "atp" else ""), scale=scale))
         return rows
 
     def path_patch(self, s: int) -> list[Row]:
@@ -336,7 +372,10 @@ class Bench:
         table = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
                               "score": rng.random(L * H)})
         senders, receivers = pick_heads(table, L, po["n_senders"], po["n_receivers"])
-        pairs = self._patch_pairs(po["subtasks"], s)
+        from cotmech.patching.data import pair_from_record
+
+        pairs = [pair_from_record(r) for r in spread(self.study.pairs[self.cfg["patching"]["datasets"][0]],
+                                                     po["subtasks"], s)]
         kw = dict(metric=opts["metric"], direction=opts["direction"], frozen=po["frozen"], progress=False)
         path_patch(self.model, pairs[:1], senders[:1], receivers[:1], paths=["logits"], **kw)
         t, _ = timed(self.model, lambda: path_patch(self.model, pairs, senders, receivers, paths=po["paths"], **kw))
@@ -746,7 +785,8 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Row], meta: dict[str, str]
         w = csv.writer(f)
         w.writerow(COLUMNS)
         for r in rows:
-            w.writerow([r.rule, r.part, r.unit, r.measured, r.seconds, r.per_unit, r.units, r.estimated, r.assumption,
+            w.writerow([r.rule, r.part, r.unit, r.measured, r.seconds, r.scale, r.per_unit, r.units, r.estimated,
+                        r.assumption,
                         "" if r.peak_gib is None else round(r.peak_gib, 3), *meta.values()])
 
 

@@ -54,10 +54,11 @@ def _run(tmp_path: Path, cfg: dict, *extra: str) -> dict[tuple[str, str], dict]:
     assert _bench().main(["--config", str(path), "--threads", "1", "--out", str(out), *extra]) == 0
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    for r in rows:  # estimate = per unit × units; seconds measured > 0; metadata present
+    for r in rows:  # estimate = per unit × units (per unit = seconds / units measured × scale); metadata present
         per, units, est = float(r["seconds_per_unit"]), float(r["units_at_scale"]), float(r["estimated_seconds"])
         assert float(r["seconds_measured"]) > 0 and float(r["units_measured"]) > 0, r
-        assert per == pytest.approx(float(r["seconds_measured"]) / float(r["units_measured"]), rel=1e-9)
+        assert per == pytest.approx(float(r["seconds_measured"]) / float(r["units_measured"]) * float(r["scale"]),
+                                    rel=1e-9)
         assert est == pytest.approx(per * units, rel=1e-9, abs=1e-12)
         assert r["torch"] and r["dtype"] == "float32" and r["machine"] and r["date"] and "bench_rules" in r["command"]
     keyed = {(r["rule"], r["part"]): r for r in rows}
@@ -172,3 +173,14 @@ def test_config_without_snakemake_is_snakemakes(config):
     validate(want, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
     want["datasets"] = enabled_datasets(want)
     assert C.load(REPO / config, REPO / "config.yaml") == want
+
+
+def test_suffix_scale_against_an_explicit_fit():
+    """bench_rules.suffix_scale: seconds 1, 2, 3 at suffixes 10, 20, 30 (a = 0, b = 0.1 s per token); the patched
+    pairs have suffixes 5 and 50 -> predicted 0.5 -> floored at the cheapest sample (1.0) and 5.0, mean 3.0 over
+    the sample's mean 2.0 = 1.5; one sample suffix: proportional."""
+    br = _bench()
+
+    assert br.suffix_scale([1.0, 2.0, 3.0], [10, 20, 30], [5, 50]) == pytest.approx(1.5)
+    assert br.suffix_scale([1.0, 2.0, 3.0], [10, 20, 30], [10, 20, 30]) == pytest.approx(1.0)
+    assert br.suffix_scale([2.0], [10], [5, 25]) == pytest.approx(1.5)
