@@ -9,7 +9,9 @@ trace per head, the reference numbers). ``--naive-heads N`` times naive and hook
 the layers and extrapolates to all heads (documented in the output); 0 = all heads.
 ``exact`` attends over the shared prefix with one product for all batch rows (``prefix_attention=
 "shared"``, the default); ``exact-concat`` is the same sweep with the prefix copied into every row and the
-model's own attention (the previous implementation), for comparison in the same run; likewise ``atp`` works on
+model's own attention (the previous implementation), for comparison in the same run; ``exact-tokens`` sizes
+each forward to the pair's suffix (``--chunk-tokens``, whole layers, at most ``--head-batch`` heads; the workflow's
+``patching.chunk_tokens``) where ``exact`` always patches ``--head-batch`` heads per forward; likewise ``atp`` works on
 the suffix with the shared prefix cache and ``atp-full`` on the whole inputs (the previous implementation).
 
 Cases (see BENCHMARKS.md):
@@ -121,7 +123,7 @@ def bench_case(model, pairs, args, label: str) -> dict:
     atp_sweep(model, pairs[:1], pair_batch=1, progress=False)
     runs = []  # (label, method, head batch)
     for m in args.methods:
-        if m.startswith("exact"):
+        if m.startswith("exact"):  # exact-tokens: --head-batch is its cap
             runs += [(m if len(args.head_batch) == 1 else f"{m}/b{hb}", m, hb) for hb in args.head_batch]
         else:
             runs.append((m, m, None))
@@ -133,9 +135,10 @@ def bench_case(model, pairs, args, label: str) -> dict:
             res[name] = naive_sweep(model, pairs, heads=sample, pair_batch=1, progress=False)
         elif method == "hook":
             res[name] = hook_sweep(model, pairs, heads=sample, progress=False)
-        elif method in ("exact", "exact-concat"):
+        elif method in ("exact", "exact-concat", "exact-tokens"):
             res[name] = exact_sweep(model, pairs, head_batch=hb, progress=False,
-                                    prefix_attention="concat" if method == "exact-concat" else "shared")
+                                    prefix_attention="concat" if method == "exact-concat" else "shared",
+                                    chunk_tokens=args.chunk_tokens if method == "exact-tokens" else None)
         else:  # atp: on the suffix after first_diff (the default); atp-full: the whole inputs
             res[name] = atp_sweep(model, pairs, pair_batch=1, progress=False, suffix=method == "atp")
         sync(model)
@@ -200,7 +203,9 @@ def main(argv=None) -> int:
     ap.add_argument("--head-batch", type=int, nargs="+", default=[64],
                     help="heads per exact forward; several values time exact once per value (labelled /bN)")
     ap.add_argument("--methods", nargs="+", default=["hook", "naive", "exact", "atp"],
-                    choices=["hook", "naive", "exact", "exact-concat", "atp", "atp-full"])
+                    choices=["hook", "naive", "exact", "exact-concat", "exact-tokens", "atp", "atp-full"])
+    ap.add_argument("--chunk-tokens", type=int, default=640,
+                    help="exact-tokens: suffix tokens per forward (patching.chunk_tokens), at most --head-batch heads")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of one exact sweep per case")

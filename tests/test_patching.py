@@ -110,6 +110,22 @@ def test_exact_is_invariant_to_head_batch_and_oom_backoff(model, monkeypatch):
     np.testing.assert_allclose(res.patched, ref.patched, atol=1e-5)
 
 
+def test_chunk_rows_sizes_forwards_to_the_suffix_in_whole_layers(model):
+    """chunk_rows: about chunk_tokens suffix tokens per forward in whole layers (12 heads), at least one layer, at
+    most head_batch; None = head_batch. Sized as measured on the embedded model (BENCHMARKS.md)."""
+    from cotmech.patching.exact import chunk_rows
+
+    assert [chunk_rows(12, s, 128, 640) for s in (55, 38, 25, 13, 4, 1)] == [12, 12, 24, 48, 128, 128]
+    assert chunk_rows(12, 13, 40, 640) == 40 and chunk_rows(12, 13, 7, 640) == 7 and chunk_rows(12, 5, 64, None) == 64
+    assert chunk_rows(4, 3, 64, 20) == 8  # 20 / 3 / 4 = 1.67 layers -> 2 layers of 4 heads
+    # a sweep with a token budget gives the numbers of fixed batches (fp32 tiny model)
+    pairs = random_pairs(5, shapes=((14, 6), (12, 10)))
+    ref = exact_sweep(model, pairs, head_batch=64, progress=False)
+    res = exact_sweep(model, pairs, head_batch=64, chunk_tokens=10, progress=False)
+    np.testing.assert_allclose(res.patched, ref.patched, atol=1e-5)
+    assert res.info["chunk_tokens"] == 10 and res.info["head_batch"] < 64
+
+
 def test_shared_prefix_attention_equals_concatenated_prefix(model, monkeypatch):
     """The shared-prefix attention (one product of all rows' queries with the prefix keys, log-sum-exp merge)
     gives the numbers of copying the prefix into every row and calling the model's own attention, per row,

@@ -190,11 +190,24 @@ def patch_suffix(model, pr: PairRuns, heads: Sequence[tuple[int, int]], directio
     return out.logits
 
 
+def chunk_rows(n_heads: int, suffix: int, head_batch: int, chunk_tokens: int | None) -> int:
+    """Heads patched per forward for a pair whose suffix (after first_diff) has ``suffix`` tokens: about
+    ``chunk_tokens`` suffix tokens per forward in whole layers of ``n_heads`` (at least one layer), at most
+    ``head_batch``; ``chunk_tokens`` None: ``head_batch``. A chunk recomputes every row from its lowest layer, so
+    whole-layer chunks sized to the suffix waste least (measured in BENCHMARKS.md)."""
+    if chunk_tokens is None:
+        return max(1, head_batch)
+    layers = max(1, round(chunk_tokens / max(1, suffix) / n_heads))
+    return max(1, min(head_batch, layers * n_heads))
+
+
 def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise",
                 heads: Sequence[tuple[int, int]] | None = None, head_batch: int = 64,
-                progress: bool = True, prefix_attention: str = "shared") -> PatchResult:
+                progress: bool = True, prefix_attention: str = "shared",
+                chunk_tokens: int | None = None) -> PatchResult:
     """Same numbers as :func:`naive_sweep` (up to float rounding), computed per pair on the suffix only
-    (``prefix_attention`` as in :func:`run_trace`)."""
+    (``prefix_attention`` as in :func:`run_trace`), :func:`chunk_rows` heads per forward (halved on
+    out-of-memory, and kept at most that for the next pairs)."""
     _check(direction)
     fn = get_metric(metric)
     heads = sorted(heads if heads is not None else all_heads(model))
@@ -202,7 +215,8 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
     patched = np.full((len(pairs), model.n_layers, model.n_heads), np.nan)
     base_m, src_m = np.zeros(len(pairs)), np.zeros(len(pairs))
     bar = tqdm(total=len(pairs) * len(heads), desc="exact patching", disable=not progress)
-    batch = head_batch
+    cap = head_batch
+    used: list[int] = []
     for i, pair in enumerate(pairs):
         pr = pair_runs(model, pair, prefix_attention)
         base_m[i] = float(fn(pr.runs[b_name].logits, pr.ref)[0])
@@ -214,11 +228,15 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
                 patched[i, lay, h] = v
             bar.update(len(chunk))
 
-        batch = run_in_batches(do, heads, batch)
+        start = chunk_rows(model.n_heads, pair.length - pair.first_diff, cap, chunk_tokens)
+        got = run_in_batches(do, heads, start)
+        if got < start:  # out of memory: never start above what worked
+            cap = got
+        used.append(got)
     bar.close()
     return PatchResult("exact", metric if isinstance(metric, str) else "custom", direction,
                        [p.pair_id for p in pairs], [p.subtask for p in pairs], patched, base_m, src_m,
-                       {"head_batch": batch})
+                       {"head_batch": max(used) if used else cap, "chunk_tokens": chunk_tokens})
 
 
-__all__ = ["naive_sweep", "exact_sweep", "pair_runs", "patch_suffix", "all_heads"]
+__all__ = ["naive_sweep", "exact_sweep", "chunk_rows", "pair_runs", "patch_suffix", "all_heads"]

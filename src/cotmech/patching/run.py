@@ -27,7 +27,7 @@ def sweep(model, pairs: Sequence[Pair], method: str, opts: Mapping[str, Any], pr
     if method == "naive":
         return naive_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw)
     if method == "exact":
-        return exact_sweep(model, pairs, head_batch=opts["head_batch"], **kw)
+        return exact_sweep(model, pairs, head_batch=opts["head_batch"], chunk_tokens=opts["chunk_tokens"], **kw)
     return atp_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw)
 
 
