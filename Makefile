@@ -55,7 +55,8 @@ findings: $(STAMP) models
 		| tee "$$R/snakemake-logs/$$(date -u +%Y%m%dT%H%M%SZ).log"
 
 publish-findings: $(STAMP)
-	$(BIN)/python scripts/publish_findings.py --config $(FINDINGS_CONFIG) --base config.yaml --out docs/findings
+	$(BIN)/python scripts/publish_findings.py --config $(FINDINGS_CONFIG) --base config.yaml --out docs/findings \
+		--readme README.md
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

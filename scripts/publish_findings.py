@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/findings", help="folder that gets <model>/")
     ap.add_argument("--logs", nargs="*", default=None,
                     help="Snakemake logs of the run (default: <results>/snakemake-logs/*.log)")
-    ap.add_argument("--readme", default="README.md",
-                    help="also rewrite this file's generated claims block (between its findings markers); '' = no")
+    ap.add_argument("--readme", default=None,
+                    help="also rewrite this file's generated claims block (between its findings markers; "
+                         "make publish-findings passes README.md)")
     args = ap.parse_args(argv)
     from cotmech import config as cfgmod
     from cotmech import findings

@@ -378,6 +378,18 @@ def test_published_findings_in_the_repository(folder):
         assert readme[i:j] == findings.claims_block(folder, f"docs/findings/{folder.name}")
 
 
+def test_readme_block_is_empty_until_a_run_is_published():
+    """The repository README's per-claim block holds nothing but what publish_findings.py wrote from a published
+    folder (the other test): before any, it is empty (no test run or synthetic data may write it)."""
+    readme = (REPO / "README.md").read_text()
+    i = readme.index(findings.README_BEGIN) + len(findings.README_BEGIN)
+    j = readme.index(findings.README_END)
+    if not PUBLISHED:
+        assert readme[i:j].strip() == ""
+    else:
+        assert "pytest" not in readme[i:j] and f"docs/findings/{PUBLISHED[-1].name}" in readme[i:j]
+
+
 def test_readme_claims_block_sets_paper_beside_ours_with_the_verdict(tmp_path, run_tree):
     """claims_block: one row per claim C1–C6; a claim's planted same-quantity row shows the paper's value and ours
     with its CI and n, the verdict of claims.csv and why; the README is rewritten only between the markers."""
