@@ -503,6 +503,31 @@ def test_trace_rift_headline_against_an_explicit_example_bootstrap_loop():
     assert (ctx["ci_low"] <= ctx["share"]).all() and (ctx["share"] <= ctx["ci_high"]).all()
 
 
+#: The fixed circuit (kept heads) per subtask of :func:`_circuit_inputs`' knockout table.
+CIRCUIT_KEPT = {0: {(3, 1), (2, 0), (1, 2), (0, 3)}, 1: {(3, 0), (3, 2), (2, 1), (1, 1), (0, 0)}}
+
+
+def _circuit_inputs(seed: int, n_examples: int, length: int, short: int, answer_pos: int):
+    """Random clean pairs (subtask 0 the first ``short`` tokens of an example, subtask 1 all ``length``), reference
+    pairs of the same lengths, and a knockout heads table of the tiny 4 x 4 model with a fixed circuit per subtask
+    (:data:`CIRCUIT_KEPT`)."""
+    import pandas as pd
+
+    g = torch.Generator().manual_seed(seed)
+    pairs, ref = [], []
+    for e in range(n_examples):
+        ids = torch.randint(10, 400, (length,), generator=g).tolist()
+        for k, n in ((0, short), (1, length)):
+            pairs.append({"pair_id": f"e{e}-k{k}", "example_id": f"e{e}", "subtask": k, "clean_ids": ids[:n],
+                          "answer_id": ids[answer_pos]})
+            ref.append({"pair_id": f"r{e}-k{k}", "example_id": f"r{e}", "subtask": k,
+                        "clean_ids": torch.randint(10, 400, (n,), generator=g).tolist(), "answer_id": 5})
+    heads = pd.DataFrame([dict(subtask=k, ranking="induction", scope="rank_split", layer=la, head=h,
+                               removal_rank=4 * la + h, kept=(la, h) in CIRCUIT_KEPT[k])
+                          for k in (0, 1) for la in range(4) for h in range(4)])
+    return pairs, ref, heads
+
+
 def test_trace_flow_script_traces_the_pruned_circuit_and_names_a_missing_one(tmp_path, capsys):
     """scripts/trace_flow.py with the rule's settings: pruned by default (circuit from a knockout heads table,
     means from the reference pairs), summary and traces say so; a subtask without a circuit is a one-line error
@@ -511,26 +536,13 @@ def test_trace_flow_script_traces_the_pruned_circuit_and_names_a_missing_one(tmp
     import json
     from pathlib import Path
 
-    import pandas as pd
-
     from cotmech.io import read_json, read_jsonl, write_jsonl, write_table
 
     spec = importlib.util.spec_from_file_location("trace_flow", Path(__file__).parents[1] / "scripts" / "trace_flow.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    g = torch.Generator().manual_seed(7)
-    pairs, ref = [], []
-    for e in range(2):
-        ids = torch.randint(10, 400, (18,), generator=g).tolist()
-        for k, n in ((0, 12), (1, 18)):
-            pairs.append({"pair_id": f"e{e}-k{k}", "example_id": f"e{e}", "subtask": k, "clean_ids": ids[:n],
-                          "answer_id": ids[3]})
-            ref.append({"pair_id": f"r{e}-k{k}", "example_id": f"r{e}", "subtask": k,
-                        "clean_ids": torch.randint(10, 400, (n,), generator=g).tolist(), "answer_id": 5})
-    kept = {0: {(3, 1), (2, 0), (1, 2), (0, 3)}, 1: {(3, 0), (3, 2), (2, 1), (1, 1), (0, 0)}}
-    heads = pd.DataFrame([dict(subtask=k, ranking="induction", scope="rank_split", layer=layer, head=h,
-                               removal_rank=4 * layer + h, kept=(layer, h) in kept[k])
-                          for k in (0, 1) for layer in range(4) for h in range(4)])
+    pairs, ref, heads = _circuit_inputs(seed=7, n_examples=2, length=18, short=12, answer_pos=3)
+    kept = CIRCUIT_KEPT
     write_jsonl(tmp_path / "pairs.jsonl", pairs)
     write_jsonl(tmp_path / "ref.jsonl", ref)
     write_table(tmp_path / "heads.parquet", heads)
@@ -606,19 +618,8 @@ def test_run_equals_the_steps_one_by_one():
     from cotmech import config
 
     model = load_model("random:tiny-llama", dtype="float32", device="cpu")
-    g = torch.Generator().manual_seed(11)
-    pairs, ref = [], []
-    for e in range(3):
-        ids = torch.randint(10, 400, (16,), generator=g).tolist()
-        for k, n in ((0, 11), (1, 16)):
-            pairs.append({"pair_id": f"e{e}-k{k}", "example_id": f"e{e}", "subtask": k, "clean_ids": ids[:n],
-                          "answer_id": ids[2]})
-            ref.append({"pair_id": f"r{e}-k{k}", "example_id": f"r{e}", "subtask": k,
-                        "clean_ids": torch.randint(10, 400, (n,), generator=g).tolist(), "answer_id": 5})
-    kept = {0: {(3, 1), (2, 0), (1, 2), (0, 3)}, 1: {(3, 0), (3, 2), (2, 1), (1, 1), (0, 0)}}
-    heads = pd.DataFrame([dict(subtask=k, ranking="induction", scope="rank_split", layer=la, head=h,
-                               removal_rank=4 * la + h, kept=(la, h) in kept[k])
-                          for k in (0, 1) for la in range(4) for h in range(4)])
+    pairs, ref, heads = _circuit_inputs(seed=11, n_examples=3, length=16, short=11, answer_pos=2)
+    kept = CIRCUIT_KEPT
     ranking = pd.DataFrame([dict(subtask=k, layer=la, head=h, score=float((7 * la + 3 * h + k) % 5))
                             for k in (0, 1) for la in range(4) for h in range(4)])
     base = {"n_examples": 2, "subtasks": None, "circuit_ranking": "induction", "start": "argmax", "n_boot": 40,

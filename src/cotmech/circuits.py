@@ -65,7 +65,7 @@ from .ablation import (ALIGNMENTS, HELDOUT_PREFERENCE, Head, HeadMeans, alignmen
 from .batching import Batch, chunks, common_prefix_len, left_pad
 from .stats import wilson
 from .tracing import (PREFIX_ATTENTION_MODES, Edit, PrefixCache,
-                      prefix_cache, run_trace, suffix_last_logits)
+                      by_length, prefix_cache, run_trace, suffix_last_logits)
 #: Subtask families with one knockout figure each (a ``label`` subtask, if present, is only in the tables).
 FAMILIES = ("decision", "copy", "induction")
 
@@ -158,14 +158,8 @@ def cached_ablated_logits(model, seqs: Sequence[Sequence[int]], means: HeadMeans
     if P == 0:
         raise ValueError("cached_ablated_logits: no shared start-aligned prefix (means.prefix_len = 0 or none shared)")
     cache = ablated_prefix_cache(model, seqs[0][:P], means, removed)
-    out: torch.Tensor | None = None
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for idx in chunks(order, batch_size):
-        rows = _suffix_logits(model, seqs, idx, P, cache, means, removed, prefix_attention)
-        if out is None:
-            out = torch.empty(len(seqs), rows.shape[-1])
-        out[list(idx)] = rows
-    return out
+    return by_length(seqs, batch_size,
+                     lambda idx: _suffix_logits(model, seqs, idx, P, cache, means, removed, prefix_attention))
 
 
 def _suffix_logits(model, seqs: Sequence[Sequence[int]], idx: Sequence[int], P: int, cache: PrefixCache,

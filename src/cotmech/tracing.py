@@ -279,12 +279,19 @@ def prefixed_last_logits(model, seqs: Sequence[Sequence[int]], batch_size: int =
                 for idx in chunks(range(len(seqs)), batch_size)]
         return torch.cat(rows)
     cache = prefix_cache(model, torch.as_tensor(seqs[0][:P], dtype=torch.long))
+    return by_length(seqs, batch_size, lambda idx: suffix_last_logits(model, [seqs[i][P:] for i in idx], cache))
+
+
+def by_length(seqs: Sequence[Sequence[int]], batch_size: int,
+              run: Callable[[Sequence[int]], torch.Tensor]) -> torch.Tensor:
+    """``run(idx)`` -> rows [len(idx), ...] on batches of indices of similar length (sorted by length, so little
+    padding); the rows stacked in input order [len(seqs), ...]."""
     out: torch.Tensor | None = None
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for idx in chunks(order, batch_size):
-        rows = suffix_last_logits(model, [seqs[i][P:] for i in idx], cache)
+        rows = run(idx)
         if out is None:
-            out = torch.empty(len(seqs), rows.shape[-1])
+            out = torch.empty(len(seqs), *rows.shape[1:], dtype=rows.dtype)
         out[list(idx)] = rows
     return out
 
