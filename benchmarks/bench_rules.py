@@ -347,7 +347,8 @@ class Bench:
             times = [timed(self.model, lambda p=p: sweep(self.model, [p], method, opts, progress=False))[0]
                      for p in pairs]
             scale = suffix_scale(times, suf, suffixes)
-            rows.append(Row("patch_heads", method, "pair (all heads)" if method != "atp" else "pair", len(pairs),
+            unit = {"atp": "pair", "screened": "pair (AtP, then exact on the heads screening picks for it alone)"}
+            rows.append(Row("patch_heads", method, unit.get(method, "pair (all heads)"), len(pairs),
                             sum(times), units,
                             f"{where}; sample: {len(pairs)} pairs at suffix quantiles (subtasks "
                             f"{[p.subtask for p in pairs]}, {tokens:.0f} tokens, suffix after first_diff "

@@ -2,7 +2,7 @@
 """Head-level activation patching (E2): every head of the model, per subtask (study.md E2, §5).
 
 Three modes:
-  run    --pairs PAIRS.jsonl --method naive|exact|atp [--subtask K] [--shard I/N]
+  run    --pairs PAIRS.jsonl --method naive|exact|atp|screened [--subtask K] [--shard I/N]
          (--out TABLE.parquet [--figure STEM]) and/or (--raw SHARD.safetensors)
   merge  --merge SHARD... --subtask K --out TABLE.parquet [--figure STEM]
   compare --exact TABLE... --atp TABLE... --out atp_vs_exact.csv     (Spearman per subtask)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default="{}", help="JSON with 'model', 'patching', 'seed' (what the rule passes)")
     add_model_args(ap, overrides=True)
     ap.add_argument("--pairs", help="pairs JSONL in the make_pairs format")
-    ap.add_argument("--method", choices=["naive", "exact", "atp"], help="default: settings patching.method")
+    ap.add_argument("--method", choices=["naive", "exact", "atp", "screened"], help="default: settings patching.method")
     ap.add_argument("--subtask", type=int, help="only pairs of this subtask (also the table's subtask)")
     ap.add_argument("--n-pairs", type=_n_pairs, default=None, metavar="N|all",
                     help="use the first N pairs of the subtask (default: every pair in --pairs; the workflow passes "

@@ -116,6 +116,15 @@ def test_cross_checks_name_the_key_and_the_dataset():
         configcheck.check_cross(ok)
 
 
+def test_screened_patching_needs_one_shard():
+    cfg = _base()
+    cfg["patching"].update(method="screened", shards=1)
+    configcheck.check_cross(cfg)
+    cfg["patching"]["shards"] = 2
+    with pytest.raises(ConfigError, match=r"^config patching\.shards: 2 with method screened; .* needs shards: 1$"):
+        configcheck.check_cross(cfg)
+
+
 def test_enabled_false_drops_a_dataset():
     cfg = _base()
     cfg["datasets"]["falseont"]["enabled"] = False

@@ -145,6 +145,9 @@ def check_cross(config: dict) -> None:
     pds = _datasets(config, "patching.datasets", patch["datasets"])
     _subtasks(config, "patching.subtasks", patch["subtasks"], pds)
     _subtasks(config, "patching.path.subtasks", patch["path"]["subtasks"], pds)
+    if patch["method"] == "screened" and patch["shards"] != 1:
+        raise ConfigError(f"config patching.shards: {patch['shards']} with method screened; screening chooses its "
+                          "heads from all pairs of a subtask at once, so it needs shards: 1")
     circ = config["circuits"]
     cds = _datasets(config, "circuits.dataset", circ["dataset"])
     rds = _datasets(config, "circuits.reference", circ["reference"])

@@ -5,6 +5,7 @@
 - :mod:`.metrics`   KL (paper), logit difference, answer probability; one normalisation
 - :mod:`.exact`     ``naive_sweep`` (reference) and ``exact_sweep`` (same numbers, suffix-only) -> PatchResult
 - :mod:`.atp`       attribution patching
+- :mod:`.screen`    exact patching of the heads AtP ranks first, until the exact top-k is settled
 - :mod:`.path`      path patching (sender -> logits / receivers' q, k, v)
 - :mod:`.induction` E3 cloze task and its three corruptions
 - :mod:`.scores`    head tables with bootstrap CIs, heat-maps, AtP-vs-exact Spearman (results, raw shards and

@@ -12,8 +12,10 @@ from .atp import atp_sweep
 from .data import Pair
 from .exact import exact_sweep, naive_sweep
 from .scores import heatmap_figure, score_table, to_matrix
+from .screen import screened_sweep
 
-METHODS = ("naive", "exact", "atp")
+METHODS = ("naive", "exact", "atp", "screened")
+
 
 def sub_seed(seed: int, *parts: Any) -> int:
     """A stable seed for one (seed, parts...) combination."""
@@ -21,14 +23,25 @@ def sub_seed(seed: int, *parts: Any) -> int:
 
 
 def sweep(model, pairs: Sequence[Pair], method: str, opts: Mapping[str, Any], progress: bool = True) -> PatchResult:
+    """One patching method over ``pairs`` (``opts``: the ``patching`` config section)."""
+    return _sweep(model, pairs, method, opts, progress)[0]
+
+
+def _sweep(model, pairs: Sequence[Pair], method: str, opts: Mapping[str, Any], progress: bool = True
+           ) -> tuple[PatchResult, PatchResult | None]:
+    """(result, the AtP result computed on the way: screened's, else None)."""
     if method not in METHODS:
         raise ValueError(f"patching method {method!r}: use one of {', '.join(METHODS)}")
     kw = dict(metric=opts["metric"], direction=opts["direction"], progress=progress)
     if method == "naive":
-        return naive_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw)
+        return naive_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw), None
     if method == "exact":
-        return exact_sweep(model, pairs, head_batch=opts["head_batch"], chunk_tokens=opts["chunk_tokens"], **kw)
-    return atp_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw)
+        return exact_sweep(model, pairs, head_batch=opts["head_batch"], chunk_tokens=opts["chunk_tokens"], **kw), None
+    if method == "screened":
+        scr = opts["screen"]
+        return screened_sweep(model, pairs, top_k=scr["top_k"], candidates=scr["candidates"], block=scr["block"],
+                              head_batch=opts["head_batch"], chunk_tokens=opts["chunk_tokens"], **kw)
+    return atp_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw), None
 
 
 def scores(res: PatchResult, subtask: int, n_boot: int, seed: int) -> Any:
@@ -44,8 +57,11 @@ def write_scores(res: PatchResult, subtask: int, out: str | os.PathLike, figure:
         df = scores(res, subtask, n_boot, seed)
     io.write_table(out, df)
     if figure:
-        heatmap_figure(to_matrix(df), figure, title or f"{res.method} patching, subtask {subtask} (n={len(res.pair_ids)})",
-                       label=f"normalised {res.metric} score")
+        if not title:
+            title = f"{res.method} patching, subtask {subtask} (n={len(res.pair_ids)})"
+            if "exact_heads" in res.info:
+                title += f"\n{len(res.info['exact_heads'])} heads exact, the rest AtP estimates"
+        heatmap_figure(to_matrix(df), figure, title, label=f"normalised {res.metric} score")
     return df
 
 
@@ -62,17 +78,21 @@ def run(model, pairs: Sequence[Pair], cfg: Mapping[str, Any], seed: int, *, meth
     log = log or (lambda msg: print(msg, flush=True))
     method = method or cfg["method"]
 
-    def one(m: str) -> PatchResult:
-        return sweep(model, pairs, m, cfg) if pairs else PatchResult.empty(
-            m, cfg["metric"], cfg["direction"], model.n_layers, model.n_heads)
+    def one(m: str) -> tuple[PatchResult, PatchResult | None]:
+        return _sweep(model, pairs, m, cfg) if pairs else (PatchResult.empty(
+            m, cfg["metric"], cfg["direction"], model.n_layers, model.n_heads), None)
 
     t1 = time.time()
-    res = one(method)
-    log(f"{method}: {len(pairs)} pairs x {model.n_layers * model.n_heads} heads in {time.time() - t1:.1f} s")
-    atp_res = None
-    if atp:
+    res, atp_res = one(method)
+    exact_heads = f", {len(res.info['exact_heads'])} of them exact in {res.info['rounds']} rounds" \
+        if "exact_heads" in res.info else ""
+    log(f"{method}: {len(pairs)} pairs x {model.n_layers * model.n_heads} heads{exact_heads} in "
+        f"{time.time() - t1:.1f} s")
+    if not atp:
+        atp_res = None
+    elif atp_res is None:
         t2 = time.time()
-        atp_res = one("atp")
+        atp_res = one("atp")[0]
         log(f"atp: {len(pairs)} pairs in {time.time() - t2:.1f} s")
     df = scores(res, subtask if subtask is not None else -1, cfg["n_boot"], seed) if table else None
     return res, atp_res, df

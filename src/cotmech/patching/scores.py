@@ -12,7 +12,8 @@ from ..patch_results import PatchResult, aggregate
 
 
 def score_table(res: PatchResult, subtask: int, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Long table ``subtask, layer, head, score, ci_low, ci_high, n`` (heads that were not patched are dropped)."""
+    """Long table ``subtask, layer, head, score, ci_low, ci_high, n`` (heads that were not patched are dropped); a
+    screened result (:mod:`cotmech.patching.screen`) adds ``exact``: False where the score is AtP's estimate."""
     if not res.pair_ids:
         raise ValueError(f"subtask {subtask}: no pairs to score")
     score, lo, hi = aggregate(res.patched, res.base, res.source, n_boot, seed)
@@ -20,6 +21,10 @@ def score_table(res: PatchResult, subtask: int, n_boot: int = 1000, seed: int = 
     layer, head = np.divmod(np.arange(L * H), H)
     df = pd.DataFrame({"subtask": int(subtask), "layer": layer, "head": head, "score": score.ravel(),
                        "ci_low": lo.ravel(), "ci_high": hi.ravel(), "n": len(res.pair_ids)})
+    if res.method == "screened":
+        from .screen import exact_mask
+
+        df["exact"] = exact_mask(res).ravel()
     done = ~np.isnan(res.patched).all(0).ravel()
     return df[done].reset_index(drop=True)
 
