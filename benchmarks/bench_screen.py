@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.patching.screen import exact_mask, mean_scores, ranking, screened_sweep, simulate, top_heads
     from scipy.stats import spearmanr
 
-    cfg = config.load(args.config, "config.yaml") if args.results else {}
+    cfg = config.load(args.config, Path(__file__).resolve().parents[1] / "config.yaml") if args.results else {}
     pc = config.section(cfg, "patching")
     top_k = args.top_k or pc["screen"]["top_k"]
     cand = args.candidates or pc["screen"]["candidates"]
