@@ -77,3 +77,17 @@ def test_package_data_files_are_inputs_of_the_rules_that_read_them(script_inputs
     assert "src/cotmech/data/paper_numbers.yaml" in script_inputs["scripts/paper_table.py"]
     # make_tasks reads the config schema (dataset defaults, cotmech.config), not the paper's numbers
     assert {c for c in script_inputs["scripts/make_tasks.py"] if "/data/" in c} == {"src/cotmech/data/config.schema.yaml"}
+
+
+def test_results_folders_are_ignored_as_folders_files_or_symlinks():
+    """A results folder is often a symlink to scratch storage: git must ignore it in every form. A directory-only
+    pattern (``/results-*/``) lets ``git add -A`` commit the symlink, and a later checkout of that commit deletes the
+    real (ignored, hence expendable) results folder in another worktree."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.fail("the repository's git metadata is needed to check .gitignore")
+    for name in ("results", "results-findings", "results-validate"):
+        got = subprocess.run(["git", "check-ignore", "-q", "--no-index", name], cwd=REPO)
+        assert got.returncode == 0, f"{name} (as a file or symlink) is not ignored by .gitignore"
