@@ -88,7 +88,7 @@ def simulate(exact: np.ndarray, atp: np.ndarray, top_k: int, candidates: int, bl
 
 
 def screened_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise", top_k: int = 20,
-                   candidates: int = 40, block: int = 10, head_batch: int = 64, chunk_tokens: int | None = None,
+                   candidates: int = 60, block: int = 10, head_batch: int = 64, chunk_tokens: int | None = None,
                    progress: bool = True) -> tuple[PatchResult, PatchResult]:
     """(screened result, the AtP result it used). The screened result holds exact per-pair values for the heads
     :func:`screen` evaluated (``info["exact_heads"]``) and AtP's for the others; base and source metrics are the
