@@ -293,3 +293,11 @@ def test_atp_suffix_equals_full_sequence_and_batching(model, direction):
         assert effect > 1e-3  # attributions are not all zero
     else:  # noising: base = clean, where -KL(clean || .) is at its maximum, so its gradient (and AtP) vanishes
         assert effect < 1e-6
+
+
+def test_atp_leaves_the_weights_as_they_were(model):
+    """AtP takes gradients of the z offsets only: no parameter gains a .grad or changes requires_grad."""
+    before = {n: q.requires_grad for n, q in model.hf.named_parameters()}
+    atp_sweep(model, random_pairs(5), progress=False)
+    assert {n: q.requires_grad for n, q in model.hf.named_parameters()} == before
+    assert all(q.grad is None for q in model.hf.parameters())

@@ -12,8 +12,7 @@ same way; compare its ranking with ``exact`` (Spearman per subtask) before using
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,19 +24,6 @@ from ..tracing import TraceOut, prefix_cache, run_trace
 from .data import Pair
 from .exact import _check, _roles, pair_ref
 from .metrics import PairRef, get_metric
-
-
-@contextlib.contextmanager
-def frozen_weights(model) -> Iterator[None]:
-    """Parameters stop requiring grad (so the backward computes only the activation gradients)."""
-    params = [p for p in model.hf.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def _attribute(model, fn, src: TraceOut, base: TraceOut, refs: Sequence[PairRef]) -> tuple[np.ndarray, np.ndarray,
@@ -87,14 +73,15 @@ def atp_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str =
                 b = left_pad([getattr(q, f"{w}_ids") for q in group], model.tokenizer.pad_token_id)
                 kw[w] = dict(ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids)
         src = run_trace(model, kw[s_name].pop("ids"), save=zsites, **kw[s_name])
-        with frozen_weights(model):
-            base = run_trace(model, kw[b_name].pop("ids"), save=zsites, grad=True, **kw[b_name])
-            other = src.logits.detach()
-            clean_lg, corrupt_lg = (other, base.logits.detach()) if direction == "denoise" else \
-                (base.logits.detach(), other)
-            refs = [pair_ref(q, clean_lg[i], corrupt_lg[i]) for i, q in enumerate(group)]
-            rows = slice(start, start + len(group))
-            patched[rows], base_m[rows], src_m[rows] = _attribute(model, fn, src, base, refs)
+        # the weights keep requires_grad (autograd.grad computes only the deltas' gradients): with frozen weights
+        # the embedded model's bf16 CPU trace of a 15-token suffix took 1.8 s instead of 0.3 s (2026-12-07)
+        base = run_trace(model, kw[b_name].pop("ids"), save=zsites, grad=True, **kw[b_name])
+        other = src.logits.detach()
+        clean_lg, corrupt_lg = (other, base.logits.detach()) if direction == "denoise" else \
+            (base.logits.detach(), other)
+        refs = [pair_ref(q, clean_lg[i], corrupt_lg[i]) for i, q in enumerate(group)]
+        rows = slice(start, start + len(group))
+        patched[rows], base_m[rows], src_m[rows] = _attribute(model, fn, src, base, refs)
     return PatchResult("atp", metric if isinstance(metric, str) else "custom", direction,
                        [p.pair_id for p in pairs], [p.subtask for p in pairs], patched, base_m, src_m,
                        {"suffix": suffix})
