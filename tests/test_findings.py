@@ -54,7 +54,8 @@ def floor_violations(cfg: dict) -> list[str]:
     p = cfg["patching"]
     need(p["subtasks"] == list(range(10)), "E2: all 10 subtasks patched")
     need(p["n_pairs"] is not None and p["n_pairs"] >= 20, "E2: >= 20 pairs per subtask")
-    need(p["method"] == "exact", "E2: exact patching")
+    need(p["method"] == "exact" or (p["method"] == "screened" and p["screen"]["top_k"] >= 20),
+         "E2: exact patching, or screened with an exact top 20")
     paper_path = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["patching"]["path"]["subtasks"]
     need(set(paper_path) <= set(p["path"]["subtasks"]), "E2: path patching on the paper's subtasks")
     need(p["path"]["n_pairs"] >= 20, "E2: path patching >= 20 pairs")

@@ -122,3 +122,30 @@ def again_atp(model, pairs):
     from cotmech.patching.atp import atp_sweep
 
     return atp_sweep(model, pairs, progress=False)
+
+
+def test_screened_sweep_computes_each_pairs_prefix_once(model, monkeypatch):
+    """AtP and every exact round reuse one prefix cache and reference run per pair (the prefix is most of a real
+    pair's tokens); the values are those of the sweep that recomputes them (the tests above)."""
+    import cotmech.patching.atp as atp_mod
+    import cotmech.patching.exact as exact_mod
+    import cotmech.patching.screen as screen_mod
+
+    calls = {"pair_runs": 0, "prefix": 0}
+    real_runs, real_prefix = exact_mod.pair_runs, atp_mod.prefix_cache
+
+    def counting_runs(*a, **k):
+        calls["pair_runs"] += 1
+        return real_runs(*a, **k)
+
+    def counting_prefix(*a, **k):
+        calls["prefix"] += 1
+        return real_prefix(*a, **k)
+
+    monkeypatch.setattr(screen_mod, "pair_runs", counting_runs)
+    monkeypatch.setattr(exact_mod, "pair_runs", counting_runs)
+    monkeypatch.setattr(atp_mod, "prefix_cache", counting_prefix)
+    pairs = random_pairs(3)
+    res, _ = screened_sweep(model, pairs, top_k=2, candidates=3, block=2, progress=False)
+    assert res.info["rounds"] >= 2
+    assert calls == {"pair_runs": len(pairs), "prefix": 0}

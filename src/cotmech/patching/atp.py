@@ -45,13 +45,15 @@ def _attribute(model, fn, src: TraceOut, base: TraceOut, refs: Sequence[PairRef]
 
 
 def atp_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise", pair_batch: int = 4,
-              progress: bool = True, suffix: bool = True) -> PatchResult:
+              progress: bool = True, suffix: bool = True, caches: Sequence | None = None) -> PatchResult:
     """AtP estimate of every single-head patch.
 
     ``suffix`` (default): per pair, the shared prefix's KV cache once and the two suffixes after ``first_diff``
     (z_source − z_base is zero before it, so only suffix positions contribute, and their gradients do not need
     the prefix's): the same numbers as the full-sequence AtP at the cost of one prefix forward plus the suffix.
     ``suffix=False``: one forward + one backward of the whole left-padded inputs per ``pair_batch`` pairs.
+    ``caches``: the pairs' prefix KV caches (``tracing.prefix_cache`` of ``ids[:first_diff]``, one per pair) when
+    the caller already has them (screened patching); computed here otherwise.
     """
     _check(direction)
     fn = get_metric(metric)
@@ -65,7 +67,7 @@ def atp_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str =
         group = list(pairs[start:start + step])
         if suffix:
             p = group[0].first_diff
-            cache = prefix_cache(model, group[0].ids(b_name)[:p])
+            cache = caches[start] if caches is not None else prefix_cache(model, group[0].ids(b_name)[:p])
             kw = {w: dict(ids=group[0].ids(w)[p:][None], cache=cache) for w in (b_name, s_name)}
         else:
             kw = {}

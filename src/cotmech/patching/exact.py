@@ -204,10 +204,11 @@ def chunk_rows(n_heads: int, suffix: int, head_batch: int, chunk_tokens: int | N
 def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise",
                 heads: Sequence[tuple[int, int]] | None = None, head_batch: int = 64,
                 progress: bool = True, prefix_attention: str = "shared",
-                chunk_tokens: int | None = None) -> PatchResult:
+                chunk_tokens: int | None = None, runs: Sequence[PairRuns] | None = None) -> PatchResult:
     """Same numbers as :func:`naive_sweep` (up to float rounding), computed per pair on the suffix only
     (``prefix_attention`` as in :func:`run_trace`), :func:`chunk_rows` heads per forward (halved on
-    out-of-memory, and kept at most that for the next pairs)."""
+    out-of-memory, and kept at most that for the next pairs). ``runs``: the pairs' :func:`pair_runs` when the
+    caller reuses them across calls (screened patching); computed per pair otherwise."""
     _check(direction)
     fn = get_metric(metric)
     heads = sorted(heads if heads is not None else all_heads(model))
@@ -218,7 +219,7 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
     cap = head_batch
     used: list[int] = []
     for i, pair in enumerate(pairs):
-        pr = pair_runs(model, pair, prefix_attention)
+        pr = runs[i] if runs is not None else pair_runs(model, pair, prefix_attention)
         base_m[i] = float(fn(pr.runs[b_name].logits, pr.ref)[0])
         src_m[i] = float(fn(pr.runs[s_name].logits, pr.ref)[0])
 

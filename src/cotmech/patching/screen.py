@@ -23,7 +23,7 @@ import numpy as np
 from ..patch_results import PatchResult
 from .atp import atp_sweep
 from .data import Pair
-from .exact import exact_sweep
+from .exact import exact_sweep, pair_runs
 
 Head = tuple[int, int]
 
@@ -92,8 +92,10 @@ def screened_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: 
                    progress: bool = True) -> tuple[PatchResult, PatchResult]:
     """(screened result, the AtP result it used). The screened result holds exact per-pair values for the heads
     :func:`screen` evaluated (``info["exact_heads"]``) and AtP's for the others; base and source metrics are the
-    exact runs'."""
-    atp = atp_sweep(model, pairs, metric=metric, direction=direction, progress=progress)
+    exact runs'. Each pair's prefix cache and reference runs are computed once, for AtP and every round."""
+    runs = [pair_runs(model, p) for p in pairs]
+    atp = atp_sweep(model, pairs, metric=metric, direction=direction, progress=progress,
+                    caches=[r.cache for r in runs])
     patched = atp.patched.copy()
     base = source = None
     done: list[Head] = []
@@ -101,7 +103,7 @@ def screened_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: 
     def evaluate(heads: list[Head]) -> dict[Head, float]:
         nonlocal base, source
         res = exact_sweep(model, pairs, metric=metric, direction=direction, heads=heads, head_batch=head_batch,
-                          chunk_tokens=chunk_tokens, progress=progress)
+                          chunk_tokens=chunk_tokens, progress=progress, runs=runs)
         base, source = res.base, res.source
         for lay, h in heads:
             patched[:, lay, h] = res.patched[:, lay, h]
