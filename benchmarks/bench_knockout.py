@@ -21,9 +21,20 @@ sequences run and the ratio; asserts equal operating points for every ordering w
 rise (the case where bisection is exact; a rising curve is reported) and equal accuracies at every step the
 bisection evaluated.
 
+``--versus RESULTS``: one subtask of a finished study (``RESULTS``: its ``results/<model>`` folder, with ``--config``;
+its pairs and ranking inputs) two ways: *today* (``cotmech.circuits.run_knockout`` with the config's settings,
+what the rule ``knockout_subtask`` runs, timed whole: means, rankings, search, isolation, cross-removal) against
+the *issue-filed algorithm* (every step of every ordering evaluated, every sequence run whole, no shared prefix:
+``search: exhaustive`` with ``method="full"``), whose ablated forwards are timed on ``--sample-sets`` of its
+removed sets over every evaluation sequence and multiplied by its distinct removed sets (the work per set does not
+depend on which heads are removed). The filed estimate leaves out its means, rankings, isolation and cross-removal,
+which today's time includes, so the printed ratio is a lower bound.
+
   bench_knockout.py                                                      # tiny random model, seconds
   bench_knockout.py --model embedded:qwen2.5-coder-1.5b-instruct --n-examples 4 --steps 5 --dtype float32
   bench_knockout.py --search --model embedded:qwen2.5-coder-1.5b-instruct --n-examples 16 --steps 11 --dtype bfloat16
+  bench_knockout.py --versus results-findings/qwen2.5-coder-1.5b --config config/findings.yaml --subtask 4 \
+      --model embedded:qwen2.5-coder-1.5b-instruct --dtype bfloat16 --threads 2
 """
 from __future__ import annotations
 
@@ -61,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--search", action="store_true", help="exhaustive vs bisection operating points (see above)")
     ap.add_argument("--threshold", type=float, default=0.9, help="operating-point threshold (--search)")
+    ap.add_argument("--versus", metavar="RESULTS", help="a finished study's results/<model> folder (see above)")
+    ap.add_argument("--config", default="config.yaml", help="--versus: the study's config (merged into config.yaml)")
+    ap.add_argument("--sample-sets", type=int, default=3, help="--versus: removed sets timed the filed way")
     args = ap.parse_args(argv)
+    if args.versus:
+        return versus(args)
 
     from cotmech import circuits as C
     from cotmech.models import load_model
@@ -175,6 +191,70 @@ def search(args, model, C, clean, refs, prefix, plans, n_total) -> int:
           f"shared unablated baseline: {(t_ex + t_base) / (t_bi + t_base):.1f}×")
     print(f"equal operating points: {same_op} of {len(plans)} orderings (asserted for the {len(plans) - rising} "
           f"non-rising curve(s); {rising} rising, where bisection returns a crossing); evaluated accuracies equal")
+    return 0
+
+
+def versus(args) -> int:
+    """--versus: today's knockout of one subtask of a finished study against the issue-filed algorithm."""
+    import os
+    from pathlib import Path
+
+    from cotmech import circuits as C
+    from cotmech import config
+    from cotmech.io import read_jsonl
+    from cotmech.models import load_model
+
+    cfg = config.load(args.config, "config.yaml")
+    circ, patching = config.section(cfg, "circuits"), config.section(cfg, "patching")
+    seed, mres = int(config.value(cfg, "seed")), Path(args.versus)
+    clean = read_jsonl(mres / "pairs" / f"{circ['dataset']}.jsonl")
+    ref = read_jsonl(mres / "pairs" / f"{circ['reference']}.jsonl")
+    fields = {"results": str(cfg["results"]), "model": mres.name, "mres": str(mres)}
+    rankings, skipped = C.knockout_rankings(circ, patching, fields, os.path.exists, [args.subtask])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    opts = C.knockout_options(circ, [args.subtask])
+    bs = opts["batch_size"]
+    print(f"model {args.model} ({args.dtype}, {torch.get_num_threads()} threads), CPU {cpu_model()}; subtask "
+          f"{args.subtask}; rankings {sorted(rankings)} (skipped {skipped}); search {opts['search']}", flush=True)
+
+    t0 = time.perf_counter()
+    out = C.run_knockout(model, clean, ref, rankings, seed=seed, progress=False, log=lambda m: None, **opts)
+    t_new = time.perf_counter() - t0
+    curves = out["curves"]
+    n_new = int(curves["n_run"].sum()) if "n_run" in curves else None
+    print(f"today: {t_new:.1f} s for the whole subtask ({len(curves)} curve steps; sequences run for them: {n_new}, "
+          f"a set shared by orderings counted in each)", flush=True)
+
+    # the filed algorithm: the same plans, every step evaluated on every sequence, whole sequences
+    rank_ids = set(C.split_examples([p["example_id"] for p in clean], opts["rank_fraction"], seed)[0])
+    d = C.subtask_data(clean, ref, args.subtask, rank_ids, n_examples=opts["n_examples"],
+                       n_reference=opts["n_reference"], rank_fraction=opts["rank_fraction"], seed=seed)
+    prefix = C.alignment_prefix(clean, opts["mean_alignment"])
+    means = C.head_means(model, [p["clean_ids"] for p in d.reference], bs, False, prefix)
+    example_of = {p["pair_id"]: p["example_id"] for p in clean}
+    L, H = model.n_layers, model.n_heads
+    grid = C.step_grid(L * H, opts["steps"])
+    plans = [C.window_plan(r.scores, L, H, opts["window_widths"]) if r.name in opts["window_rankings"]
+             else C.sorted_plan(r.scores, L, H, grid)
+             for r in C._rankings_for(model, d, rankings, means, example_of, opts["other_data"], bs, lambda m: None)]
+    distinct = sorted({frozenset(x) for p in plans for x in p.sets} | {frozenset()}, key=len)
+    seqs = [p["clean_ids"] for p in d.eval]
+    nonempty = [x for x in distinct if x]
+    pick = [nonempty[i] for i in np.linspace(0, len(nonempty) - 1, min(args.sample_sets, len(nonempty))).round()
+            .astype(int)]
+    C.ablated_argmax(model, seqs[:1], means, list(pick[0]), bs, method="full")  # warm-up
+    t0 = time.perf_counter()
+    for x in pick:
+        C.ablated_argmax(model, seqs, means, sorted(x), bs, method="full")
+    per = (time.perf_counter() - t0) / (len(pick) * len(seqs))
+    t_old = per * len(distinct) * len(seqs)
+    print(f"filed algorithm: {len(plans)} orderings, {len(distinct)} distinct removed sets (unablated included) × "
+          f"{len(seqs)} evaluation sequences, {per:.3f} s per whole sequence (timed on {len(pick)} sets of "
+          f"{[len(x) for x in pick]} heads) = {t_old:.1f} s of ablated forwards alone")
+    print(f"ratio filed / today: {t_old / t_new:.1f}× (a lower bound: today's time includes means, rankings, "
+          f"isolation and cross-removal)")
     return 0
 
 
