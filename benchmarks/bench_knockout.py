@@ -204,7 +204,7 @@ def versus(args) -> int:
     from cotmech.io import read_jsonl
     from cotmech.models import load_model
 
-    cfg = config.load(args.config, "config.yaml")
+    cfg = config.load(args.config, Path(__file__).resolve().parents[1] / "config.yaml")
     circ, patching = config.section(cfg, "circuits"), config.section(cfg, "patching")
     seed, mres = int(config.value(cfg, "seed")), Path(args.versus)
     clean = read_jsonl(mres / "pairs" / f"{circ['dataset']}.jsonl")
