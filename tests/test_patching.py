@@ -301,3 +301,28 @@ def test_atp_leaves_the_weights_as_they_were(model):
     atp_sweep(model, random_pairs(5), progress=False)
     assert {n: q.requires_grad for n, q in model.hf.named_parameters()} == before
     assert all(q.grad is None for q in model.hf.parameters())
+
+
+def test_exact_forwards_of_scattered_heads_span_few_layers(model, monkeypatch):
+    """A forward recomputes every row from its lowest layer: heads from the first and last layer (a screened
+    subset) go in separate forwards, each spanning at most head_batch // n_heads layers, with the full sweep's
+    values; a full sweep keeps its whole-layer chunks."""
+    from cotmech.patching import exact as ex
+
+    L, H = model.n_layers, model.n_heads
+    assert ex.layer_windows(ex.all_heads(model), 2) == [ex.all_heads(model)[i:i + 2 * H] for i in range(0, L * H, 2 * H)]
+    pairs = random_pairs(7, shapes=((13, 5), (11, 8)))
+    ref = exact_sweep(model, pairs, head_batch=64, progress=False)
+    seen = []
+    real = ex.patch_suffix
+
+    def spy(model_, pr, heads, *a, **k):
+        seen.append([lay for lay, _ in heads])
+        return real(model_, pr, heads, *a, **k)
+
+    monkeypatch.setattr(ex, "patch_suffix", spy)
+    heads = [(0, 1), (0, H - 1), (L - 1, 0), (L - 1, 2)]
+    res = exact_sweep(model, pairs, heads=heads, head_batch=H, progress=False)
+    assert seen == [[0, 0], [L - 1, L - 1]] * len(pairs)
+    for lay, h in heads:
+        np.testing.assert_allclose(res.patched[:, lay, h], ref.patched[:, lay, h], atol=1e-6)

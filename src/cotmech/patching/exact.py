@@ -201,6 +201,20 @@ def chunk_rows(n_heads: int, suffix: int, head_batch: int, chunk_tokens: int | N
     return max(1, min(head_batch, layers * n_heads))
 
 
+def layer_windows(heads: Sequence[tuple[int, int]], width: int) -> list[list[tuple[int, int]]]:
+    """``heads`` (sorted) in consecutive groups spanning at most ``width`` layers each, a group starting at its first
+    head's layer. A forward recomputes all its rows from their lowest layer, so a chunk of scattered heads (screened
+    patching) that spanned many layers cost up to twice a full sweep's per head; for a full sweep these are the
+    whole-layer chunks of :func:`chunk_rows`."""
+    groups: list[list[tuple[int, int]]] = []
+    for head in heads:
+        if groups and head[0] < groups[-1][0][0] + width:
+            groups[-1].append(head)
+        else:
+            groups.append([head])
+    return groups
+
+
 def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise",
                 heads: Sequence[tuple[int, int]] | None = None, head_batch: int = 64,
                 progress: bool = True, prefix_attention: str = "shared",
@@ -229,8 +243,9 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
                 patched[i, lay, h] = v
             bar.update(len(chunk))
 
-        start = chunk_rows(model.n_heads, pair.length - pair.first_diff, cap, chunk_tokens)
-        got = run_in_batches(do, heads, start)
+        start = got = chunk_rows(model.n_heads, pair.length - pair.first_diff, cap, chunk_tokens)
+        for group in layer_windows(heads, max(1, start // model.n_heads)):
+            got = run_in_batches(do, group, got)
         if got < start:  # out of memory: never start above what worked
             cap = got
         used.append(got)
@@ -240,4 +255,4 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
                        {"head_batch": max(used) if used else cap, "chunk_tokens": chunk_tokens})
 
 
-__all__ = ["naive_sweep", "exact_sweep", "chunk_rows", "pair_runs", "patch_suffix", "all_heads"]
+__all__ = ["naive_sweep", "exact_sweep", "chunk_rows", "layer_windows", "pair_runs", "patch_suffix", "all_heads"]
