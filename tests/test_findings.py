@@ -270,6 +270,13 @@ def test_published_markdown_is_the_script_output_of_the_csv(tmp_path, run_tree):
     assert "| 0.250 |" in findings.render(out) and "| 0.350 |" not in findings.render(out)
     assert "| abc123" not in text and "`abc123`, `def456 (dirty)`" in text
     assert "Test CPU 9000" in text and "bfloat16" in text
+    # the page says how heads were patched, from the published config (screened: which cells are exact)
+    assert "head patching (E2): `screened`: exact values for the heads screening evaluated (at least each " \
+           "subtask's exact top 20" in text
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    cfg["patching"]["method"] = "exact"
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert "head patching (E2): `exact`, every head of every pair" in findings.render(out)
 
 
 def test_every_published_figure_is_referenced(tmp_path, run_tree):

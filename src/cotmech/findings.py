@@ -199,6 +199,23 @@ def _read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text))) if text.strip() else []
 
 
+def patching_method(config_path: Path) -> str:
+    """One phrase on how the published config patches heads (exact everywhere, or screened: which cells are
+    exact), from its ``config.yaml``."""
+    import yaml
+
+    if not config_path.exists():
+        return "not recorded"
+    p = (yaml.safe_load(config_path.read_text()) or {}).get("patching") or {}
+    method = p.get("method", "exact")
+    if method != "screened":
+        return f"`{method}`, every head of every pair"
+    top = (p.get("screen") or {}).get("top_k")
+    return (f"`screened`: exact values for the heads screening evaluated (at least each subtask's exact top {top}; "
+            "their number is in each heat-map's title), AtP estimates for the rest (docs/DEVIATIONS.md, "
+            "\"E2 screened patching\")")
+
+
 def render(folder: str | Path) -> str:
     """The Markdown page of a published findings folder, from its files only (see the module docstring)."""
     folder = Path(folder)
@@ -229,6 +246,7 @@ def render(folder: str | Path) -> str:
     wall = number(run.get("wall_s"))
     L.append(f"- wall time: {_fmt(wall)} s ({wall / 3600:.2f} h) over {run.get('n_logs', 0)} Snakemake log(s)"
              if wall is not None else "- wall time: not recorded")
+    L.append(f"- head patching (E2): {patching_method(folder / CONFIG)}")
     L.append("")
     # Claims
     if claims:
