@@ -326,3 +326,67 @@ def test_exact_forwards_of_scattered_heads_span_few_layers(model, monkeypatch):
     assert seen == [[0, 0], [L - 1, L - 1]] * len(pairs)
     for lay, h in heads:
         np.testing.assert_allclose(res.patched[:, lay, h], ref.patched[:, lay, h], atol=1e-6)
+
+
+def shared_exemplar_pairs(seed: int, n_shared: int = 9):
+    """random_pairs behind one common token prefix (a few-shot prompt's exemplars)."""
+    g = torch.Generator().manual_seed(seed + 100)
+    common = torch.randint(3, 500, (n_shared,), generator=g).tolist()
+    out = []
+    for p in random_pairs(seed):
+        out.append(make_pair(p.pair_id, common + p.ids("clean").tolist(), common + p.ids("corrupt").tolist(),
+                             answer_id=p.answer_id, corrupt_answer_id=p.corrupt_answer_id))
+    return out, common
+
+
+def test_prefix_cache_continued_from_a_root_equals_the_whole_prefix(model):
+    ids = torch.randint(3, 500, (15,), generator=torch.Generator().manual_seed(3))
+    whole = tracing.prefix_cache(model, ids)
+    root = tracing.prefix_cache(model, ids[:6])
+    cont = tracing.prefix_cache(model, ids, root=root)
+    assert cont.length == whole.length == 15 and torch.equal(cont.ids, ids)
+    for a, b in zip(cont.keys + cont.values, whole.keys + whole.values):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert tracing.prefix_cache(model, ids[:6], root=root) is root
+    with pytest.raises(ValueError, match="not a recorded prefix"):
+        tracing.prefix_cache(model, torch.cat([ids[:5], ids[:1] + 1, ids[6:]]), root=root)
+
+
+def test_sweeps_run_the_shared_exemplars_once_with_the_same_numbers(model, monkeypatch):
+    """exact, AtP and path patching compute the tokens all pairs share once (shared_prefix) and continue each
+    pair's prefix from it: the numbers of per-pair prefixes (fp32), one forward of the shared tokens per sweep."""
+    from cotmech.patching import exact as ex
+    from cotmech.patching.path import path_patch
+
+    pairs, common = shared_exemplar_pairs(4)
+    root = ex.shared_prefix(model, pairs)
+    assert root.ids.tolist() == pairs[0].ids("clean")[:root.length].tolist() and root.length >= len(common)
+    per_pair = [ex.pair_runs(model, p) for p in pairs]  # no root: each pair's whole prefix
+    ref = exact_sweep(model, pairs, head_batch=64, progress=False, runs=per_pair)
+    lengths = []
+    real = tracing.prefix_cache
+
+    def spy(model_, ids, root=None):
+        lengths.append(len(ids) - (root.length if root is not None else 0))
+        return real(model_, ids, root=root)
+
+    for mod in ("cotmech.tracing", "cotmech.patching.exact", "cotmech.patching.atp"):
+        monkeypatch.setattr(f"{mod}.prefix_cache", spy)
+    res = exact_sweep(model, pairs, head_batch=64, progress=False)
+    np.testing.assert_allclose(res.patched, ref.patched, atol=1e-5)
+    np.testing.assert_allclose(res.base, ref.base, atol=1e-5)
+    # one forward of the shared tokens, then each pair's own tokens only
+    assert lengths == [root.length] + [p.first_diff - root.length for p in pairs]
+    lengths.clear()
+    a = atp_sweep(model, pairs, progress=False)
+    b = atp_sweep(model, pairs, progress=False, caches=[r.cache for r in per_pair])
+    np.testing.assert_allclose(a.patched, b.patched, atol=1e-5)
+    assert lengths == [root.length] + [p.first_diff - root.length for p in pairs]
+    senders = [(0, 0), (model.n_layers - 1, 1)]
+    receivers = [(model.n_layers - 1, 0)]
+    got = path_patch(model, pairs, senders, receivers, paths=("logits", "q"), progress=False)
+    monkeypatch.setattr("cotmech.patching.path.shared_prefix", lambda m, ps: None)
+    want = path_patch(model, pairs, senders, receivers, paths=("logits", "q"), progress=False)
+    for key in ("patched", "base", "source"):
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5)

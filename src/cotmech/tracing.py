@@ -55,6 +55,7 @@ class PrefixCache:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     length: int
+    ids: torch.Tensor | None = None  # [length] the prefix's tokens (checked when another cache continues this one)
 
     def dynamic(self, rows: int, hf_config: Any, shared: bool = False) -> Any:
         """A transformers ``DynamicCache`` that serves the prefix to ``rows`` batch rows without storing them.
@@ -218,19 +219,49 @@ def layer_returns_tuple(model) -> bool:
     return model.info[key]
 
 
-def prefix_cache(model, ids: torch.Tensor) -> PrefixCache | None:
-    """KV cache of ``ids`` [pos] (one sequence); ``None`` for an empty prefix."""
+def prefix_cache(model, ids: torch.Tensor, root: PrefixCache | None = None) -> PrefixCache | None:
+    """KV cache of ``ids`` [pos] (one sequence); ``None`` for an empty prefix. ``root``: the cache of a prefix of
+    ``ids`` (e.g. :func:`common_prefix_cache` of many pairs: the few-shot exemplars), continued by a forward of the
+    remaining tokens only (the same keys and values up to float rounding)."""
+    ids = torch.as_tensor(ids, dtype=torch.long).cpu()
     if ids.numel() == 0:
         return None
+    kwargs: dict[str, Any] = {}
+    start = 0
+    if root is not None:
+        if root.ids is None or root.length > ids.numel() or not torch.equal(ids[:root.length], root.ids):
+            raise ValueError(f"prefix_cache: root ({root.length} tokens) is not a recorded prefix of the "
+                             f"{ids.numel()} tokens to cache")
+        if root.length == ids.numel():
+            return root
+        from transformers import DynamicCache
+
+        past = DynamicCache(config=model.hf.config)
+        for i, (k, v) in enumerate(zip(root.keys, root.values)):
+            past.update(k, v, i)
+        start = root.length
+        kwargs = {_cache_kwarg(model): past, "attention_mask": torch.ones(1, ids.numel(), dtype=torch.long,
+                                                                          device=model.device),
+                  "position_ids": torch.arange(start, ids.numel(), device=model.device)[None]}
     with torch.no_grad():
-        out = model.hf(input_ids=ids[None].to(model.device), use_cache=True, logits_to_keep=1)
+        out = model.hf(input_ids=ids[None, start:].to(model.device), use_cache=True, logits_to_keep=1, **kwargs)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values")
     if hasattr(cache, "layers"):
         keys = [lay.keys for lay in cache.layers]
         vals = [lay.values for lay in cache.layers]
     else:  # pragma: no cover - older transformers
         keys, vals = list(cache.key_cache), list(cache.value_cache)
-    return PrefixCache(keys, vals, int(ids.numel()))
+    return PrefixCache(keys, vals, int(ids.numel()), ids)
+
+
+def common_prefix_cache(model, seqs: Sequence[torch.Tensor]) -> PrefixCache | None:
+    """KV cache of the longest token prefix every sequence of ``seqs`` (1-D token tensors, e.g. each pair's ids
+    before its first difference) starts with; ``None`` when they share no token. Continue it per sequence with
+    ``prefix_cache(model, seq, root=...)``: the exemplars of a few-shot prompt then run once per sweep."""
+    seqs = [torch.as_tensor(x, dtype=torch.long).cpu() for x in seqs]
+    if not seqs:
+        return None
+    return prefix_cache(model, seqs[0][:common_prefix_len(x.tolist() for x in seqs)])
 
 
 def suffix_last_logits(model, suffixes: Sequence[Sequence[int]], cache: PrefixCache, *,

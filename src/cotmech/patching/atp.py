@@ -22,7 +22,7 @@ from ..batching import left_pad
 from ..patch_results import PatchResult
 from ..tracing import TraceOut, prefix_cache, run_trace
 from .data import Pair
-from .exact import _check, _roles, pair_ref
+from .exact import _check, _roles, pair_ref, shared_prefix
 from .metrics import PairRef, get_metric
 
 
@@ -50,7 +50,8 @@ def atp_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str =
 
     ``suffix`` (default): per pair, the shared prefix's KV cache once and the two suffixes after ``first_diff``
     (z_source − z_base is zero before it, so only suffix positions contribute, and their gradients do not need
-    the prefix's): the same numbers as the full-sequence AtP at the cost of one prefix forward plus the suffix.
+    the prefix's): the same numbers as the full-sequence AtP at the cost of one prefix forward plus the suffix
+    (the tokens all pairs share run once per sweep: :func:`~cotmech.patching.exact.shared_prefix`).
     ``suffix=False``: one forward + one backward of the whole left-padded inputs per ``pair_batch`` pairs.
     ``caches``: the pairs' prefix KV caches (``tracing.prefix_cache`` of ``ids[:first_diff]``, one per pair) when
     the caller already has them (screened patching); computed here otherwise.
@@ -63,11 +64,13 @@ def atp_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str =
     base_m, src_m = np.zeros(len(pairs)), np.zeros(len(pairs))
     zsites = [("z", lay) for lay in range(L)]
     step = 1 if suffix else max(1, int(pair_batch))
+    root = shared_prefix(model, pairs) if suffix and caches is None else None
     for start in tqdm(range(0, len(pairs), step), desc="attribution patching", disable=not progress):
         group = list(pairs[start:start + step])
         if suffix:
             p = group[0].first_diff
-            cache = caches[start] if caches is not None else prefix_cache(model, group[0].ids(b_name)[:p])
+            cache = caches[start] if caches is not None else prefix_cache(model, group[0].ids(b_name)[:p],
+                                                                            root=root)
             kw = {w: dict(ids=group[0].ids(w)[p:][None], cache=cache) for w in (b_name, s_name)}
         else:
             kw = {}

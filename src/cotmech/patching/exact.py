@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..batching import left_pad
 from ..patch_results import PatchResult
-from ..tracing import Edit, TraceOut, prefix_cache, run_in_batches, run_trace
+from ..tracing import Edit, PrefixCache, TraceOut, common_prefix_cache, prefix_cache, run_in_batches, run_trace
 from .data import Pair
 from .metrics import PairRef, get_metric
 
@@ -154,11 +154,12 @@ class PairRuns:
     ref: PairRef
 
 
-def pair_runs(model, pair: Pair, prefix_attention: str = "shared") -> PairRuns:
-    """Prefix KV cache (once) plus the clean and corrupt suffixes in one 2-row forward saving z and the residual
-    stream (``runs[w]``: a batch-1 :class:`TraceOut` per input); ``prefix_attention`` as in :func:`run_trace`."""
+def pair_runs(model, pair: Pair, prefix_attention: str = "shared", root: PrefixCache | None = None) -> PairRuns:
+    """Prefix KV cache (once; continuing ``root``, the pairs' :func:`shared_prefix`, when given) plus the clean and
+    corrupt suffixes in one 2-row forward saving z and the residual stream (``runs[w]``: a batch-1
+    :class:`TraceOut` per input); ``prefix_attention`` as in :func:`run_trace`."""
     p = pair.first_diff
-    cache = prefix_cache(model, pair.ids("clean")[:p])
+    cache = prefix_cache(model, pair.ids("clean")[:p], root=root)
     want = [("z", lay) for lay in range(model.n_layers)] + [("resid", lay) for lay in range(model.n_layers)]
     names = ("clean", "corrupt")
     both = run_trace(model, torch.stack([pair.ids(w)[p:] for w in names]), cache=cache, save=want,
@@ -166,6 +167,12 @@ def pair_runs(model, pair: Pair, prefix_attention: str = "shared") -> PairRuns:
     runs = {w: TraceOut(both.logits[i:i + 1], {k: v[i:i + 1] for k, v in both.saved.items()})
             for i, w in enumerate(names)}
     return PairRuns(pair, cache, runs, pair_ref(pair, runs["clean"].logits[0], runs["corrupt"].logits[0]))
+
+
+def shared_prefix(model, pairs: Sequence[Pair]) -> PrefixCache | None:
+    """KV cache of the tokens every pair shares before its first difference (a few-shot prompt's exemplars, ~500
+    of a real pair's ~550 tokens): computed once per sweep, each pair's prefix continues it."""
+    return common_prefix_cache(model, [p.ids("clean")[:p.first_diff] for p in pairs])
 
 
 def patch_suffix(model, pr: PairRuns, heads: Sequence[tuple[int, int]], direction: str = "denoise",
@@ -232,8 +239,9 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
     bar = tqdm(total=len(pairs) * len(heads), desc="exact patching", disable=not progress)
     cap = head_batch
     used: list[int] = []
+    root = shared_prefix(model, pairs) if runs is None else None
     for i, pair in enumerate(pairs):
-        pr = runs[i] if runs is not None else pair_runs(model, pair, prefix_attention)
+        pr = runs[i] if runs is not None else pair_runs(model, pair, prefix_attention, root)
         base_m[i] = float(fn(pr.runs[b_name].logits, pr.ref)[0])
         src_m[i] = float(fn(pr.runs[s_name].logits, pr.ref)[0])
 
@@ -255,4 +263,5 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
                        {"head_batch": max(used) if used else cap, "chunk_tokens": chunk_tokens})
 
 
-__all__ = ["naive_sweep", "exact_sweep", "chunk_rows", "layer_windows", "pair_runs", "patch_suffix", "all_heads"]
+__all__ = ["naive_sweep", "exact_sweep", "chunk_rows", "layer_windows", "pair_runs", "patch_suffix", "all_heads",
+           "shared_prefix"]

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..patch_results import aggregate
 from ..tracing import Edit, run_trace
 from .data import Pair
-from .exact import _check, _roles, pair_runs
+from .exact import _check, _roles, pair_runs, shared_prefix
 from .metrics import get_metric
 
 PATHS = ("logits", "q", "k", "v", "qkv")
@@ -57,8 +57,9 @@ def path_patch(model, pairs: Sequence[Pair], senders: Sequence[tuple[int, int]],
     rec_layers = sorted({lay for lay, _ in receivers})
     out = np.zeros((len(pairs), S_n, len(paths)))
     base_m, src_m = np.zeros(len(pairs)), np.zeros(len(pairs))
+    root = shared_prefix(model, pairs)
     for i, pair in enumerate(tqdm(pairs, desc="path patching", disable=not progress)):
-        pr = pair_runs(model, pair)
+        pr = pair_runs(model, pair, root=root)
         base, src = pr.runs[b_name], pr.runs[s_name]
         base_m[i] = float(fn(base.logits, pr.ref)[0])
         src_m[i] = float(fn(src.logits, pr.ref)[0])

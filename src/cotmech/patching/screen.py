@@ -23,7 +23,7 @@ import numpy as np
 from ..patch_results import PatchResult
 from .atp import atp_sweep
 from .data import Pair
-from .exact import exact_sweep, pair_runs
+from .exact import exact_sweep, pair_runs, shared_prefix
 
 Head = tuple[int, int]
 
@@ -93,7 +93,8 @@ def screened_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: 
     """(screened result, the AtP result it used). The screened result holds exact per-pair values for the heads
     :func:`screen` evaluated (``info["exact_heads"]``) and AtP's for the others; base and source metrics are the
     exact runs'. Each pair's prefix cache and reference runs are computed once, for AtP and every round."""
-    runs = [pair_runs(model, p) for p in pairs]
+    root = shared_prefix(model, pairs)
+    runs = [pair_runs(model, p, root=root) for p in pairs]
     atp = atp_sweep(model, pairs, metric=metric, direction=direction, progress=progress,
                     caches=[r.cache for r in runs])
     patched = atp.patched.copy()
