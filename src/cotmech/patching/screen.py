@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..patch_results import PatchResult
+from ..patch_results import PatchResult, aggregate
 from .atp import atp_sweep
 from .data import Pair
 from .exact import exact_sweep, pair_runs, shared_prefix
@@ -37,8 +37,8 @@ def ranking(scores: np.ndarray) -> list[Head]:
 
 
 def mean_scores(res: PatchResult) -> np.ndarray:
-    """Normalised aggregate score [L, H] (as :func:`cotmech.patch_results.aggregate`, without the bootstrap)."""
-    return (res.patched.mean(0) - res.base.mean()) / (res.source.mean() - res.base.mean())
+    """Normalised aggregate score [L, H] (:func:`cotmech.patch_results.aggregate` without the bootstrap)."""
+    return aggregate(res.patched, res.base, res.source, n_boot=0)[0]
 
 
 def screen(order: Sequence[Head], evaluate: Callable[[list[Head]], dict[Head, float]], top_k: int,
