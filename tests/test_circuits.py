@@ -798,3 +798,27 @@ def test_alignment_prefix_is_the_prefix_every_clean_input_shares():
     assert C.alignment_prefix is alignment_prefix
     with pytest.raises(ValueError, match="mean_alignment"):
         alignment_prefix(clean, "start")
+
+
+def test_reference_means_over_the_shared_exemplars_equal_whole_sequences(tiny_model):
+    """head_means runs the tokens every reference shares once and each rest over their cache: every field equals
+    the whole-sequence means (fp32), and no forward after the shared one sees the shared tokens again."""
+    m = tiny_model
+    seqs, _ = _prefixed(m)
+    refs = _seqs(m, [PREFIX + t for t in TEXTS[:3]] + [PREFIX + "Sam is a jompus. Sam is"])
+    Q = C.common_prefix_len(refs)
+    assert Q > 20 and len({len(r) for r in refs}) > 1
+    P = C.common_prefix_len(seqs)
+    widths: list[int] = []
+    emb = m.hf.get_input_embeddings().register_forward_hook(lambda mod, a, out: widths.append(a[0].shape[1]))
+    try:
+        cached = C.head_means(m, refs, batch_size=3, prefix_len=P)
+    finally:
+        emb.remove()
+    full = C.head_means(m, refs, batch_size=3, prefix_len=P, method="full")
+    assert widths[0] == Q and max(widths[1:]) == max(len(r) for r in refs) - Q  # shared tokens run once
+    for f in ("by_end", "count", "overall", "by_start", "count_start"):
+        torch.testing.assert_close(getattr(cached, f), getattr(full, f), atol=1e-5, rtol=1e-5)
+    assert cached.prefix_len == full.prefix_len == P
+    with pytest.raises(ValueError, match="method"):
+        C.head_means(m, refs, method="fast")

@@ -10,7 +10,8 @@ sets.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .batching import Batch, chunks, common_prefix_len, left_pad
-from .tracing import run_trace
+from .tracing import prefix_cache, run_trace, suffix_last_logits
 
 Head = tuple[int, int]
 
@@ -80,12 +81,63 @@ def _z_all_layers(model, batch: Batch) -> list[torch.Tensor]:
     return [out.saved[("z", layer)].float().cpu().flatten(2) for layer in range(model.n_layers)]
 
 
+@contextlib.contextmanager
+def _recording_z(model, store: dict[int, torch.Tensor]) -> Iterator[dict[int, torch.Tensor]]:
+    """Forward pre-hooks on every o_proj that record its input z into ``store[layer]`` [rows, pos,
+    n_heads*d_head] (float32, CPU) during the forwards inside the block."""
+    handles = []
+    try:
+        for layer in range(model.n_layers):
+            def pre(mod, args, layer=layer):
+                store[layer] = args[0].detach().float().cpu()
+            handles.append(model.hf_o_proj(layer).register_forward_pre_hook(pre))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _z_over_prefix(model, seqs: Sequence[Sequence[int]], Q: int, z_prefix: list[torch.Tensor], cache) -> list[
+        torch.Tensor]:
+    """Every layer's z of the whole ``seqs`` (which share their first ``Q`` tokens), left-padded to the longest as
+    :func:`_z_all_layers` returns it: n_layers × [batch, width, n_heads*d_head]. The shared tokens' z
+    (``z_prefix``: n_layers × [Q, dim], recorded while ``cache`` was built) is the same for every sequence; each
+    sequence's rest runs over ``cache`` (:func:`cotmech.tracing.suffix_last_logits`)."""
+    store: dict[int, torch.Tensor] = {}
+    suffix_last_logits(model, [list(s[Q:]) for s in seqs], cache, hooks=lambda pos, n: _recording_z(model, store))
+    lengths = [len(s) for s in seqs]
+    width = max(lengths)
+    out = []
+    for layer in range(model.n_layers):
+        z = torch.zeros(len(seqs), width, z_prefix[layer].shape[-1])
+        for r, n in enumerate(lengths):
+            z[r, width - n:width - n + Q] = z_prefix[layer]
+            z[r, width - n + Q:] = store[layer][r, :n - Q]
+        out.append(z)
+    return out
+
+
+MEAN_METHODS = ("auto", "full", "cached")
+
+
 def head_means(model, seqs: Sequence[Sequence[int]], batch_size: int = 8, progress: bool = False,
-               prefix_len: int = 0) -> HeadMeans:
+               prefix_len: int = 0, method: str = "auto") -> HeadMeans:
     """Mean z of every head over the reference token sequences (pads excluded): end-aligned, and start-aligned
-    over the first ``prefix_len`` positions (module docstring; 0 = end-aligned everywhere)."""
+    over the first ``prefix_len`` positions (module docstring; 0 = end-aligned everywhere).
+
+    ``method``: ``full`` runs every whole sequence; ``auto`` / ``cached`` run the tokens every reference shares
+    (the few-shot exemplars) once and each reference's rest over their KV cache (:func:`_z_over_prefix`; equal up
+    to float rounding), ``full`` where they share none."""
     if not seqs:
         raise ValueError("head_means: the reference set is empty")
+    if method not in MEAN_METHODS:
+        raise ValueError(f"head_means: method must be one of {MEAN_METHODS}, got {method!r}")
+    Q = 0 if method == "full" else max(0, min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1))
+    if Q > 0:
+        store: dict[int, torch.Tensor] = {}
+        with _recording_z(model, store):
+            cache = prefix_cache(model, torch.as_tensor(list(seqs[0][:Q]), dtype=torch.long))
+        z_prefix = [store[layer][0] for layer in range(model.n_layers)]  # [Q, dim] each
     width_max = max(len(s) for s in seqs)
     dim = model.n_heads * model.d_head
     sums = torch.zeros(model.n_layers, width_max, dim)
@@ -100,7 +152,8 @@ def head_means(model, seqs: Sequence[Sequence[int]], batch_size: int = 8, progre
         batch = left_pad([seqs[i] for i in idx], model.tokenizer.pad_token_id)
         width = batch.input_ids.shape[1]
         mask_rev = batch.attention_mask.flip(1).float()  # [batch, width]; column j = position j from the end
-        zs = _z_all_layers(model, batch)
+        zs = (_z_over_prefix(model, [seqs[i] for i in idx], Q, z_prefix, cache) if Q > 0
+              else _z_all_layers(model, batch))
         lengths = [len(seqs[i]) for i in idx]
         for layer, z in enumerate(zs):
             z_rev = z.flip(1) * mask_rev[..., None]

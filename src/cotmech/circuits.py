@@ -52,6 +52,7 @@ heads.parquet with ``subtask == k``, ``primary`` and ``kept`` (:func:`primary_ci
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -955,13 +956,24 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
         asked = "all" if n_examples is None else n_examples
         log(f"subtask {k} ({d.kind}): n_examples {asked}, {d.n_available} clean pairs exist; using "
             f"{len(d.rank)} ranking / {len(d.eval)} evaluation examples, {len(d.reference)} reference pairs")
+        clock = time.perf_counter()
+
+        def lap() -> float:  # seconds since the previous lap (the log's per-phase times)
+            nonlocal clock
+            now = time.perf_counter()
+            took, clock = now - clock, now
+            return took
+
         means = head_means(model, [p["clean_ids"] for p in d.reference], batch_size, progress, prefix_len)
         eval_seqs = [p["clean_ids"] for p in d.eval]
         baseline = ablated_argmax(model, eval_seqs, means, [], batch_size)
+        log(f"  reference means and unablated baseline: {lap():.1f} s")
         seen: dict = {}  # removed-head set -> predictions on eval_seqs, shared by this subtask's curves
         circuits: dict[str, dict[str, set[Head]]] = {}  # ranking -> scope -> kept heads at the operating point
         plans: dict[tuple[str, str], Plan] = {}
-        for r in _rankings_for(model, d, rankings, means, example_of, other_data, batch_size, log):
+        ranked = _rankings_for(model, d, rankings, means, example_of, other_data, batch_size, log)
+        log(f"  rankings ({', '.join(sorted({r.name for r in ranked}))}): {lap():.1f} s")
+        for r in ranked:
             plan = (window_plan(r.scores, L, H, window_widths) if r.name in window_rankings
                     else sorted_plan(r.scores, L, H, grid))
             plans[(r.name, r.scope)] = plan
@@ -993,8 +1005,10 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
             heads += [dict(subtask=k, ranking=r.name, scope=r.scope, layer=l, head=h, removal_rank=j,
                            kept=(l, h) in kept, removal_step=plan.step_of.get((l, h), -1), score=score[l, h],
                            primary=False) for j, (l, h) in enumerate(plan.order)]
+            n_run = f", {int(c['n_run'].sum())} sequences run" if "n_run" in c else ""
             log(f"  {r.name}/{r.scope} ({plan.procedure}): operating point {int(op.n_removed)} removed, "
-                f"acc {op.acc:.2f} (n {int(op.n)})")
+                f"acc {op.acc:.2f} (n {int(op.n)}); {int(c['evaluated'].sum())} of {len(c)} steps evaluated"
+                f"{n_run}: {lap():.1f} s")
         held = {name: next(sc[s] for s in HELDOUT_PREFERENCE + ("eval_split",) if s in sc)
                 for name, sc in circuits.items()}
         held_scope = {name: next(s for s in HELDOUT_PREFERENCE + ("eval_split",) if s in sc)
@@ -1010,6 +1024,7 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
             t.insert(0, "scope", "+".join(held_scope[x] for x in [main] + others))
             t.insert(0, "subtask", k)
             iso.append(t)
+            log(f"  isolation ({len(t)} kept sets): {lap():.1f} s")
         if cross_spec and cross_spec.get("base") in held:
             base = cross_spec["base"]
             for other in [o for o in cross_spec.get("others", []) if o in held]:
@@ -1021,6 +1036,7 @@ def run_knockout(model, clean: list[dict], reference: list[dict], rankings: dict
                     for col, v in (("direction", direction), ("other", other), ("base", base), ("subtask", k)):
                         t.insert(0, col, v)
                     cross.append(t)
+                    log(f"  cross-removal of {other} ({direction}, {len(t)} steps): {lap():.1f} s")
     cat = lambda fr: pd.concat(fr, ignore_index=True) if fr else pd.DataFrame()  # noqa: E731
     return {"curves": cat(curves), "operating_points": pd.DataFrame(ops), "heads": pd.DataFrame(heads),
             "isolation": cat(iso), "cross_removal": cat(cross)}

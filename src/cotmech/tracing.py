@@ -67,9 +67,7 @@ class PrefixCache:
         """
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=hf_config)
-        for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            cache.update(k, v, i)
+        cache = self.writable(hf_config)
         layers = getattr(cache, "layers", None)
         if layers is None:  # pragma: no cover - older transformers: materialise per row instead
             cache = DynamicCache(config=hf_config)
@@ -78,6 +76,16 @@ class PrefixCache:
             return cache
         for lay in layers:
             lay.update = _read_only_update(lay, shared)
+        return cache
+
+    def writable(self, hf_config: Any) -> Any:
+        """A plain transformers ``DynamicCache`` holding the prefix (batch 1) that a forward appends to (e.g. to
+        continue the prefix with more tokens, :func:`prefix_cache` with ``root``)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=hf_config)
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            cache.update(k, v, i)
         return cache
 
 
@@ -234,11 +242,7 @@ def prefix_cache(model, ids: torch.Tensor, root: PrefixCache | None = None) -> P
                              f"{ids.numel()} tokens to cache")
         if root.length == ids.numel():
             return root
-        from transformers import DynamicCache
-
-        past = DynamicCache(config=model.hf.config)
-        for i, (k, v) in enumerate(zip(root.keys, root.values)):
-            past.update(k, v, i)
+        past = root.writable(model.hf.config)
         start = root.length
         kwargs = {_cache_kwarg(model): past, "attention_mask": torch.ones(1, ids.numel(), dtype=torch.long,
                                                                           device=model.device),
