@@ -8,7 +8,7 @@ import torch
 
 from conftest import capture_resid
 
-from cotmech.heads import copy_components, head_outputs, o_bias, writer_components
+from cotmech.heads import WRITER_SCORE_PARTS, copy_components, head_outputs, o_bias, writer_components
 from cotmech.roles import bootstrap_share, merge, score_table, top_k_share
 from cotmech.stats import select_rows
 from cotmech.unembed import make_unembed
@@ -82,6 +82,13 @@ def test_writer_components_match_direct_lens(biased_llama):
     one_row = writer_components(lens, model, resid, attn_out, z, ans, max_bytes=1)
     for key, val in comp.items():
         np.testing.assert_allclose(one_row[key], val, rtol=1e-5, atol=1e-7, err_msg=key)
+    # the knockout's writer ranking computes only the parts the score reads: the same numbers, nothing else
+    some = writer_components(lens, model, resid, attn_out, z, ans, parts=WRITER_SCORE_PARTS)
+    assert sorted(some) == sorted(WRITER_SCORE_PARTS)
+    for key, val in some.items():
+        np.testing.assert_array_equal(val, comp[key], err_msg=key)
+    with pytest.raises(ValueError, match="parts"):
+        writer_components(lens, model, resid, attn_out, z, ans, parts=("p_head", "logit"))
 
 
 def test_copy_components_left_padding_and_missing_positions(tiny_llama):

@@ -797,7 +797,7 @@ def role_components(model, pairs: Sequence[dict], batch_size: int = 8) -> dict[s
     predicting position: {"writers": ..., "copy": ...}, rows in ``pairs`` order."""
     from .readout import extract
     from .unembed import make_unembed
-    from .heads import copy_components, writer_components
+    from .heads import WRITER_SCORE_PARTS, copy_components, writer_components
 
     for i, p in enumerate(pairs):
         for key in ("answer_id", "answer_pos"):
@@ -809,7 +809,8 @@ def role_components(model, pairs: Sequence[dict], batch_size: int = 8) -> dict[s
     aid = torch.tensor([int(p["answer_id"]) for p in pairs])
     pos = np.array([None if p["answer_pos"] is None else int(p["answer_pos"]) for p in pairs], dtype=object)
     length = np.array([len(p["clean_ids"]) for p in pairs])
-    return {"writers": writer_components(lens, model, acts["resid"], acts["attn_out"], acts["z"], aid),
+    return {"writers": writer_components(lens, model, acts["resid"], acts["attn_out"], acts["z"], aid,
+                                         parts=WRITER_SCORE_PARTS),
             "copy": copy_components(lens, model, acts["z"], acts["attn"], length, pos, aid)}
 
 

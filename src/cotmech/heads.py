@@ -8,6 +8,7 @@ same functions.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,11 +49,12 @@ def _answer_prob(logits: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: torch.Tensor, z: torch.Tensor,
                       answer_id: torch.Tensor, progress: bool = False,
-                      max_bytes: int | None = None) -> dict[str, np.ndarray]:
+                      max_bytes: int | None = None, parts: Sequence[str] = WRITER_COMPONENTS) -> dict[str, np.ndarray]:
     """Answer-writer components per row, layer and head (module doc).
 
     resid [N, L+1, d], attn_out [N, L, d], z [N, L, H, d_head], answer_id [N] ->
-    ``p_head, p_alone, dla``: [N, L, H]; ``p_pre, p_mid``: [N, L].
+    ``p_head, p_alone, dla``: [N, L, H]; ``p_pre, p_mid``: [N, L] (only those in ``parts``; the writer score
+    needs p_head, p_pre and p_mid).
     Per layer, resid_pre, resid_mid and every head's output go through the unembedding in one matrix product
     (the product reads the whole [vocab, d_model] matrix, so one product per vector would be memory-bound);
     rows are chunked so one chunk's logits stay under ``max_bytes`` (default 256 MiB on the CPU, 2 GiB on a GPU).
@@ -60,14 +62,17 @@ def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: 
     """
     if not lens.fast:
         raise ValueError("writer scores need the linear (RMSNorm/LayerNorm) lens; this model's norm is not supported")
+    unknown = set(parts) - set(WRITER_COMPONENTS)
+    if unknown or not parts:
+        raise ValueError(f"writer_components: parts must be among {WRITER_COMPONENTS}, got {list(parts)}")
     N, L, H, _ = z.shape
     dev = lens.device  # inputs move there chunk by chunk; results come back as numpy
     a = answer_id.long().to(dev)
     g_a = lens.direction(a).float()  # [N, d]
     g_centred = g_a - lens.G.float().mean(0)
     s_final = lens.scale(resid[:, L].float().to(dev))  # [N]
-    out = {k: np.zeros((N, L, H)) for k in ("p_head", "p_alone", "dla")}
-    out.update(p_pre=np.zeros((N, L)), p_mid=np.zeros((N, L)))
+    out = {k: np.zeros((N, L, H)) for k in ("p_head", "p_alone", "dla") if k in parts}
+    out.update({k: np.zeros((N, L)) for k in ("p_pre", "p_mid") if k in parts})
     if max_bytes is None:
         max_bytes = (256 if dev.type == "cpu" else 2048) * 2**20
     step = max(1, int(max_bytes // (3 * (H + 2) * lens.vocab_size * 4)))  # rows per chunk (lin + 2 logit tensors)
@@ -81,16 +86,25 @@ def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: 
             pre = resid[r, layer].float().to(dev)  # [n, d]
             mid = pre + attn_out[r, layer].float().to(dev)
             x = head_outputs(z[r, layer].to(dev), w_o)  # [n, H, d]
+            if "dla" in parts:
+                out["dla"][r, layer] = _np(torch.einsum("nhd,nd->nh", lens.prep(x), g_centred[r]) / s_final[r, None])
+            if not {"p_pre", "p_mid", "p_head", "p_alone"} & set(parts):
+                continue
             lin = lens.linear(torch.cat([pre[:, None], mid[:, None], x], 1))  # [n, H+2, V]: pre, mid, heads
             lin_x = lin[:, 2:]
-            out["p_pre"][r, layer] = _np(_answer_prob(lens.from_linear(lin[:, 0], lens.scale(pre)), a[r]))
-            out["p_mid"][r, layer] = _np(_answer_prob(lens.from_linear(lin[:, 1], lens.scale(mid)), a[r]))
-            lin_pre = lin[:, 0] if lin_b is None else lin[:, 0] + lin_b
-            rebuilt_scale = lens.scale(pre[:, None] + x + (b if b is not None else 0.0))  # [n, H]
-            out["p_head"][r, layer] = _np(_answer_prob(lens.from_linear(lin_pre[:, None] + lin_x, rebuilt_scale),
-                                                       a[r]))
-            out["p_alone"][r, layer] = _np(_answer_prob(lens.from_linear(lin_x, lens.scale(x)), a[r]))
-            out["dla"][r, layer] = _np(torch.einsum("nhd,nd->nh", lens.prep(x), g_centred[r]) / s_final[r, None])
+            if "p_pre" in parts:
+                out["p_pre"][r, layer] = _np(_answer_prob(lens.from_linear(lin[:, 0], lens.scale(pre)), a[r]))
+            if "p_mid" in parts:
+                out["p_mid"][r, layer] = _np(_answer_prob(lens.from_linear(lin[:, 1], lens.scale(mid)), a[r]))
+            if "p_alone" in parts:
+                out["p_alone"][r, layer] = _np(_answer_prob(lens.from_linear(lin_x, lens.scale(x)), a[r]))
+            if "p_head" in parts:
+                lin_pre = lin[:, 0] if lin_b is None else lin[:, 0] + lin_b
+                rebuilt_scale = lens.scale(pre[:, None] + x + (b if b is not None else 0.0))  # [n, H]
+                logits = lin_x.add_(lin_pre[:, None]).div_(rebuilt_scale[..., None])  # in place: lin is not reused
+                if lens.bias is not None:
+                    logits.add_(lens.bias)
+                out["p_head"][r, layer] = _np(_answer_prob(logits, a[r]))
     return out
 
 
@@ -122,6 +136,10 @@ def copy_components(lens: Unembed, model: Any, z: torch.Tensor, attn: torch.Tens
 # --------------------------------------------------------------------------------------------------
 # Head scores of one subtask's rows (optionally weighted: the bootstrap)
 # --------------------------------------------------------------------------------------------------
+#: the writer components :func:`_writer_score` reads
+WRITER_SCORE_PARTS = ("p_head", "p_pre", "p_mid")
+
+
 def _writer_score(comp: dict[str, np.ndarray], idx: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """(mean p_head − mean p_pre)/mean p_mid over rows ``idx`` (optionally weighted) -> [L, H]."""
     w = np.ones(len(idx)) if w is None else w
