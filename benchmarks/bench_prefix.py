@@ -8,6 +8,10 @@
 - ``probe`` (E8, rule probe): the residual stream at the pair tokens of ``--probe-questions`` probe prompts with
   ``--probe-shots`` exemplars (:func:`cotmech.probing.residuals_over_prefix`) vs every whole prompt
   (:func:`cotmech.probing.residuals_plain`); prints the largest difference of the residuals.
+- ``means`` (E6/E7/E9 mean ablation, rules knockout_subtask, cross_subtask, trace_flow): the reference means of
+  ``--means-refs`` false-ontology pairs of one subtask (6-shot prompt, gold CoT) over the exemplars they share
+  (:func:`cotmech.ablation.head_means`, ``method="cached"``) vs every whole reference (``method="full"``); prints
+  the largest difference of the means.
 
   bench_prefix.py                                                              # tiny random model, seconds
   bench_prefix.py --model embedded:qwen2.5-coder-1.5b-instruct --dtype bfloat16 --threads 2 --n 5 --allow-flips
@@ -31,13 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-candidates", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--allow-flips", action="store_true", help="report, do not assert, differing kept pairs")
-    ap.add_argument("--cases", nargs="+", default=["cloze", "probe"], choices=["cloze", "probe"])
+    ap.add_argument("--cases", nargs="+", default=["cloze", "probe", "means"], choices=["cloze", "probe", "means"])
+    ap.add_argument("--means-refs", type=int, default=30, help="reference pairs (the findings config: 30)")
+    ap.add_argument("--means-subtask", type=int, default=4)
     ap.add_argument("--probe-questions", type=int, default=8)
     ap.add_argument("--probe-shots", type=int, default=4)
     ap.add_argument("--out", default=None, help="also write the result as JSON here")
     args = ap.parse_args(argv)
 
-    from cotmech.batching import last_logits, left_pad
+    from cotmech.batching import common_prefix_len, last_logits, left_pad
     from cotmech.models import load_model
     from cotmech.patching import induction as ind
 
@@ -111,6 +117,29 @@ def main(argv: list[str] | None = None) -> int:
               f"{out['probe']['tokens_mean']:.0f} tokens on average)\n"
               f"  plain (every whole prompt) {t_plain:8.2f} s\n  prefixed (today)          {t_new:8.2f} s\n"
               f"  ratio plain/prefixed      {t_plain / t_new:8.2f}×   max |Δresidual| {diff:.3g} (of {scale:.3g})")
+    if "means" in args.cases:
+        from bench_knockout import pairs_of
+        from cotmech.ablation import head_means
+
+        refs = [p["clean_ids"] for p in pairs_of(model, "falseont", "false", 2 * args.means_refs, args.seed)
+                if int(p["subtask"]) == args.means_subtask][:args.means_refs]
+        head_means(model, [r[:40] for r in refs[:2]], 2)  # warm-up
+        t0 = time.perf_counter()
+        ref = head_means(model, refs, 8, method="full")
+        t_plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        new = head_means(model, refs, 8, method="cached")
+        t_new = time.perf_counter() - t0
+        diff = float((ref.by_end - new.by_end).abs().max())
+        scale = float(ref.by_end.abs().max())
+        lengths = [len(r) for r in refs]
+        out["means"] = {"references": len(refs), "tokens_mean": sum(lengths) / len(refs),
+                        "shared_tokens": common_prefix_len(refs), "seconds_plain": t_plain, "seconds_prefixed": t_new,
+                        "ratio": t_plain / t_new, "max_abs_diff": diff, "max_abs_mean": scale}
+        print(f"reference means ({len(refs)} references, {out['means']['tokens_mean']:.0f} tokens on average, "
+              f"{out['means']['shared_tokens']} shared)\n"
+              f"  plain (every whole reference) {t_plain:8.2f} s\n  prefixed (today)              {t_new:8.2f} s\n"
+              f"  ratio plain/prefixed          {t_plain / t_new:8.2f}×   max |Δmean| {diff:.3g} (of {scale:.3g})")
     print(json.dumps(out))
     if args.out:
         from cotmech.io import write_json

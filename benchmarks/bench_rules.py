@@ -452,11 +452,12 @@ class Bench:
 
         sources, skipped = C.knockout_rankings(cc, pcfg, dict(results="results", model="model", mres="results/model"),
                                                made, subtasks)
-        builtin, tables, n_direct, n_window = 0, [], 0, 0
+        builtin, tables, n_direct, n_window, n_roles = 0, [], 0, 0, 0
         for name, src in sources.items():
             if isinstance(src, str):
                 builtin += 1
                 n_direct += C.BUILTINS.get(src) == "direct"
+                n_roles += C.BUILTINS.get(src) in ("writers", "copy")
             else:
                 tables += [name] * (2 if "{shard}" in cc["rankings"][name] else 1)
                 n_window += name in cc["window_rankings"]
@@ -474,7 +475,7 @@ class Bench:
             search_note = (f"circuits.search: bisection: per ordering at most ceil(log2(steps + 1)) threshold "
                            f"decisions + 3 full evaluations of {len(grid)} steps, every decision counted in full "
                            f"(upper bound: decisions stop early, the plateau search runs only sometimes)")
-        u_means = u_direct = u_ablate = 0
+        u_means = u_direct = u_ablate = u_roles = 0
         for k in subtasks:
             ck = st.pairs_k(clean_d, k) if cc["n_examples"] is None else min(cc["n_examples"], st.pairs_k(clean_d, k))
             rk = st.pairs_k(ref_d, k) if cc["n_reference"] is None else min(cc["n_reference"], st.pairs_k(ref_d, k))
@@ -483,6 +484,7 @@ class Bench:
             _, ev = C.split_examples([f"e{i}" for i in range(ck)], cc["rank_fraction"], self.seed + k)
             u_means += rk
             u_direct += ck * n_direct
+            u_roles += ck if n_roles else 0
             u_ablate += len(ev) * (1 + distinct)
         clean = [p["clean_ids"] for p in spread(st.pairs[clean_d], subtasks, s or bs)]
         ref = [p["clean_ids"] for p in spread(st.pairs[ref_d], subtasks, s or bs)]
@@ -504,13 +506,22 @@ class Bench:
             t_d, _ = timed(model, lambda: C.direct_scores(model, clean, means, bs))
             rows.append(Row("knockout", "direct scores", "clean sequence", len(clean), t_d, u_direct,
                             f"builtin direct ranking on every clean pair: Σ min(n_examples {cc['n_examples']}, "
-                            f"{clean_d} pairs of the subtask) × {n_direct} = {u_direct} (E4/E5 builtins not timed)"))
+                            f"{clean_d} pairs of the subtask) × {n_direct} = {u_direct}"))
+        if n_roles:
+            pairs = spread(st.pairs[clean_d], subtasks, s or bs)
+            C.role_components(model, pairs[:1], 1)
+            t_r, _ = timed(model, lambda: C.role_components(model, pairs, bs))
+            rows.append(Row("knockout", "writer/copy rankings", "clean sequence", len(pairs), t_r, u_roles,
+                            f"builtin writers/copy rankings: activations and components of every clean pair, "
+                            f"Σ min(n_examples {cc['n_examples']}, {clean_d} pairs of the subtask) = {u_roles}"))
         t_a, _ = timed(model, lambda: C.ablated_argmax(model, clean, means, removed, bs))
         rows.append(Row("knockout", "ablated forwards", "evaluation sequence × removed set", len(clean), t_a, u_ablate,
                         f"per subtask: evaluation split × (1 baseline + {distinct} distinct removed sets = {n_orders} "
                         f"orderings [rankings {list(sources)}{f', skipped {skipped}' if skipped else ''}] × "
-                        f"{len(inner)} inner steps + all heads once) = {u_ablate} (upper bound: identical sets share "
-                        f"a run); {search_note}; sample: {n_total // 2} heads removed, batch {bs}"))
+                        f"{len(inner)} inner steps + all heads once) = {u_ablate} (identical sets share a run); "
+                        f"{search_note}; not counted: the E7 sets (isolation, cross-removal until accuracy < its "
+                        f"stop, the cross_subtask job's), whose number depends on the curves; sample: "
+                        f"{n_total // 2} heads removed, batch {bs}"))
         return rows
 
     def head_roles(self, s: int) -> list[Row]:

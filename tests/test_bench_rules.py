@@ -107,6 +107,7 @@ def test_every_rule_on_a_tiny_model(tmp_path):
     # + 1 baseline
     assert units("knockout", "reference means") == len(cc["subtasks"]) * cc["n_reference"]
     assert units("knockout", "direct scores") == len(cc["subtasks"]) * cc["n_examples"]
+    assert units("knockout", "writer/copy rankings") == len(cc["subtasks"]) * cc["n_examples"]  # once per subtask
     assert units("knockout", "ablated forwards") == len(cc["subtasks"]) * 2 * (1 + 8 * 1 + 10 + 1)
     assert units("head_roles", "run_roles") == sum(min(2, n) for n in c["fictional"].values())
     assert units("prior_shift", "run_lenses") == sum(min(2, n) for x in c.values() for n in x.values())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,10 @@ Head = tuple[int, int]
 # --------------------------------------------------------------------------------------------------
 # Reference means
 # --------------------------------------------------------------------------------------------------
+#: entries :meth:`HeadMeans.values_at_memo` keeps (28 layers × a prefix and six batches ≈ 200; ≈ 3 MB each here)
+MEMO_ITEMS = 256
+
+
 @dataclass
 class HeadMeans:
     """Mean head outputs over reference runs, aligned from the end of the sequence and, over the first
@@ -40,6 +44,7 @@ class HeadMeans:
     prefix_len: int = 0  # positions p < prefix_len use by_start (0: end-aligned everywhere, the old alignment)
     by_start: torch.Tensor | None = None  # [n_layers, prefix_len, n_heads*d_head]; [:, p] = mean at position p
     count_start: torch.Tensor | None = None  # [prefix_len] number of references that reach position p
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # see values_at_memo
 
     def replacement(self, layer: int, width: int) -> torch.Tensor:
         """End-aligned mean z for a left-padded batch of ``width`` columns: [width, n_heads*d_head] (same for
@@ -66,6 +71,19 @@ class HeadMeans:
             val = torch.where((self.count_start[pp] > 0)[..., None], self.by_start[layer][pp], self.overall[layer])
             out = torch.where(start[..., None], val, out)
         return out
+
+    def values_at_memo(self, layer: int, pos: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """:meth:`values_at`, remembered for the last :data:`MEMO_ITEMS` (layer, positions, lengths): the knockout
+        asks the same ones for every removed set (its ablated prefix and its fixed batches of suffixes). Read only:
+        the returned tensor is shared."""
+        key = (layer, tuple(pos.shape), pos.cpu().numpy().tobytes(), lengths.cpu().numpy().tobytes())
+        got = self._memo.get(key)
+        if got is None:
+            got = self.values_at(layer, pos, lengths)
+            if len(self._memo) >= MEMO_ITEMS:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = got
+        return got
 
     def left_padded(self, layer: int, lengths: Sequence[int], width: int) -> torch.Tensor:
         """Mean z for a left-padded batch of rows of ``lengths``: [rows, width, dim]."""
