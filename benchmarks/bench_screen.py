@@ -10,8 +10,8 @@ full exact head tables of every patched subtask; without it, random pairs and a 
   full sweep's, so this is what a screened run of those pairs gives (``tests/test_patching_screen.py`` pins it).
 - **time** (``--time-subtasks``): on the same pairs, the full exact sweep as the issue filed it (every pair's whole
   prefix run for it, ``head_batch`` heads per forward whatever the suffix), today's full exact sweep (``method:
-  exact``; skipped with ``--no-today-exact``) and the screened sweep, seconds and ratios; asserts the screened exact
-  values equal the full sweep's to ``--atol`` and the top-k equal.
+  exact``) and the screened sweep, seconds and ratios (``--full``: which full sweeps); asserts the screened exact
+  values equal the full sweep's (today's if timed: the same numerics) to ``--atol`` and the top-k equal.
 
   bench_screen.py                                                          # tiny random model, random pairs
   bench_screen.py --model embedded:qwen2.5-coder-1.5b-instruct --dtype bfloat16 --threads 2 \\
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, help="default: config patching.screen.candidates")
     ap.add_argument("--block", type=int, help="default: config patching.screen.block")
     ap.add_argument("--atol", type=float, default=1e-6, help="screened vs full exact values (use ~1e-2 in bf16)")
-    ap.add_argument("--no-today-exact", action="store_true",
-                    help="time only the filed full sweep and the screened one (the filed sweep is the reference)")
+    ap.add_argument("--full", choices=["both", "filed", "today"], default="both",
+                    help="full sweeps timed (the reference of the equality checks: today's if timed, else the filed)")
     ap.add_argument("--out", help="also write the result as JSON here")
     args = ap.parse_args(argv)
 
@@ -83,17 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         t_atp = time.perf_counter() - t0
         full = exact = None
         if k in timed:
-            # the code the issue filed: every pair's whole prefix run for it, head_batch heads per forward
-            t0 = time.perf_counter()
-            old = exact_sweep(model, pairs, progress=False, runs=[pair_runs(model, p) for p in pairs], **kw,
-                              head_batch=pc["head_batch"], chunk_tokens=None)
-            t_old = time.perf_counter() - t0
-            if args.no_today_exact:
-                full, t_full = old, float("nan")
-            else:
+            old = full = None
+            t_old = t_full = float("nan")
+            if args.full in ("both", "filed"):
+                # the code the issue filed: every pair's whole prefix run for it, head_batch heads per forward
+                t0 = time.perf_counter()
+                old = exact_sweep(model, pairs, progress=False, runs=[pair_runs(model, p) for p in pairs], **kw,
+                                  head_batch=pc["head_batch"], chunk_tokens=None)
+                t_old = time.perf_counter() - t0
+            if args.full in ("both", "today"):
                 t0 = time.perf_counter()
                 full = exact_sweep(model, pairs, progress=False, **kw, **ex_kw)
                 t_full = time.perf_counter() - t0
+            full = full if full is not None else old
+            old = old if old is not None else full
             t0 = time.perf_counter()
             scr, _ = screened_sweep(model, pairs, top_k=top_k, candidates=cand, block=block, progress=False, **kw,
                                     **ex_kw)
