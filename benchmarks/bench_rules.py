@@ -486,7 +486,8 @@ class Bench:
             u_direct += ck * n_direct
             u_roles += ck if n_roles else 0
             u_ablate += len(ev) * (1 + distinct)
-        clean = [p["clean_ids"] for p in spread(st.pairs[clean_d], subtasks, s or bs)]
+        clean_pairs = spread(st.pairs[clean_d], subtasks, s or bs)
+        clean = [p["clean_ids"] for p in clean_pairs]
         ref = [p["clean_ids"] for p in spread(st.pairs[ref_d], subtasks, s or bs)]
         if not clean or not ref:
             raise ValueError(f"knockout: no sample pairs of subtasks {subtasks} in {clean_d} / {ref_d}")
@@ -508,10 +509,9 @@ class Bench:
                             f"builtin direct ranking on every clean pair: Σ min(n_examples {cc['n_examples']}, "
                             f"{clean_d} pairs of the subtask) × {n_direct} = {u_direct}"))
         if n_roles:
-            pairs = spread(st.pairs[clean_d], subtasks, s or bs)
-            C.role_components(model, pairs[:1], 1)
-            t_r, _ = timed(model, lambda: C.role_components(model, pairs, bs))
-            rows.append(Row("knockout", "writer/copy rankings", "clean sequence", len(pairs), t_r, u_roles,
+            C.role_components(model, clean_pairs[:1], 1)
+            t_r, _ = timed(model, lambda: C.role_components(model, clean_pairs, bs))
+            rows.append(Row("knockout", "writer/copy rankings", "clean sequence", len(clean_pairs), t_r, u_roles,
                             f"builtin writers/copy rankings: activations and components of every clean pair, "
                             f"Σ min(n_examples {cc['n_examples']}, {clean_d} pairs of the subtask) = {u_roles}"))
         t_a, _ = timed(model, lambda: C.ablated_argmax(model, clean, means, removed, bs))

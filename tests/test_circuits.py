@@ -823,18 +823,3 @@ def test_reference_means_over_the_shared_exemplars_equal_whole_sequences(tiny_mo
     with pytest.raises(ValueError, match="method"):
         C.head_means(m, refs, method="fast")
 
-
-def test_remembered_mean_values_are_the_values_of_those_positions(tiny_llama):
-    """HeadMeans.values_at_memo (the knockout's hooks ask the same positions for every removed set) returns
-    values_at of exactly the positions and lengths asked: same shape, other positions or lengths are not confused."""
-    seqs, refs = _prefixed(tiny_llama)
-    means = C.head_means(tiny_llama, refs, batch_size=2, prefix_len=C.common_prefix_len(seqs))
-    n = torch.tensor([30, 27])
-    a = torch.arange(20, 26)[None].expand(2, -1)
-    b = a + 1  # same shape, other positions
-    for layer in (0, 2):
-        for pos, lengths in ((a, n), (b, n), (a, n - 1), (torch.arange(12)[None], torch.tensor([12]))):
-            got = means.values_at_memo(layer, pos, lengths)
-            torch.testing.assert_close(got, means.values_at(layer, pos, lengths), atol=0, rtol=0)
-            assert means.values_at_memo(layer, pos.clone(), lengths.clone()) is got  # remembered
-    assert not torch.equal(means.values_at_memo(0, a, n), means.values_at_memo(0, b, n))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -28,10 +28,6 @@ Head = tuple[int, int]
 # --------------------------------------------------------------------------------------------------
 # Reference means
 # --------------------------------------------------------------------------------------------------
-#: entries :meth:`HeadMeans.values_at_memo` keeps (28 layers × a prefix and six batches ≈ 200; ≈ 3 MB each here)
-MEMO_ITEMS = 256
-
-
 @dataclass
 class HeadMeans:
     """Mean head outputs over reference runs, aligned from the end of the sequence and, over the first
@@ -44,7 +40,6 @@ class HeadMeans:
     prefix_len: int = 0  # positions p < prefix_len use by_start (0: end-aligned everywhere, the old alignment)
     by_start: torch.Tensor | None = None  # [n_layers, prefix_len, n_heads*d_head]; [:, p] = mean at position p
     count_start: torch.Tensor | None = None  # [prefix_len] number of references that reach position p
-    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # see values_at_memo
 
     def replacement(self, layer: int, width: int) -> torch.Tensor:
         """End-aligned mean z for a left-padded batch of ``width`` columns: [width, n_heads*d_head] (same for
@@ -71,19 +66,6 @@ class HeadMeans:
             val = torch.where((self.count_start[pp] > 0)[..., None], self.by_start[layer][pp], self.overall[layer])
             out = torch.where(start[..., None], val, out)
         return out
-
-    def values_at_memo(self, layer: int, pos: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """:meth:`values_at`, remembered for the last :data:`MEMO_ITEMS` (layer, positions, lengths): the knockout
-        asks the same ones for every removed set (its ablated prefix and its fixed batches of suffixes). Read only:
-        the returned tensor is shared."""
-        key = (layer, tuple(pos.shape), pos.cpu().numpy().tobytes(), lengths.cpu().numpy().tobytes())
-        got = self._memo.get(key)
-        if got is None:
-            got = self.values_at(layer, pos, lengths)
-            if len(self._memo) >= MEMO_ITEMS:
-                self._memo.pop(next(iter(self._memo)))
-            self._memo[key] = got
-        return got
 
     def left_padded(self, layer: int, lengths: Sequence[int], width: int) -> torch.Tensor:
         """Mean z for a left-padded batch of rows of ``lengths``: [rows, width, dim]."""
@@ -135,7 +117,9 @@ def _z_over_prefix(model, seqs: Sequence[Sequence[int]], Q: int, z_prefix: list[
     return out
 
 
-MEAN_METHODS = ("auto", "full", "cached")
+#: how sequences that share a prefix run (head_means here, the knockout's ablated evaluation in circuits):
+#: ``full`` every whole sequence; ``cached`` / ``auto`` the shared tokens once, each rest over their KV cache
+METHODS = ("auto", "full", "cached")
 
 
 def head_means(model, seqs: Sequence[Sequence[int]], batch_size: int = 8, progress: bool = False,
@@ -148,8 +132,8 @@ def head_means(model, seqs: Sequence[Sequence[int]], batch_size: int = 8, progre
     to float rounding), ``full`` where they share none."""
     if not seqs:
         raise ValueError("head_means: the reference set is empty")
-    if method not in MEAN_METHODS:
-        raise ValueError(f"head_means: method must be one of {MEAN_METHODS}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"head_means: method must be one of {METHODS}, got {method!r}")
     Q = 0 if method == "full" else max(0, min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1))
     if Q > 0:
         store: dict[int, torch.Tensor] = {}

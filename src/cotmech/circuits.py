@@ -61,8 +61,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .ablation import (ALIGNMENTS, HELDOUT_PREFERENCE, Head, HeadMeans, alignment_prefix, circuit_sets, head_means,
-                       sample_pairs)
+from .ablation import (ALIGNMENTS, HELDOUT_PREFERENCE, METHODS, Head, HeadMeans, alignment_prefix, circuit_sets,
+                       head_means, sample_pairs)
 from .batching import Batch, chunks, common_prefix_len, left_pad
 from .stats import wilson
 from .tracing import (PREFIX_ATTENTION_MODES, Edit, PrefixCache,
@@ -140,7 +140,7 @@ def ablated_prefix_cache(model, prefix: Sequence[int], means: HeadMeans, removed
         raise ValueError(f"ablated_prefix_cache: prefix of {P} tokens is longer than the start-aligned segment "
                          f"({means.prefix_len})")
     pos, n = torch.arange(P)[None], torch.tensor([P])
-    with _z_hooks(model, removed, lambda layer: means.values_at_memo(layer, pos, n)):
+    with _z_hooks(model, removed, lambda layer: means.values_at(layer, pos, n)):
         return prefix_cache(model, torch.as_tensor(list(prefix), dtype=torch.long))
 
 
@@ -170,10 +170,9 @@ def _suffix_logits(model, seqs: Sequence[Sequence[int]], idx: Sequence[int], P: 
     [len(idx), vocab]."""
     return suffix_last_logits(
         model, [list(seqs[i][P:]) for i in idx], cache, prefix_attention=prefix_attention,
-        hooks=lambda pos, n: _z_hooks(model, removed, lambda layer: means.values_at_memo(layer, pos, n)))
+        hooks=lambda pos, n: _z_hooks(model, removed, lambda layer: means.values_at(layer, pos, n)))
 
 
-METHODS = ("auto", "full", "cached")
 
 
 def ablated_argmax(model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed: Sequence[Head],

@@ -62,9 +62,10 @@ def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: 
     """
     if not lens.fast:
         raise ValueError("writer scores need the linear (RMSNorm/LayerNorm) lens; this model's norm is not supported")
-    unknown = set(parts) - set(WRITER_COMPONENTS)
-    if unknown or not parts:
+    if not parts or set(parts) - set(WRITER_COMPONENTS):
         raise ValueError(f"writer_components: parts must be among {WRITER_COMPONENTS}, got {list(parts)}")
+    parts = set(parts)
+    unembedded = bool(parts - {"dla"})  # every part but dla needs the unembedding product
     N, L, H, _ = z.shape
     dev = lens.device  # inputs move there chunk by chunk; results come back as numpy
     a = answer_id.long().to(dev)
@@ -88,7 +89,7 @@ def writer_components(lens: Unembed, model: Any, resid: torch.Tensor, attn_out: 
             x = head_outputs(z[r, layer].to(dev), w_o)  # [n, H, d]
             if "dla" in parts:
                 out["dla"][r, layer] = _np(torch.einsum("nhd,nd->nh", lens.prep(x), g_centred[r]) / s_final[r, None])
-            if not {"p_pre", "p_mid", "p_head", "p_alone"} & set(parts):
+            if not unembedded:
                 continue
             lin = lens.linear(torch.cat([pre[:, None], mid[:, None], x], 1))  # [n, H+2, V]: pre, mid, heads
             lin_x = lin[:, 2:]
