@@ -387,6 +387,21 @@ def test_conda_env_matches_lock():
     assert py == f"python={sys.version_info.major}.{sys.version_info.minor}"
 
 
+@pytest.mark.parametrize("text, fast", [
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n", True),  # Sapphire Rapids
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n", False),  # AVX512-BF16, no AMX
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n", False),  # AVX2 only
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),  # Arm with BF16
+    ("processor\t: 0\nmodel name\t: amx_bf16 in a name is no flag\n", False),
+])
+def test_auto_picks_bf16_only_where_bf16_matmuls_are_faster(text, fast):
+    """bf16 for `dtype: auto` on CPUs with bf16 matrix units (AMX, Arm BF16) only: with AVX512-BF16 alone a bf16
+    forward of 150-560 tokens measured 1.5-1.8x slower than fp32 (BENCHMARKS.md)."""
+    from cotmech.models import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(text) is fast
+
+
 def test_auto_dtype(monkeypatch):
     import cotmech.models as models
 

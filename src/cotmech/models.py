@@ -152,27 +152,31 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (x86 AVX512-BF16/AMX-BF16, Arm BF16).
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU (``cpuinfo``: the text of /proc/cpuinfo, read when None) has bf16 matrix units that make
+    bf16 faster than fp32: x86 AMX-BF16 (``amx_bf16``) or Arm BF16 (``bf16``).
 
-    Without them torch still runs bf16 matmuls, but slowly: on a 2-core AVX2 EPYC, a 200-token forward of
-    Qwen2.5-1.5B took 2.3x longer in bf16 than in fp32 (and a batch-16 decode step the same time).
+    AVX512-BF16 alone does not: on a 2-core Xeon with avx512_bf16 and no AMX (torch 2.13, 2026-12-07,
+    ``benchmarks/bench_dtype.py``) a 560-token forward of Qwen2.5-1.5B took 8.1 s in bf16 and 4.6 s in fp32, a
+    [560, 1536] x [1536, 8960] product ran at 191 against 384 GFLOP/s (BENCHMARKS.md); on a 2-core AVX2 EPYC a 200-token forward took 2.3x longer in
+    bf16 than in fp32.
     """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # pragma: no cover - non-Linux
-        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # pragma: no cover - non-Linux
+            return False
     flags: set[str] = set()
-    for line in text.splitlines():
+    for line in cpuinfo.splitlines():
         if line.lower().startswith(("flags", "features")):
             flags.update(line.split(":", 1)[-1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return bool(flags & {"amx_bf16", "bf16"})
 
 
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None,
                   cpu_auto: str = "native") -> torch.dtype:
     """``auto`` -> bf16 on CUDA; on CPU ``cpu_auto``: "native" (the default: bf16 only with native bf16
-    instructions, :func:`cpu_has_native_bf16` — on AVX2-only CPUs bf16 matmuls measured 2-4x slower than fp32),
+    matrix units, :func:`cpu_has_native_bf16` — elsewhere bf16 forwards measured 1.5-4x slower than fp32),
     "bf16" (half the memory) or "fp32". ``COTMECH_CPU_AUTO_DTYPE``
     overrides ``cpu_auto``."""
     if isinstance(dtype, torch.dtype):
