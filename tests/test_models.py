@@ -393,7 +393,7 @@ def test_conda_env_matches_lock():
     ("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n", False),  # AVX2 only
     ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),  # Arm with BF16
     ("processor\t: 0\nmodel name\t: amx_bf16 in a name is no flag\n", False),
-])
+], ids=["amx", "avx512-bf16-only", "avx2", "arm-bf16", "flag-in-model-name"])
 def test_auto_picks_bf16_only_where_bf16_matmuls_are_faster(text, fast):
     """bf16 for `dtype: auto` on CPUs with bf16 matrix units (AMX, Arm BF16) only: with AVX512-BF16 alone a bf16
     forward of 150-560 tokens measured 1.5-1.8x slower than fp32 (BENCHMARKS.md)."""
