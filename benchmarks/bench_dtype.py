@@ -18,15 +18,19 @@ from pathlib import Path
 import torch
 
 from benchargs import model_parser
+from bench_patching import sync
 from cotmech.provenance import cpu_model
 
 
-def best(fn, repeat: int) -> float:
-    fn()  # warm-up
+def best(model, fn, repeat: int) -> float:
+    """Seconds of ``fn()``, the fastest of ``repeat`` runs after one warm-up (the device synchronised around each)."""
+    fn()
     times = []
     for _ in range(repeat):
+        sync(model)
         t0 = time.perf_counter()
         fn()
+        sync(model)
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -52,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(n, d, generator=g).to(model.device, model.dtype)
             w = torch.randn(d_mlp, d, generator=g).to(model.device, model.dtype)
             with torch.inference_mode():
-                t_fwd = best(lambda: model.hf(input_ids=ids, use_cache=False, logits_to_keep=1), args.repeat)
-                t_mm = best(lambda: torch.nn.functional.linear(x, w), args.repeat)
+                t_fwd = best(model, lambda: model.hf(input_ids=ids, use_cache=False, logits_to_keep=1), args.repeat)
+                t_mm = best(model, lambda: torch.nn.functional.linear(x, w), args.repeat)
             rows.append({"dtype": dtype, "tokens": n, "forward_s": t_fwd, "product_s": t_mm,
                          "product_gflops": round(2 * n * d * d_mlp / t_mm / 1e9, 1)})
             print(f"{dtype:9s} {n:4d} tokens: forward {t_fwd:.3f} s, product [{n}, {d}] x [{d}, {d_mlp}] "

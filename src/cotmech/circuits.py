@@ -173,8 +173,6 @@ def _suffix_logits(model, seqs: Sequence[Sequence[int]], idx: Sequence[int], P: 
         hooks=lambda pos, n: _z_hooks(model, removed, lambda layer: means.values_at(layer, pos, n)))
 
 
-
-
 def ablated_argmax(model, seqs: Sequence[Sequence[int]], means: HeadMeans, removed: Sequence[Head],
                    batch_size: int = 8, method: str = "auto") -> torch.Tensor:
     """Argmax next token of every sequence with ``removed`` heads mean-ablated: [n] (input order).

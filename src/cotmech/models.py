@@ -158,8 +158,8 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 
     AVX512-BF16 alone does not: on a 2-core Xeon with avx512_bf16 and no AMX (torch 2.13, 2026-12-07,
     ``benchmarks/bench_dtype.py``) a 560-token forward of Qwen2.5-1.5B took 8.1 s in bf16 and 4.6 s in fp32, a
-    [560, 1536] x [1536, 8960] product ran at 191 against 384 GFLOP/s (BENCHMARKS.md); on a 2-core AVX2 EPYC a 200-token forward took 2.3x longer in
-    bf16 than in fp32.
+    [560, 1536] x [1536, 8960] product ran at 191 against 384 GFLOP/s (BENCHMARKS.md); on a 2-core AVX2 EPYC a
+    200-token forward took 2.3x longer in bf16 than in fp32.
     """
     if cpuinfo is None:
         try:
