@@ -475,7 +475,7 @@ class Bench:
             search_note = (f"circuits.search: bisection: per ordering at most ceil(log2(steps + 1)) threshold "
                            f"decisions + 3 full evaluations of {len(grid)} steps, every decision counted in full "
                            f"(upper bound: decisions stop early, the plateau search runs only sometimes)")
-        u_means = u_direct = u_ablate = u_roles = 0
+        u_means = u_direct = u_ablate = u_roles = u_sets = 0
         for k in subtasks:
             ck = st.pairs_k(clean_d, k) if cc["n_examples"] is None else min(cc["n_examples"], st.pairs_k(clean_d, k))
             rk = st.pairs_k(ref_d, k) if cc["n_reference"] is None else min(cc["n_reference"], st.pairs_k(ref_d, k))
@@ -486,6 +486,7 @@ class Bench:
             u_direct += ck * n_direct
             u_roles += ck if n_roles else 0
             u_ablate += len(ev) * (1 + distinct)
+            u_sets += 1 + distinct
         clean_pairs = spread(st.pairs[clean_d], subtasks, s or bs)
         clean = [p["clean_ids"] for p in clean_pairs]
         ref = [p["clean_ids"] for p in spread(st.pairs[ref_d], subtasks, s or bs)]
@@ -514,14 +515,33 @@ class Bench:
             rows.append(Row("knockout", "writer/copy rankings", "clean sequence", len(clean_pairs), t_r, u_roles,
                             f"builtin writers/copy rankings: activations and components of every clean pair, "
                             f"Σ min(n_examples {cc['n_examples']}, {clean_d} pairs of the subtask) = {u_roles}"))
+        counted = (f"per subtask: evaluation split × (1 baseline + {distinct} distinct removed sets = {n_orders} "
+                   f"orderings [rankings {list(sources)}{f', skipped {skipped}' if skipped else ''}] × "
+                   f"{len(inner)} inner steps + all heads once) = {u_ablate} (identical sets share a run); "
+                   f"{search_note}; not counted: the E7 sets (isolation, cross-removal until accuracy < its "
+                   f"stop, the cross_subtask job's), whose number depends on the curves; sample: "
+                   f"{n_total // 2} heads removed, batch {bs}")
+        P = C.cacheable_prefix(clean, means)
         t_a, _ = timed(model, lambda: C.ablated_argmax(model, clean, means, removed, bs))
-        rows.append(Row("knockout", "ablated forwards", "evaluation sequence × removed set", len(clean), t_a, u_ablate,
-                        f"per subtask: evaluation split × (1 baseline + {distinct} distinct removed sets = {n_orders} "
-                        f"orderings [rankings {list(sources)}{f', skipped {skipped}' if skipped else ''}] × "
-                        f"{len(inner)} inner steps + all heads once) = {u_ablate} (identical sets share a run); "
-                        f"{search_note}; not counted: the E7 sets (isolation, cross-removal until accuracy < its "
-                        f"stop, the cross_subtask job's), whose number depends on the curves; sample: "
-                        f"{n_total // 2} heads removed, batch {bs}"))
+        if not P:  # end-aligned means: every sequence runs whole
+            rows.append(Row("knockout", "ablated forwards", "evaluation sequence × removed set", len(clean), t_a,
+                            u_ablate, counted))
+            return rows
+        # segment-aligned means: a removed set runs its ablated shared prefix once (circuits.LazyPredictions),
+        # then every evaluation sequence's suffix over it; the two are priced apart, as a set's decisions run a
+        # varying number of sequences over one prefix
+        t_p, cache = timed(model, lambda: C.ablated_prefix_cache(model, clean[0][:P], means, removed))
+        order = sorted(range(len(clean)), key=lambda i: len(clean[i]))
+        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        t_s, _ = timed(model, lambda: [C._suffix_logits(model, clean, idx, P, cache, means, removed)
+                                       for idx in batches])
+        rows.append(Row("knockout", "ablated prefixes", f"removed set (its ablated shared prefix, {P} tokens)", 1,
+                        t_p, u_sets, f"per subtask: 1 baseline + {distinct} distinct removed sets = {u_sets} "
+                        f"({search_note}); sample: {n_total // 2} heads removed"))
+        rows.append(Row("knockout", "ablated suffixes", "evaluation sequence × removed set", len(clean), t_s,
+                        u_ablate, f"{counted}; suffixes of {sum(len(c) - P for c in clean) / len(clean):.0f} tokens "
+                        f"on average over the {P}-token prefix; the sample's whole ablated_argmax (prefix + "
+                        f"suffixes) took {t_a:.2f} s against {t_p + t_s:.2f} s for the two parts"))
         return rows
 
     def head_roles(self, s: int) -> list[Row]:

@@ -108,7 +108,10 @@ def test_every_rule_on_a_tiny_model(tmp_path):
     assert units("knockout", "reference means") == len(cc["subtasks"]) * cc["n_reference"]
     assert units("knockout", "direct scores") == len(cc["subtasks"]) * cc["n_examples"]
     assert units("knockout", "writer/copy rankings") == len(cc["subtasks"]) * cc["n_examples"]  # once per subtask
-    assert units("knockout", "ablated forwards") == len(cc["subtasks"]) * 2 * (1 + 8 * 1 + 10 + 1)
+    # segment-aligned means (the default): each removed set's shared prefix once, each evaluation suffix per set
+    assert units("knockout", "ablated prefixes") == len(cc["subtasks"]) * (1 + 8 * 1 + 10 + 1)
+    assert units("knockout", "ablated suffixes") == len(cc["subtasks"]) * 2 * (1 + 8 * 1 + 10 + 1)
+    assert ("knockout", "ablated forwards") not in rows
     assert units("head_roles", "run_roles") == sum(min(2, n) for n in c["fictional"].values())
     assert units("prior_shift", "run_lenses") == sum(min(2, n) for x in c.values() for n in x.values())
     assert units("trace_flow", "trace_example") == 1
@@ -133,7 +136,9 @@ def test_knockout_units_under_bisection(tmp_path):
     def ablated(search: str, steps: int) -> float:
         cfg = {**TINY, "circuits": {**TINY["circuits"], "steps": steps, "search": search}}
         rows = _run(tmp_path, cfg, "--rules", "knockout")
-        return float(rows[("knockout", "ablated forwards")]["units_at_scale"])
+        assert float(rows[("knockout", "ablated prefixes")]["units_at_scale"]) * n_eval == pytest.approx(
+            float(rows[("knockout", "ablated suffixes")]["units_at_scale"]))
+        return float(rows[("knockout", "ablated suffixes")]["units_at_scale"])
 
     n_sub, n_eval = len(TINY["circuits"]["subtasks"]), 2  # 4 clean pairs per subtask, half evaluated
     # 16 heads, 9 steps: grid 0, 2, ..., 16 -> 8 non-baseline steps per sorted ordering (7 inner + all heads);
@@ -142,6 +147,16 @@ def test_knockout_units_under_bisection(tmp_path):
     probes = lambda n: min(n, math.ceil(math.log2(n + 1)) + 3)  # noqa: E731
     assert probes(8) == 7 and probes(10) == 7
     assert ablated("bisection", 9) == n_sub * n_eval * (1 + 8 * probes(8) + probes(10))
+
+
+def test_end_aligned_knockout_prices_whole_sequences(tmp_path):
+    """circuits.mean_alignment: end runs every whole sequence per removed set (no shared ablated prefix): one
+    "ablated forwards" row with the same sequence count as the suffix row of segment alignment."""
+    cfg = {**TINY, "circuits": {**TINY["circuits"], "mean_alignment": "end"}}
+    rows = _run(tmp_path, cfg, "--rules", "knockout")
+    assert ("knockout", "ablated prefixes") not in rows and ("knockout", "ablated suffixes") not in rows
+    assert float(rows[("knockout", "ablated forwards")]["units_at_scale"]) == len(cfg["circuits"]["subtasks"]) * 2 * (
+        1 + 8 * 1 + 10 + 1)
 
 
 def test_counts_scale_with_the_correct_share(tmp_path):
