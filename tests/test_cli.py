@@ -41,7 +41,7 @@ def test_model_args_and_overrides():
     ap = cli.parser("doc")
     cli.add_model_args(ap, overrides=True)
     args = ap.parse_args(["--threads", "2", "--model", "random:x", "--dtype", "bfloat16"])
-    assert vars(args) == {"threads": 2, "model": "random:x", "dtype": "bfloat16", "device": None}
+    assert vars(args) == {"threads": 2, "model": "random:x", "dtype": "bfloat16", "device": None, "bf16_matmul": None}
 
 
 def test_load_from_args_uses_settings_then_overrides(capsys):

@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-OVERRIDES = {"model": "spec", "dtype": "dtype", "device": "device"}  # flag -> key of the settings' ``model``
+#: flag (``--bf16-matmul`` for bf16_matmul) -> key of the settings' ``model``
+OVERRIDES = {"model": "spec", "dtype": "dtype", "device": "device", "bf16_matmul": "bf16_matmul"}
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -35,11 +36,13 @@ def fail(problem: object) -> int:
 
 
 def add_model_args(ap: argparse.ArgumentParser, overrides: bool = False) -> None:
-    """``--threads`` and, with ``overrides``, ``--model/--dtype/--device`` (override the settings' ``model``)."""
+    """``--threads`` and, with ``overrides``, ``--model/--dtype/--device/--bf16-matmul`` (override the settings'
+    ``model``)."""
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     if overrides:
         for flag, key in OVERRIDES.items():
-            ap.add_argument(f"--{flag}", help=f"model {key} (overrides settings model.{key})")
+            ap.add_argument(f"--{flag.replace('_', '-')}", dest=flag,
+                            help=f"model {key} (overrides settings model.{key})")
 
 
 def add_activation_args(ap: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +195,77 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
     if cpu_auto == "native":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return torch.bfloat16 if cpu_auto == "bf16" else torch.float32
+
+
+#: ``model.bf16_matmul``: how a bf16 model's linear layers multiply on a CPU (:func:`resolve_bf16_matmul`).
+BF16_MATMULS = ("auto", "native", "float32")
+
+
+def mem_available(meminfo: str | None = None, cgroup: str | os.PathLike | None = "/sys/fs/cgroup") -> int | None:
+    """Bytes of memory this process may still allocate: ``MemAvailable`` of ``meminfo`` (the text of /proc/meminfo,
+    read when None), capped by the cgroup v2 limit under ``cgroup`` (``memory.max`` − ``memory.current``: a SLURM
+    job's allocation); None where neither is known."""
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:  # pragma: no cover - non-Linux
+            meminfo = ""
+    out = None
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            out = int(line.split()[1]) * 1024
+    try:
+        limit = Path(cgroup, "memory.max").read_text().strip() if cgroup else "max"
+        if limit != "max":
+            left = int(limit) - int(Path(cgroup, "memory.current").read_text())
+            out = left if out is None else min(out, left)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def resolve_bf16_matmul(mode: str, dtype: torch.dtype, device: torch.device, copy_bytes: int,
+                        native_bf16: bool | None = None, available: int | None = None) -> str:
+    """``native`` or ``float32`` for config ``model.bf16_matmul`` = ``mode``.
+
+    Only a bf16 model on a CPU can use ``float32`` (:func:`float32_linears`); elsewhere ``native``. ``auto`` picks
+    ``float32`` on a CPU without bf16 matrix units (``native_bf16``: :func:`cpu_has_native_bf16` when None), where
+    torch's bf16 products ran at half the speed of fp32's (BENCHMARKS.md), if the float32 weight copies
+    (``copy_bytes``) take at most half of the ``available`` memory (:func:`mem_available` when None)."""
+    if mode not in BF16_MATMULS:
+        raise ModelSpecError(f"model.bf16_matmul {mode!r}: use one of {', '.join(BF16_MATMULS)}")
+    if dtype != torch.bfloat16 or device.type != "cpu" or mode == "native":
+        return "native"
+    if mode == "float32":
+        return "float32"
+    if cpu_has_native_bf16() if native_bf16 is None else native_bf16:
+        return "native"
+    available = mem_available() if available is None else available
+    return "float32" if available is None or 2 * copy_bytes <= available else "native"
+
+
+def _float32_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """bf16 linear computed in fp32: exact products of the bf16 values, fp32 sums, rounded to the input dtype."""
+    return torch.nn.functional.linear(x.float(), self.weight_f32, self.bias_f32).to(x.dtype)
+
+
+def bf16_linears(hf_model: Any) -> list[torch.nn.Linear]:
+    """The ``nn.Linear`` modules of ``hf_model`` with bf16 weights."""
+    return [m for m in hf_model.modules() if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.bfloat16]
+
+
+def float32_linears(hf_model: Any) -> int:
+    """Make every bf16 ``nn.Linear`` of ``hf_model`` multiply in float32: it keeps its bf16 weight (what every
+    analysis reads) plus a float32 copy, and computes ``linear(x.float(), W32, b32)`` rounded to bf16. A bf16 kernel
+    also multiplies the bf16 values exactly and sums in fp32, so the outputs equal torch's bf16 ones up to the
+    order of the fp32 sums (tests/test_models.py); on a CPU without bf16 matrix units the fp32 product is about
+    twice as fast. Forward hooks and nnsight see the same modules. Returns the number of layers changed."""
+    mods = bf16_linears(hf_model)
+    for m in mods:
+        m.weight_f32 = m.weight.detach().float()
+        m.bias_f32 = None if m.bias is None else m.bias.detach().float()
+        m.forward = types.MethodType(_float32_linear, m)
+    return len(mods)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,11 +455,22 @@ def wrap(spec: str, hf_model: Any, tokenizer: Any) -> LoadedModel:
 
 
 def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "auto",
-               cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False) -> LoadedModel:
-    """Load a model spec (see module docstring) as a :class:`LoadedModel`."""
+               cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False,
+               bf16_matmul: str = "auto") -> LoadedModel:
+    """Load a model spec (see module docstring) as a :class:`LoadedModel`; ``bf16_matmul`` as
+    :func:`resolve_bf16_matmul` (what it resolved to is ``info["bf16_matmul"]``)."""
+    if bf16_matmul not in BF16_MATMULS:
+        raise ModelSpecError(f"model.bf16_matmul {bf16_matmul!r}: use one of {', '.join(BF16_MATMULS)}")
     hf_model, tok = load_hf(spec, dtype=dtype, device=device, cache_dir=cache_dir,
                             trust_remote_code=trust_remote_code)
-    return wrap(spec, hf_model, tok)
+    p = next(hf_model.parameters())
+    copy_bytes = sum(4 * m.weight.numel() for m in bf16_linears(hf_model)) if p.dtype == torch.bfloat16 else 0
+    mode = resolve_bf16_matmul(bf16_matmul, p.dtype, p.device, copy_bytes)
+    if mode == "float32":
+        float32_linears(hf_model)  # before nnsight wraps the modules
+    model = wrap(spec, hf_model, tok)
+    model.info["bf16_matmul"] = mode
+    return model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,7 +481,7 @@ def model_settings(settings: dict[str, Any], where: str = "--settings") -> dict[
     m = settings.get("model")
     if not isinstance(m, dict) or not isinstance(m.get("spec"), str):
         raise ModelSpecError(f"{where}: missing 'model.spec' (pass settings('model') from the rule)")
-    unknown = set(m) - {"name", "spec", "dtype", "device", "cache_dir", "trust_remote_code"}
+    unknown = set(m) - {"name", "spec", "dtype", "device", "cache_dir", "trust_remote_code", "bf16_matmul"}
     if unknown:
         raise ModelSpecError(f"{where}: unknown key(s) in 'model': {', '.join(sorted(unknown))}")
     from . import config
@@ -407,10 +490,10 @@ def model_settings(settings: dict[str, Any], where: str = "--settings") -> dict[
 
 
 def load_from_settings(settings: dict[str, Any], where: str = "--settings") -> LoadedModel:
-    """:func:`load_model` with config ``model.{spec, dtype, device, cache_dir, trust_remote_code}``."""
+    """:func:`load_model` with config ``model.{spec, dtype, device, cache_dir, trust_remote_code, bf16_matmul}``."""
     m = model_settings(settings, where)
     return load_model(m["spec"], dtype=m["dtype"], device=m["device"], cache_dir=m["cache_dir"],
-                      trust_remote_code=bool(m["trust_remote_code"]))
+                      trust_remote_code=bool(m["trust_remote_code"]), bf16_matmul=m["bf16_matmul"])
 
 
 def load_tokenizer(spec: str, cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False) -> Any:

@@ -64,6 +64,7 @@ def run_info(model: dict[str, Any]) -> dict[str, Any]:
         "spec": model.get("spec"),
         "dtype_requested": str(model["dtype"]),
         "dtype": str(dtype).removeprefix("torch."),
+        "bf16_matmul_requested": str(model["bf16_matmul"]),
         "device": str(device),
         "cpu": cpu_model(),
         "cpu_native_bf16": cpu_has_native_bf16(),
@@ -82,6 +83,7 @@ def loaded_info(loaded: Any) -> dict[str, Any]:
     import torch
 
     dev = loaded.device
-    return {"spec": loaded.spec, "dtype": str(loaded.dtype).removeprefix("torch."), "device": str(dev),
+    return {"spec": loaded.spec, "dtype": str(loaded.dtype).removeprefix("torch."),
+            "bf16_matmul": loaded.info.get("bf16_matmul", "native"), "device": str(dev),
             "cpu": cpu_model(), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "torch": versions(("torch",))["torch"], "transformers": versions(("transformers",))["transformers"]}

@@ -163,7 +163,9 @@ def model_resources(weight=1.0):
     """Resources of a job that loads the model: `resources: **model_resources()`.
 
     gpu: `cluster.gpus`, default 1 unless `model.device` is cpu (then 0, so a CPU run asks for no GPU).
-    mem_mb: host memory to load the weights (params x bytes per dtype x 1.3 + 3 GB), or `cluster.mem_mb`.
+    mem_mb: host memory to load the weights (params x bytes per dtype x 1.3 + 3 GB; a bf16 model on the CPU with
+    `model.bf16_matmul: float32` adds 4 bytes per parameter for its float32 copies - `auto` makes them only where
+    they fit the job's memory), or `cluster.mem_mb`.
     runtime (minutes): (`cluster.runtime_base_min` + `cluster.runtime_per_b_min` x params_b) x weight,
     so heavy rules pass weight > 1; or `cluster.runtime_min` if set.
     """
@@ -173,6 +175,8 @@ def model_resources(weight=1.0):
         gpus = 0 if str(config["model"]["device"]).startswith("cpu") else 1
     size_b = model_params_b()
     bytes_per = 4 if config["model"]["dtype"] == "float32" else 2
+    if config["model"]["dtype"] == "bfloat16" and not gpus and config["model"]["bf16_matmul"] == "float32":
+        bytes_per += 4
     mem_mb = cl.get("mem_mb") or int(math.ceil((size_b * bytes_per * 1.3 + 3.0) * 1024))
     runtime = cl.get("runtime_min") or int(
         math.ceil((cl["runtime_base_min"] + cl["runtime_per_b_min"] * size_b) * weight)
