@@ -238,7 +238,9 @@ def resolve_bf16_matmul(mode: str, dtype: torch.dtype, device: torch.device, cop
         return "native"
     if mode == "float32":
         return "float32"
-    if cpu_has_native_bf16() if native_bf16 is None else native_bf16:
+    if native_bf16 is None:
+        native_bf16 = cpu_has_native_bf16()
+    if native_bf16:
         return "native"
     available = mem_available() if available is None else available
     return "float32" if available is None or 2 * copy_bytes <= available else "native"
@@ -258,7 +260,7 @@ def float32_linears(hf_model: Any) -> int:
     """Make every bf16 ``nn.Linear`` of ``hf_model`` multiply in float32: it keeps its bf16 weight (what every
     analysis reads) plus a float32 copy, and computes ``linear(x.float(), W32, b32)`` rounded to bf16. A bf16 kernel
     also multiplies the bf16 values exactly and sums in fp32, so the outputs equal torch's bf16 ones up to the
-    order of the fp32 sums (tests/test_models.py); on a CPU without bf16 matrix units the fp32 product is about
+    order of the fp32 sums (tests/test_bf16_matmul.py); on a CPU without bf16 matrix units the fp32 product is about
     twice as fast. Forward hooks and nnsight see the same modules. Returns the number of layers changed."""
     mods = bf16_linears(hf_model)
     for m in mods:
