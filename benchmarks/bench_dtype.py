@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
-    from cotmech.models import cpu_has_native_bf16, load_model, resolve_dtype
+    from cotmech.models import cpu_has_native_bf16, float32_linears, load_model, resolve_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,15 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.tokens:
             ids = torch.randint(0, model.vocab_size, (1, n), generator=g).to(model.device)
             x = torch.randn(n, d, generator=g).to(model.device, model.dtype)
-            w = torch.randn(d_mlp, d, generator=g).to(model.device, model.dtype)
-            if model.info["bf16_matmul"] == "float32":  # the product as float32_linears computes it
-                w32 = w.float()
-                product = lambda: torch.nn.functional.linear(x.float(), w32).to(x.dtype)  # noqa: E731
-            else:
-                product = lambda: torch.nn.functional.linear(x, w)  # noqa: E731
+            lin = torch.nn.Linear(d, d_mlp, bias=False).to(model.device, model.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(torch.randn(d_mlp, d, generator=g))
+            if model.info["bf16_matmul"] == "float32":  # the product as the model's linear layers compute it
+                float32_linears(lin)
             with torch.inference_mode():
                 t_fwd = best(model, lambda: model.hf(input_ids=ids, use_cache=False, logits_to_keep=1), args.repeat)
-                t_mm = best(model, product, args.repeat)
+                t_mm = best(model, lambda: lin(x), args.repeat)
                 logits[(name, n)] = model.hf(input_ids=ids, use_cache=False, logits_to_keep=1).logits.float().cpu()
             rows.append({"dtype": name, "tokens": n, "forward_s": t_fwd, "product_s": t_mm,
                          "product_gflops": round(2 * n * d * d_mlp / t_mm / 1e9, 1)})

@@ -224,6 +224,12 @@ def mem_available(meminfo: str | None = None, cgroup: str | os.PathLike | None =
     return out
 
 
+def check_bf16_matmul(mode: str) -> None:
+    """Raise :class:`ModelSpecError` naming ``model.bf16_matmul`` unless ``mode`` is one of :data:`BF16_MATMULS`."""
+    if mode not in BF16_MATMULS:
+        raise ModelSpecError(f"model.bf16_matmul {mode!r}: use one of {', '.join(BF16_MATMULS)}")
+
+
 def resolve_bf16_matmul(mode: str, dtype: torch.dtype, device: torch.device, copy_bytes: int,
                         native_bf16: bool | None = None, available: int | None = None) -> str:
     """``native`` or ``float32`` for config ``model.bf16_matmul`` = ``mode``.
@@ -232,8 +238,7 @@ def resolve_bf16_matmul(mode: str, dtype: torch.dtype, device: torch.device, cop
     ``float32`` on a CPU without bf16 matrix units (``native_bf16``: :func:`cpu_has_native_bf16` when None), where
     torch's bf16 products ran at half the speed of fp32's (BENCHMARKS.md), if the float32 weight copies
     (``copy_bytes``) take at most half of the ``available`` memory (:func:`mem_available` when None)."""
-    if mode not in BF16_MATMULS:
-        raise ModelSpecError(f"model.bf16_matmul {mode!r}: use one of {', '.join(BF16_MATMULS)}")
+    check_bf16_matmul(mode)
     if dtype != torch.bfloat16 or device.type != "cpu" or mode == "native":
         return "native"
     if mode == "float32":
@@ -260,8 +265,8 @@ def float32_linears(hf_model: Any) -> int:
     """Make every bf16 ``nn.Linear`` of ``hf_model`` multiply in float32: it keeps its bf16 weight (what every
     analysis reads) plus a float32 copy, and computes ``linear(x.float(), W32, b32)`` rounded to bf16. A bf16 kernel
     also multiplies the bf16 values exactly and sums in fp32, so the outputs equal torch's bf16 ones up to the
-    order of the fp32 sums (tests/test_bf16_matmul.py); on a CPU without bf16 matrix units the fp32 product is about
-    twice as fast. Forward hooks and nnsight see the same modules. Returns the number of layers changed."""
+    order of the fp32 sums (tests/test_bf16_matmul.py); on a CPU without bf16 matrix units the fp32 product of
+    the MLP shape ran 1.6-1.8x faster (BENCHMARKS.md). Forward hooks and nnsight see the same modules. Returns the number of layers changed."""
     mods = bf16_linears(hf_model)
     for m in mods:
         m.weight_f32 = m.weight.detach().float()
@@ -461,8 +466,7 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "auto
                bf16_matmul: str = "auto") -> LoadedModel:
     """Load a model spec (see module docstring) as a :class:`LoadedModel`; ``bf16_matmul`` as
     :func:`resolve_bf16_matmul` (what it resolved to is ``info["bf16_matmul"]``)."""
-    if bf16_matmul not in BF16_MATMULS:
-        raise ModelSpecError(f"model.bf16_matmul {bf16_matmul!r}: use one of {', '.join(BF16_MATMULS)}")
+    check_bf16_matmul(bf16_matmul)  # before the load, which takes long
     hf_model, tok = load_hf(spec, dtype=dtype, device=device, cache_dir=cache_dir,
                             trust_remote_code=trust_remote_code)
     p = next(hf_model.parameters())
