@@ -415,7 +415,8 @@ class Bench:
         exact_sweep(self.model, pairs[:1], heads=[(0, 0), (L - 1, H - 1)], head_batch=2, progress=False)
         t, _ = timed(self.model, lambda: exact_sweep(self.model, pairs, metric=opts["metric"],
                                                      direction=opts["direction"], head_batch=opts["head_batch"],
-                                                     progress=False))
+                                                     chunk_tokens=opts["chunk_tokens"],
+                                                     overhead=opts["chunk_overhead"], progress=False))
         units = len(ind.CORRUPTIONS) * kept
         rows.append(Row("induction_cloze", "exact", "cloze pair (all heads)", len(pairs), t, units,
                         f"{len(ind.CORRUPTIONS)} corruptions × min(n {n}, max_candidates {maxc}) = {units} (every "

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from cotmech.io import read_table
     from cotmech.models import load_model
     from cotmech.patching.atp import atp_sweep
-    from cotmech.patching.exact import exact_sweep, pair_runs
+    from cotmech.patching.exact import exact_sweep
     from cotmech.patching.scores import to_matrix
     from cotmech.patching.screen import exact_mask, mean_scores, ranking, screened_sweep, simulate, top_heads
     from scipy.stats import spearmanr
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     kw = dict(metric=pc["metric"], direction=pc["direction"])
-    ex_kw = dict(head_batch=pc["head_batch"], chunk_tokens=pc["chunk_tokens"])
+    ex_kw = dict(head_batch=pc["head_batch"], chunk_tokens=pc["chunk_tokens"], overhead=pc["chunk_overhead"])
 
     info = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model,
             "dtype": args.dtype, "threads": torch.get_num_threads(), "cpu": cpu_model(), "torch": torch.__version__,
@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.full in ("both", "filed"):
                 # the code the issue filed: every pair's whole prefix run for it, head_batch heads per forward
                 t0 = time.perf_counter()
-                old = exact_sweep(model, pairs, progress=False, runs=[pair_runs(model, p) for p in pairs], **kw,
-                                  head_batch=pc["head_batch"], chunk_tokens=None)
+                old = filed_sweep(model, pairs, head_batch=pc["head_batch"], **kw)
                 t_old = time.perf_counter() - t0
             if args.full in ("both", "today"):
                 t0 = time.perf_counter()
@@ -146,6 +145,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     return 1 if failed else 0
+
+
+def filed_sweep(model, pairs, metric: str, direction: str, head_batch: int):
+    """The full exact sweep as the issue filed it (2026-12-06): per pair its whole prefix's KV cache and reference
+    runs, then the sorted heads in flat chunks of ``head_batch`` per forward, whatever the suffix."""
+    from cotmech.patch_results import PatchResult
+    from cotmech.patching.exact import _roles, all_heads, pair_runs, patch_suffix
+    from cotmech.patching.metrics import get_metric
+
+    fn, (b_name, s_name), heads = get_metric(metric), _roles(direction), all_heads(model)
+    patched = np.full((len(pairs), model.n_layers, model.n_heads), np.nan)
+    base, source = np.zeros(len(pairs)), np.zeros(len(pairs))
+    for i, pair in enumerate(pairs):
+        pr = pair_runs(model, pair)
+        base[i], source[i] = (float(fn(pr.runs[w].logits, pr.ref)[0]) for w in (b_name, s_name))
+        for at in range(0, len(heads), head_batch):
+            chunk = heads[at:at + head_batch]
+            vals = fn(patch_suffix(model, pr, chunk, direction), pr.ref).detach().double().numpy()
+            for (lay, h), v in zip(chunk, vals):
+                patched[i, lay, h] = v
+    return PatchResult("exact", metric, direction, [p.pair_id for p in pairs], [p.subtask for p in pairs], patched,
+                       base, source)
 
 
 def _pairs(args, pc, model, k: int):

@@ -9,7 +9,7 @@ from cotmech.models import build_random_hf, load_model, task_tokenizer, wrap
 from cotmech import tracing
 from cotmech.patching.atp import atp_sweep
 from cotmech.patching.data import make_pair
-from cotmech.patching.exact import exact_sweep, hook_sweep, naive_sweep, pair_runs, patch_suffix
+from cotmech.patching.exact import exact_sweep, hook_sweep, naive_sweep, pair_runs, patch_suffix, shared_prefix
 from cotmech.patching.metrics import METRICS
 
 # init 0.2 (not 0.02): outputs far from uniform, so KL_noise is not tiny and normalised scores are well defined
@@ -278,13 +278,16 @@ def test_atp_exact_on_linear_model():
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 def test_atp_suffix_equals_full_sequence_and_batching(model, direction):
     """AtP on the suffix after first_diff (shared prefix cache) = AtP on the whole left-padded inputs, batched
-    or not: z_source - z_base vanishes before first_diff."""
+    or not: z_source - z_base vanishes before first_diff; also over the reference runs screening passes in."""
     pairs = random_pairs(5)
     a = atp_sweep(model, pairs, direction=direction, pair_batch=3, progress=False, suffix=False)
     b = atp_sweep(model, pairs, direction=direction, pair_batch=1, progress=False, suffix=False)
     c = atp_sweep(model, pairs, direction=direction, progress=False)  # suffix (the default)
+    root = shared_prefix(model, pairs)  # screening's: the source runs and prefix caches of pair_runs
+    d = atp_sweep(model, pairs, direction=direction, progress=False, runs=[pair_runs(model, p, root=root)
+                                                                           for p in pairs])
     assert c.info["suffix"] and not a.info["suffix"]
-    for r in (b, c):
+    for r in (b, c, d):
         np.testing.assert_allclose(r.patched, a.patched, atol=1e-4)
         np.testing.assert_allclose(r.base, a.base, atol=1e-5)
         np.testing.assert_allclose(r.source, a.source, atol=1e-5)
@@ -303,14 +306,45 @@ def test_atp_leaves_the_weights_as_they_were(model):
     assert all(q.grad is None for q in model.hf.parameters())
 
 
-def test_exact_forwards_of_scattered_heads_span_few_layers(model, monkeypatch):
-    """A forward recomputes every row from its lowest layer: heads from the first and last layer (a screened
-    subset) go in separate forwards, each spanning at most head_batch // n_heads layers, with the full sweep's
-    values; a full sweep keeps its whole-layer chunks."""
+def _contiguous_partitions(n: int):
+    """Every split of range(n) into consecutive non-empty runs, as lists of (start, stop)."""
+    for mask in range(1 << max(0, n - 1)):
+        cuts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        yield list(zip(cuts[:-1], cuts[1:]))
+
+
+def test_plan_chunks_is_the_least_cost_split():
+    """plan_chunks (dynamic programme) = the cheapest of every split of the sorted heads into consecutive chunks of
+    at most max_rows (brute force), on random head sets; a full sweep with max_rows a multiple of the heads per layer
+    gets whole-layer chunks (of max_rows for one or two layers, as before)."""
+    from cotmech.patching import exact as ex
+
+    rng = np.random.default_rng(3)
+    L, H = 9, 4
+    for trial in range(60):
+        heads = sorted({(int(rng.integers(L)), int(rng.integers(H))) for _ in range(rng.integers(1, 12))})
+        max_rows, overhead = int(rng.integers(1, 6)), float(rng.choice([0.0, 0.5, 2.0, 7.0]))
+        got = ex.plan_chunks(heads, L, max_rows, overhead)
+        assert [h for c in got for h in c] == heads and all(1 <= len(c) <= max_rows for c in got)
+        cost = sum(ex.chunk_cost(c[0][0], len(c), L, overhead) for c in got)
+        best = min(sum(ex.chunk_cost(heads[a][0], b - a, L, overhead) for a, b in split)
+                   for split in _contiguous_partitions(len(heads)) if all(b - a <= max_rows for a, b in split))
+        assert cost == pytest.approx(best)
+    full = [(lay, h) for lay in range(28) for h in range(12)]
+    for layers in (1, 2):
+        assert ex.plan_chunks(full, 28, 12 * layers, 4.0) == [full[i:i + 12 * layers]
+                                                              for i in range(0, len(full), 12 * layers)]
+    for layers in (3, 4, 10):  # fewer layers per chunk near the top, where a row's waste weighs most
+        assert all(len(c) % 12 == 0 and len(c) <= 12 * layers for c in ex.plan_chunks(full, 28, 12 * layers, 4.0))
+
+
+def test_exact_forwards_follow_plan_chunks(model, monkeypatch):
+    """A forward recomputes every row from its lowest layer: with no fixed cost per layer (overhead 0) heads from the
+    first and last layer (a screened subset) go in separate forwards, with a large one in a single forward; the values
+    are the full sweep's either way."""
     from cotmech.patching import exact as ex
 
     L, H = model.n_layers, model.n_heads
-    assert ex.layer_windows(ex.all_heads(model), 2) == [ex.all_heads(model)[i:i + 2 * H] for i in range(0, L * H, 2 * H)]
     pairs = random_pairs(7, shapes=((13, 5), (11, 8)))
     ref = exact_sweep(model, pairs, head_batch=64, progress=False)
     seen = []
@@ -322,10 +356,12 @@ def test_exact_forwards_of_scattered_heads_span_few_layers(model, monkeypatch):
 
     monkeypatch.setattr(ex, "patch_suffix", spy)
     heads = [(0, 1), (0, H - 1), (L - 1, 0), (L - 1, 2)]
-    res = exact_sweep(model, pairs, heads=heads, head_batch=H, progress=False)
-    assert seen == [[0, 0], [L - 1, L - 1]] * len(pairs)
-    for lay, h in heads:
-        np.testing.assert_allclose(res.patched[:, lay, h], ref.patched[:, lay, h], atol=1e-6)
+    for overhead, want in ((0.0, [[0, 0], [L - 1, L - 1]]), (100.0, [[0, 0, L - 1, L - 1]])):
+        seen.clear()
+        res = exact_sweep(model, pairs, heads=heads, head_batch=H, overhead=overhead, progress=False)
+        assert seen == want * len(pairs)
+        for lay, h in heads:
+            np.testing.assert_allclose(res.patched[:, lay, h], ref.patched[:, lay, h], atol=1e-6)
 
 
 def shared_exemplar_pairs(seed: int, n_shared: int = 9):
@@ -380,8 +416,9 @@ def test_sweeps_run_the_shared_exemplars_once_with_the_same_numbers(model, monke
     assert lengths == [root.length] + [p.first_diff - root.length for p in pairs]
     lengths.clear()
     a = atp_sweep(model, pairs, progress=False)
-    b = atp_sweep(model, pairs, progress=False, caches=[r.cache for r in per_pair])
+    b = atp_sweep(model, pairs, progress=False, runs=per_pair)
     np.testing.assert_allclose(a.patched, b.patched, atol=1e-5)
+    np.testing.assert_allclose([a.base, a.source], [b.base, b.source], atol=1e-5)
     assert lengths == [root.length] + [p.first_diff - root.length for p in pairs]
     senders = [(0, 0), (model.n_layers - 1, 1)]
     receivers = [(model.n_layers - 1, 0)]

@@ -119,9 +119,12 @@ def test_run_screened_reuses_its_atp(model):
 
 
 def again_atp(model, pairs):
+    """AtP as screening computes it: over the pairs' reference runs (their source runs, prefix caches)."""
     from cotmech.patching.atp import atp_sweep
+    from cotmech.patching.exact import pair_runs, shared_prefix
 
-    return atp_sweep(model, pairs, progress=False)
+    root = shared_prefix(model, pairs)
+    return atp_sweep(model, pairs, progress=False, runs=[pair_runs(model, p, root=root) for p in pairs])
 
 
 def test_screened_sweep_computes_each_pairs_prefix_once(model, monkeypatch):

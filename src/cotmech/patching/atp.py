@@ -22,7 +22,7 @@ from ..batching import left_pad
 from ..patch_results import PatchResult
 from ..tracing import TraceOut, prefix_cache, run_trace
 from .data import Pair
-from .exact import _check, _roles, pair_ref, shared_prefix
+from .exact import PairRuns, _check, _roles, pair_ref, shared_prefix
 from .metrics import PairRef, get_metric
 
 
@@ -45,7 +45,7 @@ def _attribute(model, fn, src: TraceOut, base: TraceOut, refs: Sequence[PairRef]
 
 
 def atp_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise", pair_batch: int = 4,
-              progress: bool = True, suffix: bool = True, caches: Sequence | None = None) -> PatchResult:
+              progress: bool = True, suffix: bool = True, runs: Sequence[PairRuns] | None = None) -> PatchResult:
     """AtP estimate of every single-head patch.
 
     ``suffix`` (default): per pair, the shared prefix's KV cache once and the two suffixes after ``first_diff``
@@ -53,8 +53,9 @@ def atp_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str =
     the prefix's): the same numbers as the full-sequence AtP at the cost of one prefix forward plus the suffix
     (the tokens all pairs share run once per sweep: :func:`~cotmech.patching.exact.shared_prefix`).
     ``suffix=False``: one forward + one backward of the whole left-padded inputs per ``pair_batch`` pairs.
-    ``caches``: the pairs' prefix KV caches (``tracing.prefix_cache`` of ``ids[:first_diff]``, one per pair) when
-    the caller already has them (screened patching); computed here otherwise.
+    ``runs``: the pairs' :func:`~cotmech.patching.exact.pair_runs` when the caller already has them (screened
+    patching): their prefix caches, source runs and metric references are used, so only the base run with gradients
+    is traced here; computed here otherwise.
     """
     _check(direction)
     fn = get_metric(metric)
@@ -64,12 +65,14 @@ def atp_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str =
     base_m, src_m = np.zeros(len(pairs)), np.zeros(len(pairs))
     zsites = [("z", lay) for lay in range(L)]
     step = 1 if suffix else max(1, int(pair_batch))
-    root = shared_prefix(model, pairs) if suffix and caches is None else None
+    if runs is not None and not suffix:
+        raise ValueError("atp_sweep: runs (prefix caches) need suffix=True")
+    root = shared_prefix(model, pairs) if suffix and runs is None else None
     for start in tqdm(range(0, len(pairs), step), desc="attribution patching", disable=not progress):
         group = list(pairs[start:start + step])
-        if suffix:
+        if runs is not None or suffix:
             p = group[0].first_diff
-            cache = caches[start] if caches is not None else prefix_cache(model, group[0].ids(b_name)[:p],
+            cache = runs[start].cache if runs is not None else prefix_cache(model, group[0].ids(b_name)[:p],
                                                                             root=root)
             kw = {w: dict(ids=group[0].ids(w)[p:][None], cache=cache) for w in (b_name, s_name)}
         else:
@@ -77,14 +80,20 @@ def atp_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str =
             for w in (b_name, s_name):
                 b = left_pad([getattr(q, f"{w}_ids") for q in group], model.tokenizer.pad_token_id)
                 kw[w] = dict(ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids)
-        src = run_trace(model, kw[s_name].pop("ids"), save=zsites, **kw[s_name])
+        if runs is not None:  # the source run is the caller's; only the base run is traced (with gradients)
+            src = runs[start].runs[s_name]
+        else:
+            src = run_trace(model, kw[s_name].pop("ids"), save=zsites, **kw[s_name])
         # the weights keep requires_grad (autograd.grad computes only the deltas' gradients): with frozen weights
         # the embedded model's bf16 CPU trace of a 15-token suffix took 1.8 s instead of 0.3 s (2026-12-07)
         base = run_trace(model, kw[b_name].pop("ids"), save=zsites, grad=True, **kw[b_name])
-        other = src.logits.detach()
-        clean_lg, corrupt_lg = (other, base.logits.detach()) if direction == "denoise" else \
-            (base.logits.detach(), other)
-        refs = [pair_ref(q, clean_lg[i], corrupt_lg[i]) for i, q in enumerate(group)]
+        if runs is not None:
+            refs = [runs[start].ref]
+        else:
+            other = src.logits.detach()
+            clean_lg, corrupt_lg = (other, base.logits.detach()) if direction == "denoise" else \
+                (base.logits.detach(), other)
+            refs = [pair_ref(q, clean_lg[i], corrupt_lg[i]) for i, q in enumerate(group)]
         rows = slice(start, start + len(group))
         patched[rows], base_m[rows], src_m[rows] = _attribute(model, fn, src, base, refs)
     return PatchResult("atp", metric if isinstance(metric, str) else "custom", direction,

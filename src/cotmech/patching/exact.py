@@ -208,27 +208,50 @@ def chunk_rows(n_heads: int, suffix: int, head_batch: int, chunk_tokens: int | N
     return max(1, min(head_batch, layers * n_heads))
 
 
-def layer_windows(heads: Sequence[tuple[int, int]], width: int) -> list[list[tuple[int, int]]]:
-    """``heads`` (sorted) in consecutive groups spanning at most ``width`` layers each, a group starting at its first
-    head's layer. A forward recomputes all its rows from their lowest layer, so a chunk of scattered heads (screened
-    patching) that spanned many layers cost up to twice a full sweep's per head; for a full sweep these are the
-    whole-layer chunks of :func:`chunk_rows`."""
-    groups: list[list[tuple[int, int]]] = []
-    for head in heads:
-        if groups and head[0] < groups[-1][0][0] + width:
-            groups[-1].append(head)
-        else:
-            groups.append([head])
-    return groups
+FORWARD_LAYERS = 3
+"""A forward's fixed cost (embedding, unembedding, trace set-up) in layers of per-layer fixed cost (:func:`plan_chunks`;
+≈ 3.4 measured on the embedded model, BENCHMARKS.md)."""
+
+
+def chunk_cost(start: int, rows: int, n_layers: int, overhead: float) -> float:
+    """Cost, in row-layers, of one forward patching ``rows`` heads from layer ``start``: every row runs the
+    ``n_layers - start`` layers, and each layer (plus :data:`FORWARD_LAYERS` per forward) has a fixed cost worth
+    ``overhead`` rows (reading the weights, launching the kernels)."""
+    return (n_layers - start + FORWARD_LAYERS) * overhead + (n_layers - start) * rows
+
+
+def plan_chunks(heads: Sequence[tuple[int, int]], n_layers: int, max_rows: int,
+                overhead: float) -> list[list[tuple[int, int]]]:
+    """``heads`` (sorted) in consecutive chunks of at most ``max_rows``, one forward each, at the least total
+    :func:`chunk_cost` (dynamic programme over the sorted heads). A forward recomputes all its rows from their lowest
+    layer, so scattered heads (screened patching) weigh that waste against the fixed cost of one more forward; a
+    full sweep gets whole-layer chunks (``max_rows`` a multiple of the heads per layer, :func:`chunk_rows`), fewer
+    layers each near the top when ``max_rows`` spans several."""
+    heads = list(heads)
+    n = len(heads)
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of heads[:j]
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max(1, max_rows)), j):
+            c = best[i] + chunk_cost(heads[i][0], j - i, n_layers, overhead)
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    chunks, j = [], n
+    while j > 0:
+        chunks.append(heads[cut[j]:j])
+        j = cut[j]
+    return chunks[::-1]
 
 
 def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise",
                 heads: Sequence[tuple[int, int]] | None = None, head_batch: int = 64,
                 progress: bool = True, prefix_attention: str = "shared",
-                chunk_tokens: int | None = None, runs: Sequence[PairRuns] | None = None) -> PatchResult:
+                chunk_tokens: int | None = None, runs: Sequence[PairRuns] | None = None,
+                overhead: float = 4.0) -> PatchResult:
     """Same numbers as :func:`naive_sweep` (up to float rounding), computed per pair on the suffix only
-    (``prefix_attention`` as in :func:`run_trace`), :func:`chunk_rows` heads per forward (halved on
-    out-of-memory, and kept at most that for the next pairs). ``runs``: the pairs' :func:`pair_runs` when the
+    (``prefix_attention`` as in :func:`run_trace`), at most :func:`chunk_rows` heads per forward (halved on
+    out-of-memory, and kept at most that for the next pairs) in the chunks of :func:`plan_chunks` (``overhead``:
+    a layer's fixed cost in rows). ``runs``: the pairs' :func:`pair_runs` when the
     caller reuses them across calls (screened patching); computed per pair otherwise."""
     _check(direction)
     fn = get_metric(metric)
@@ -252,7 +275,7 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
             bar.update(len(chunk))
 
         start = got = chunk_rows(model.n_heads, pair.length - pair.first_diff, cap, chunk_tokens)
-        for group in layer_windows(heads, max(1, start // model.n_heads)):
+        for group in plan_chunks(heads, model.n_layers, start, overhead):
             got = run_in_batches(do, group, got)
         if got < start:  # out of memory: never start above what worked
             cap = got
@@ -260,8 +283,8 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
     bar.close()
     return PatchResult("exact", metric if isinstance(metric, str) else "custom", direction,
                        [p.pair_id for p in pairs], [p.subtask for p in pairs], patched, base_m, src_m,
-                       {"head_batch": max(used) if used else cap, "chunk_tokens": chunk_tokens})
+                       {"head_batch": max(used) if used else cap, "chunk_tokens": chunk_tokens, "overhead": overhead})
 
 
-__all__ = ["naive_sweep", "exact_sweep", "chunk_rows", "layer_windows", "pair_runs", "patch_suffix", "all_heads",
+__all__ = ["naive_sweep", "exact_sweep", "chunk_cost", "chunk_rows", "plan_chunks", "pair_runs", "patch_suffix", "all_heads",
            "shared_prefix"]

@@ -272,7 +272,8 @@ def run(model, cfg, seed: int, corruptions: Sequence[str] = CORRUPTIONS, *,
                     **p.meta} for p in pairs]
         if pairs:
             res = exact_sweep(model, pairs, metric=cfg["metric"], direction=cfg["direction"],
-                              head_batch=cfg["head_batch"], chunk_tokens=cfg["chunk_tokens"])
+                              head_batch=cfg["head_batch"], chunk_tokens=cfg["chunk_tokens"],
+                              overhead=cfg["chunk_overhead"])
         else:
             res = PatchResult.empty("exact", cfg["metric"], cfg["direction"], model.n_layers, model.n_heads)
         res.info["corruption"] = kind

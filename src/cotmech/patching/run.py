@@ -36,11 +36,13 @@ def _sweep(model, pairs: Sequence[Pair], method: str, opts: Mapping[str, Any], p
     if method == "naive":
         return naive_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw), None
     if method == "exact":
-        return exact_sweep(model, pairs, head_batch=opts["head_batch"], chunk_tokens=opts["chunk_tokens"], **kw), None
+        return exact_sweep(model, pairs, head_batch=opts["head_batch"], chunk_tokens=opts["chunk_tokens"],
+                           overhead=opts["chunk_overhead"], **kw), None
     if method == "screened":
         scr = opts["screen"]
         return screened_sweep(model, pairs, top_k=scr["top_k"], candidates=scr["candidates"], block=scr["block"],
-                              head_batch=opts["head_batch"], chunk_tokens=opts["chunk_tokens"], **kw)
+                              head_batch=opts["head_batch"], chunk_tokens=opts["chunk_tokens"],
+                              overhead=opts["chunk_overhead"], **kw)
     return atp_sweep(model, pairs, pair_batch=opts["pair_batch"], **kw), None
 
 

@@ -89,14 +89,13 @@ def simulate(exact: np.ndarray, atp: np.ndarray, top_k: int, candidates: int, bl
 
 def screened_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str = "denoise", top_k: int = 20,
                    candidates: int = 60, block: int = 10, head_batch: int = 64, chunk_tokens: int | None = None,
-                   progress: bool = True) -> tuple[PatchResult, PatchResult]:
+                   overhead: float = 4.0, progress: bool = True) -> tuple[PatchResult, PatchResult]:
     """(screened result, the AtP result it used). The screened result holds exact per-pair values for the heads
     :func:`screen` evaluated (``info["exact_heads"]``) and AtP's for the others; base and source metrics are the
     exact runs'. Each pair's prefix cache and reference runs are computed once, for AtP and every round."""
     root = shared_prefix(model, pairs)
     runs = [pair_runs(model, p, root=root) for p in pairs]
-    atp = atp_sweep(model, pairs, metric=metric, direction=direction, progress=progress,
-                    caches=[r.cache for r in runs])
+    atp = atp_sweep(model, pairs, metric=metric, direction=direction, progress=progress, runs=runs)
     patched = atp.patched.copy()
     base = source = None
     done: list[Head] = []
@@ -104,7 +103,7 @@ def screened_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: 
     def evaluate(heads: list[Head]) -> dict[Head, float]:
         nonlocal base, source
         res = exact_sweep(model, pairs, metric=metric, direction=direction, heads=heads, head_batch=head_batch,
-                          chunk_tokens=chunk_tokens, progress=progress, runs=runs)
+                          chunk_tokens=chunk_tokens, overhead=overhead, progress=progress, runs=runs)
         base, source = res.base, res.source
         for lay, h in heads:
             patched[:, lay, h] = res.patched[:, lay, h]
@@ -114,7 +113,8 @@ def screened_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: 
 
     _, rounds = screen(ranking(mean_scores(atp)), evaluate, top_k, candidates, block)
     info = {"top_k": top_k, "candidates": candidates, "block": block, "rounds": rounds,
-            "exact_heads": sorted([list(h) for h in done]), "head_batch": head_batch, "chunk_tokens": chunk_tokens}
+            "exact_heads": sorted([list(h) for h in done]), "head_batch": head_batch, "chunk_tokens": chunk_tokens,
+            "overhead": overhead}
     res = PatchResult("screened", atp.metric, direction, list(atp.pair_ids), list(atp.subtasks), patched, base,
                       source, info)
     return res, atp
