@@ -5,9 +5,10 @@ Two parts, on the pairs a study's ``patch_heads`` rule used (``--results``: its 
 full exact head tables of every patched subtask; without it, random pairs and a full exact sweep computed here):
 
 - **recall** (every ``--subtasks``): AtP on the subtask's pairs, then :func:`cotmech.patching.screen.simulate` on the
-  run's full exact table and AtP's: how deep in AtP's order the exact top-k lie (``recall_depth``), how many heads
-  screening evaluates, and whether its top-k equals the full sweep's. Exact values of a subset of heads equal the
-  full sweep's, so this is what a screened run of those pairs gives (``tests/test_patching_screen.py`` pins it).
+  run's full exact table (computed here when the run has none, or a screened one) and AtP's: how deep in AtP's order
+  the exact top-k lie (``recall_depth``), how many heads screening evaluates, and whether its top-k equals the full
+  sweep's. Exact values of a subset of heads equal the full sweep's, so this is what a screened run of those pairs
+  gives (``tests/test_patching_screen.py`` pins it).
 - **time** (``--time-subtasks``): on the same pairs, the full exact sweep as the issue filed it (every pair's whole
   prefix run for it, ``head_batch`` heads per forward whatever the suffix), today's full exact sweep (``method:
   exact``) and the screened sweep, seconds and ratios (``--full``: which full sweeps); asserts the screened exact
@@ -118,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
             failed |= diff > args.atol or not same_top
             exact = mean_scores(full)
         elif args.results:
-            table = read_table(Path(args.results) / "patching" / args.dataset / f"subtask{k}.parquet")
-            if "exact" in table and not table["exact"].all():
-                print(f"subtask {k}: the run's table is screened (AtP cells), not a full sweep: no recall without "
-                      "--time-subtasks", flush=True)
-                continue
-            exact = to_matrix(table)
+            path = Path(args.results) / "patching" / args.dataset / f"subtask{k}.parquet"
+            table = read_table(path) if path.exists() else None
+            if table is None or ("exact" in table and not table["exact"].all()):
+                print(f"subtask {k}: no full exact table in the run ({'screened' if table is not None else 'none'})"
+                      ": full exact sweep here", flush=True)
+                exact = mean_scores(exact_sweep(model, pairs, progress=False, **kw, **ex_kw))
+            else:
+                exact = to_matrix(table)
         else:
             exact = mean_scores(exact_sweep(model, pairs, progress=False, **kw, **ex_kw))
         sim = simulate(exact, mean_scores(atp), top_k, cand, block)

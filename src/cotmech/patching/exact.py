@@ -251,8 +251,8 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
     """Same numbers as :func:`naive_sweep` (up to float rounding), computed per pair on the suffix only
     (``prefix_attention`` as in :func:`run_trace`), at most :func:`chunk_rows` heads per forward (halved on
     out-of-memory, and kept at most that for the next pairs) in the chunks of :func:`plan_chunks` (``overhead``:
-    a layer's fixed cost in rows). ``runs``: the pairs' :func:`pair_runs` when the
-    caller reuses them across calls (screened patching); computed per pair otherwise."""
+    a layer's fixed cost in rows). ``runs``: the pairs' :func:`pair_runs` when the caller reuses them across calls
+    (screened patching); computed per pair otherwise."""
     _check(direction)
     fn = get_metric(metric)
     heads = sorted(heads if heads is not None else all_heads(model))
@@ -286,5 +286,5 @@ def exact_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str
                        {"head_batch": max(used) if used else cap, "chunk_tokens": chunk_tokens, "overhead": overhead})
 
 
-__all__ = ["naive_sweep", "exact_sweep", "chunk_cost", "chunk_rows", "plan_chunks", "pair_runs", "patch_suffix", "all_heads",
-           "shared_prefix"]
+__all__ = ["naive_sweep", "exact_sweep", "chunk_cost", "chunk_rows", "plan_chunks", "pair_runs", "patch_suffix",
+           "all_heads", "shared_prefix"]
