@@ -118,17 +118,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"= today's: {old_top})", flush=True)
             failed |= diff > args.atol or not same_top
             exact = mean_scores(full)
-        elif args.results:
-            path = Path(args.results) / "patching" / args.dataset / f"subtask{k}.parquet"
-            table = read_table(path) if path.exists() else None
-            if table is None or ("exact" in table and not table["exact"].all()):
-                print(f"subtask {k}: no full exact table in the run ({'screened' if table is not None else 'none'})"
-                      ": full exact sweep here", flush=True)
-                exact = mean_scores(exact_sweep(model, pairs, progress=False, **kw, **ex_kw))
-            else:
-                exact = to_matrix(table)
         else:
-            exact = mean_scores(exact_sweep(model, pairs, progress=False, **kw, **ex_kw))
+            path = Path(args.results or ".") / "patching" / args.dataset / f"subtask{k}.parquet"
+            table = read_table(path) if args.results and path.exists() else None
+            if table is not None and ("exact" not in table or table["exact"].all()):
+                exact = to_matrix(table)
+            else:  # random pairs, or the run has no full exact table (none, or a screened one)
+                if args.results:
+                    print(f"subtask {k}: no full exact table in the run: full exact sweep here", flush=True)
+                exact = mean_scores(exact_sweep(model, pairs, progress=False, **kw, **ex_kw))
         sim = simulate(exact, mean_scores(atp), top_k, cand, block)
         rho = float(spearmanr(exact.ravel(), mean_scores(atp).ravel()).statistic)
         rows.append({"subtask": k, "pairs": len(pairs), "atp_s": round(t_atp, 2), "spearman": round(rho, 3), **sim})

@@ -266,7 +266,8 @@ def float32_linears(hf_model: Any) -> int:
     analysis reads) plus a float32 copy, and computes ``linear(x.float(), W32, b32)`` rounded to bf16. A bf16 kernel
     also multiplies the bf16 values exactly and sums in fp32, so the outputs equal torch's bf16 ones up to the
     order of the fp32 sums (tests/test_bf16_matmul.py); on a CPU without bf16 matrix units the fp32 product of
-    the MLP shape ran 1.6-1.8x faster (BENCHMARKS.md). Forward hooks and nnsight see the same modules. Returns the number of layers changed."""
+    the MLP shape ran 1.6-1.8x faster (BENCHMARKS.md). Forward hooks and nnsight see the same modules. Returns the
+    number of layers changed."""
     mods = bf16_linears(hf_model)
     for m in mods:
         m.weight_f32 = m.weight.detach().float()

@@ -80,16 +80,13 @@ def atp_sweep(model, pairs: Sequence[Pair], metric: str = "kl", direction: str =
             for w in (b_name, s_name):
                 b = left_pad([getattr(q, f"{w}_ids") for q in group], model.tokenizer.pad_token_id)
                 kw[w] = dict(ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids)
-        if runs is not None:  # the source run is the caller's; only the base run is traced (with gradients)
-            src = runs[start].runs[s_name]
-        else:
-            src = run_trace(model, kw[s_name].pop("ids"), save=zsites, **kw[s_name])
         # the weights keep requires_grad (autograd.grad computes only the deltas' gradients): with frozen weights
         # the embedded model's bf16 CPU trace of a 15-token suffix took 1.8 s instead of 0.3 s (2026-12-07)
         base = run_trace(model, kw[b_name].pop("ids"), save=zsites, grad=True, **kw[b_name])
-        if runs is not None:
-            refs = [runs[start].ref]
+        if runs is not None:  # the source run and references are the caller's; only the base run is traced here
+            src, refs = runs[start].runs[s_name], [runs[start].ref]
         else:
+            src = run_trace(model, kw[s_name].pop("ids"), save=zsites, **kw[s_name])
             other = src.logits.detach()
             clean_lg, corrupt_lg = (other, base.logits.detach()) if direction == "denoise" else \
                 (base.logits.detach(), other)
